@@ -1,0 +1,35 @@
+# Two entry points for a newcomer (see README):
+#   make dev    - build what is missing, start a local super cluster, the appliance and a sample tenant
+#   make test   - build what is missing and run the whole test suite
+# Everything built lands in ~/.cache/vc-appliance (Go binaries) or .venv (Python), never in git.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STATE  ?= $(CURDIR)/state
+STAMP  := $(VENV)/.installed
+
+.PHONY: dev dev-down test unit testbin venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+testbin: $(STAMP)
+	$(PY) -m appliance.controlplane.build
+
+dev: testbin
+	$(VENV)/bin/vc-appliance dev up --state-dir $(STATE)
+
+dev-down: $(STAMP)
+	$(VENV)/bin/vc-appliance dev down --state-dir $(STATE)
+
+test: testbin
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit

@@ -1,0 +1,375 @@
+"""Control planes on this host: PKI on disk plus supervised etcd, apiserver, KCM, scheduler, kwok.
+
+The building blocks are shared by the test bed, `vc-appliance dev` and the `process`
+provisioner: `generate_pki`/`write_pki` lay out one control plane's certificates and
+kubeconfigs (files 0600 in a 0700 directory), and the `start_*` functions start one
+component under `process.supervise` in the caller's nursery and return once it is
+ready. Whoever owns the nursery owns the processes: cancelling it stops them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+from appliance.controlplane import components, process
+from appliance.controlplane.build import Binaries
+from appliance.pki import certs, kubeconfig
+
+LOOPBACK = components.LOOPBACK
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlanePKI:
+    """Everything one kube-apiserver and its controllers need; keys hidden from repr."""
+
+    ca: certs.CertKey
+    apiserver: certs.CertKey
+    admin: certs.CertKey
+    controller_manager: certs.CertKey
+    scheduler: certs.CertKey
+    kubelet_client: certs.CertKey
+    service_account_key_pem: bytes
+
+    def __repr__(self) -> str:
+        return f"ControlPlanePKI(ca={self.ca.fingerprint()[:16]})"
+
+
+def generate_pki(
+    *,
+    name: str,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (LOOPBACK,),
+    days: int = 365,
+    ca: certs.CertKey | None = None,
+    kubelet_client: certs.CertKey | None = None,
+) -> ControlPlanePKI:
+    """A fresh PKI for one control plane (CPU-bound: call it from a worker thread)."""
+    ca = ca or certs.new_ca(f"{name}-ca", days=max(days, 3650))
+    serving_dns = (
+        "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local", *dns_names,
+    )
+    return ControlPlanePKI(
+        ca=ca,
+        apiserver=certs.issue(
+            ca, common_name=name, dns_names=serving_dns, ip_addresses=ip_addresses,
+            server=True, days=days,
+        ),
+        admin=certs.issue(
+            ca, common_name="admin", organizations=("system:masters",), client=True, days=days
+        ),
+        controller_manager=certs.issue(
+            ca, common_name="system:kube-controller-manager", client=True, days=days
+        ),
+        scheduler=certs.issue(ca, common_name="system:kube-scheduler", client=True, days=days),
+        kubelet_client=kubelet_client
+        or certs.issue(
+            ca, common_name=f"{name}:kubelet-client", organizations=("system:masters",),
+            client=True, days=days,
+        ),
+        service_account_key_pem=certs.key_pem(certs.new_private_key()),
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def write_pki(pki: ControlPlanePKI, pki_dir: Path, *, server: str, cluster_name: str) -> None:
+    """Lay the PKI out as the component flags in `components` expect it."""
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(pki_dir, 0o700)
+    files = {
+        "ca.crt": pki.ca.cert_pem,
+        "ca.key": pki.ca.key_pem,
+        "apiserver.crt": pki.apiserver.cert_pem,
+        "apiserver.key": pki.apiserver.key_pem,
+        "kubelet-client.crt": pki.kubelet_client.cert_pem,
+        "kubelet-client.key": pki.kubelet_client.key_pem,
+        "sa.key": pki.service_account_key_pem,
+        "sa.pub": certs.public_key_pem(pki.service_account_key_pem),
+    }
+    users = {
+        "admin.kubeconfig": ("admin", pki.admin),
+        "controller-manager.kubeconfig": ("system:kube-controller-manager", pki.controller_manager),
+        "scheduler.kubeconfig": ("system:kube-scheduler", pki.scheduler),
+    }
+    for fname, (user, ck) in users.items():
+        files[fname] = kubeconfig.render(
+            cluster_name=cluster_name, server=server, ca_pem=pki.ca.cert_pem, user=user,
+            cert_pem=ck.cert_pem, key_pem=ck.key_pem,
+        )
+    for fname, data in files.items():
+        _write_private(pki_dir / fname, data)
+
+
+def admin_ssl_context(pki_dir: Path) -> ssl.SSLContext:
+    """Client TLS for readiness probes, authenticated as the control plane's admin."""
+    ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
+    admin = _admin_pair(pki_dir)
+    ctx.load_cert_chain(str(admin[0]), str(admin[1]))
+    return ctx
+
+
+def _admin_pair(pki_dir: Path) -> tuple[Path, Path]:
+    """admin.crt/admin.key extracted once from the kubeconfig for `ssl.load_cert_chain`."""
+    crt, key = pki_dir / "admin.crt", pki_dir / "admin.key"
+    if not crt.exists():
+        import base64
+
+        import yaml
+
+        doc = yaml.safe_load((pki_dir / "admin.kubeconfig").read_bytes())
+        user = doc["users"][0]["user"]
+        _write_private(crt, base64.b64decode(user["client-certificate-data"]))
+        _write_private(key, base64.b64decode(user["client-key-data"]))
+    return crt, key
+
+
+def http_probe(url: str, *, ctx: ssl.SSLContext | None = None) -> process.Probe:
+    """A readiness probe: GET `url` answers 200."""
+
+    async def probe() -> bool:
+        try:
+            async with httpx.AsyncClient(verify=ctx or False, trust_env=False, timeout=2.0) as c:
+                return (await c.get(url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return probe
+
+
+@dataclass(frozen=True, slots=True)
+class Etcd:
+    url: str
+    data_dir: Path
+    handle: process.ProcessHandle
+
+
+async def start_etcd(nursery: trio.Nursery, bins: Binaries, *, state_dir: Path) -> Etcd:
+    client_port, peer_port = free_port(), free_port()
+    data_dir = state_dir / "etcd"
+    spec = process.ProcessSpec(
+        name="etcd",
+        argv=components.etcd_argv(
+            bins, name="vc", data_dir=data_dir, client_port=client_port, peer_port=peer_port
+        ),
+        log_path=state_dir / "logs" / "etcd.log",
+        ready=http_probe(f"http://{LOOPBACK}:{client_port}/health"),
+    )
+    handle = await nursery.start(process.supervise, spec)
+    return Etcd(url=f"http://{LOOPBACK}:{client_port}", data_dir=data_dir, handle=handle)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlane:
+    """A running kube-apiserver (+ KCM, scheduler) and where to reach it."""
+
+    name: str
+    url: str
+    port: int
+    dir: Path
+    etcd_prefix: str
+    processes: tuple[process.ProcessHandle, ...]
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.pki_dir / "admin.kubeconfig"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return (self.pki_dir / "ca.crt").read_bytes()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name, "url": self.url, "port": self.port, "dir": str(self.dir),
+            "etcd_prefix": self.etcd_prefix, "admin_kubeconfig": str(self.admin_kubeconfig),
+        }
+
+
+async def start_control_plane(
+    nursery: trio.Nursery,
+    bins: Binaries,
+    *,
+    name: str,
+    etcd_url: str,
+    state_dir: Path,
+    etcd_prefix: str | None = None,
+    service_cidr: str = "10.96.0.0/16",
+    controller_manager: bool = True,
+    scheduler: bool = False,
+    virtual_nodes: bool = False,
+    pki: ControlPlanePKI | None = None,
+    port: int | None = None,
+) -> ControlPlane:
+    """Start kube-apiserver (and optionally KCM and scheduler) for one cluster and wait ready.
+
+    Raises process.ProcessFailed with the component's log tail if it never gets ready.
+    """
+    cp_dir = state_dir / name
+    pki_dir = cp_dir / "pki"
+    port = port or free_port()
+    url = f"https://{LOOPBACK}:{port}"
+    if pki is None:
+        pki = await trio.to_thread.run_sync(lambda: generate_pki(name=name))
+    await trio.to_thread.run_sync(
+        lambda: write_pki(pki, pki_dir, server=url, cluster_name=name)
+    )
+    ctx = await trio.to_thread.run_sync(admin_ssl_context, pki_dir)
+    prefix = etcd_prefix or f"/vc/{name}/registry"
+    flags = components.ApiServerFlags(
+        etcd_servers=etcd_url, etcd_prefix=prefix, port=port, pki_dir=pki_dir,
+        service_cidr=service_cidr,
+    )
+    logs = state_dir / "logs"
+    handles = [
+        await nursery.start(
+            process.supervise,
+            process.ProcessSpec(
+                name=f"{name}/kube-apiserver",
+                argv=components.apiserver_argv(bins, flags),
+                log_path=logs / f"{name}-kube-apiserver.log",
+                ready=http_probe(f"{url}/readyz", ctx=ctx),
+                env=dict(os.environ, GOMAXPROCS="2"),
+            ),
+        )
+    ]
+    if controller_manager:
+        handles.append(
+            await nursery.start(
+                process.supervise,
+                process.ProcessSpec(
+                    name=f"{name}/kube-controller-manager",
+                    argv=components.controller_manager_argv(
+                        bins, pki_dir=pki_dir, service_cidr=service_cidr,
+                        virtual_nodes=virtual_nodes,
+                    ),
+                    log_path=logs / f"{name}-kube-controller-manager.log",
+                ),
+            )
+        )
+    if scheduler:
+        handles.append(
+            await nursery.start(
+                process.supervise,
+                process.ProcessSpec(
+                    name=f"{name}/kube-scheduler",
+                    argv=components.scheduler_argv(bins, pki_dir=pki_dir),
+                    log_path=logs / f"{name}-kube-scheduler.log",
+                ),
+            )
+        )
+    return ControlPlane(
+        name=name, url=url, port=port, dir=cp_dir, etcd_prefix=prefix, processes=tuple(handles)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Kwok:
+    port: int
+    log_file: Path
+    nodes: tuple[str, ...]
+    handle: process.ProcessHandle
+
+
+def node_manifest(name: str) -> dict[str, object]:
+    """A Node that kwok manages (it fills status, heartbeats, and serves its kubelet API)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "type": "kwok",
+            },
+        },
+        "spec": {},
+    }
+
+
+async def start_kwok(
+    nursery: trio.Nursery, bins: Binaries, *, cp: ControlPlane, state_dir: Path, nodes: int
+) -> Kwok:
+    """kwok against `cp`, plus `nodes` fake Nodes it manages; returns when they are Ready."""
+    kdir = state_dir / "kwok"
+    (kdir / "exec").mkdir(parents=True, exist_ok=True)
+    log_file = kdir / "pod.log"
+    log_file.touch()
+    config = kdir / "kwok.yaml"
+    stages = bins.kwok_stages.read_text()
+    config.write_text(
+        components.kwok_config(stages, log_file=log_file, exec_workdir=kdir / "exec")
+    )
+    port = free_port()
+    handle = await nursery.start(
+        process.supervise,
+        process.ProcessSpec(
+            name="kwok",
+            argv=components.kwok_argv(bins, kubeconfig=cp.admin_kubeconfig, config=config, port=port),
+            log_path=state_dir / "logs" / "kwok.log",
+            ready=http_probe(f"http://{LOOPBACK}:{port}/healthz"),
+        ),
+    )
+    names = tuple(f"kwok-node-{i}" for i in range(nodes))
+    ctx = await trio.to_thread.run_sync(admin_ssl_context, cp.pki_dir)
+    async with httpx.AsyncClient(base_url=cp.url, verify=ctx, trust_env=False, timeout=10) as c:
+        for n in names:
+            r = await c.post("/api/v1/nodes", json=node_manifest(n))
+            if r.status_code not in (201, 409):
+                raise RuntimeError(f"creating node {n}: HTTP {r.status_code} {r.text[:200]}")
+        with trio.fail_after(60):
+            while not await _nodes_ready(c, names):
+                await trio.sleep(0.2)
+    return Kwok(port=port, log_file=log_file, nodes=names, handle=handle)
+
+
+async def wait_default_service_account(cp: ControlPlane, *, timeout: float = 60) -> None:
+    """Wait until KCM created `default/default`, without which Pods are refused."""
+    ctx = await trio.to_thread.run_sync(admin_ssl_context, cp.pki_dir)
+    async with httpx.AsyncClient(base_url=cp.url, verify=ctx, trust_env=False, timeout=5) as c:
+        with trio.fail_after(timeout):
+            while (await c.get("/api/v1/namespaces/default/serviceaccounts/default")).status_code != 200:
+                await trio.sleep(0.2)
+
+
+async def _nodes_ready(c: httpx.AsyncClient, names: tuple[str, ...]) -> bool:
+    r = await c.get("/api/v1/nodes", params={"labelSelector": "type=kwok"})
+    ready = {
+        n["metadata"]["name"]
+        for n in r.json().get("items", [])
+        if any(
+            cond.get("type") == "Ready" and cond.get("status") == "True"
+            for cond in n.get("status", {}).get("conditions", [])
+        )
+    }
+    return set(names) <= ready
+
+
+def write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,199 @@
+"""Command lines of the upstream components, as pure functions.
+
+Every builder returns an argv list for the multi-call `k8s-testbin` (or kwok) and binds
+only to loopback unless told otherwise. Keeping flags here, away from process
+handling, lets unit tests pin them and lets the `process` provisioner reuse the exact
+same flags for tenant control planes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.controlplane.build import Binaries
+
+LOOPBACK = "127.0.0.1"
+
+
+def etcd_argv(
+    bins: Binaries, *, name: str, data_dir: Path, client_port: int, peer_port: int
+) -> list[str]:
+    client = f"http://{LOOPBACK}:{client_port}"
+    peer = f"http://{LOOPBACK}:{peer_port}"
+    return [
+        str(bins.path("etcd")),
+        f"--name={name}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={name}={peer}",
+        "--initial-cluster-state=new",
+        "--unsafe-no-fsync=true",
+        "--quota-backend-bytes=4294967296",
+        "--log-level=warn",
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServerFlags:
+    """What differs between kube-apiservers on this host."""
+
+    etcd_servers: str
+    etcd_prefix: str
+    port: int
+    pki_dir: Path
+    service_cidr: str = "10.96.0.0/16"
+    bind_address: str = LOOPBACK
+    advertise_address: str = LOOPBACK
+    disable_admission: Sequence[str] = ()
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def apiserver_argv(bins: Binaries, f: ApiServerFlags) -> list[str]:
+    d = f.pki_dir
+    flags = {
+        "etcd-servers": f.etcd_servers,
+        "etcd-prefix": f.etcd_prefix,
+        "bind-address": f.bind_address,
+        "secure-port": str(f.port),
+        "advertise-address": f.advertise_address,
+        # Loopback cannot be a `kubernetes` Service endpoint; nothing here needs one.
+        "endpoint-reconciler-type": "none",
+        "tls-cert-file": str(d / "apiserver.crt"),
+        "tls-private-key-file": str(d / "apiserver.key"),
+        "client-ca-file": str(d / "ca.crt"),
+        "authorization-mode": "Node,RBAC",
+        "service-account-issuer": "https://kubernetes.default.svc.cluster.local",
+        "service-account-key-file": str(d / "sa.pub"),
+        "service-account-signing-key-file": str(d / "sa.key"),
+        "service-cluster-ip-range": f.service_cidr,
+        "allow-privileged": "true",
+        "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
+        "kubelet-client-certificate": str(d / "kubelet-client.crt"),
+        "kubelet-client-key": str(d / "kubelet-client.key"),
+        "profiling": "false",
+        "enable-priority-and-fairness": "false",
+        "watch-cache": "true",
+        "v": "1",
+    }
+    if f.disable_admission:
+        flags["disable-admission-plugins"] = ",".join(f.disable_admission)
+    flags.update(f.extra)
+    return [str(bins.path("kube-apiserver")), *(f"--{k}={v}" for k, v in flags.items())]
+
+
+def controller_manager_argv(
+    bins: Binaries,
+    *,
+    pki_dir: Path,
+    service_cidr: str = "10.96.0.0/16",
+    virtual_nodes: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> list[str]:
+    """KCM flags; `virtual_nodes` turns off what cannot work with unheartbeated vNodes."""
+    d = pki_dir
+    kubeconfig = str(d / "controller-manager.kubeconfig")
+    flags = {
+        "kubeconfig": kubeconfig,
+        "authentication-kubeconfig": kubeconfig,
+        "authorization-kubeconfig": kubeconfig,
+        "bind-address": LOOPBACK,
+        "secure-port": "0",
+        "leader-elect": "false",
+        "service-account-private-key-file": str(d / "sa.key"),
+        "root-ca-file": str(d / "ca.crt"),
+        "use-service-account-credentials": "true",
+        "cluster-signing-cert-file": str(d / "ca.crt"),
+        "cluster-signing-key-file": str(d / "ca.key"),
+        "service-cluster-ip-range": service_cidr,
+        "v": "1",
+    }
+    if virtual_nodes:
+        flags["controllers"] = "*,-node-lifecycle-controller,-cloud-node-lifecycle-controller"
+        flags["node-monitor-grace-period"] = "200s"
+    flags.update(extra or {})
+    return [str(bins.path("kube-controller-manager")), *(f"--{k}={v}" for k, v in flags.items())]
+
+
+def scheduler_argv(bins: Binaries, *, pki_dir: Path) -> list[str]:
+    kubeconfig = str(pki_dir / "scheduler.kubeconfig")
+    return [
+        str(bins.path("kube-scheduler")),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--bind-address={LOOPBACK}",
+        "--secure-port=0",
+        "--leader-elect=false",
+        "--v=1",
+    ]
+
+
+def kwok_argv(
+    bins: Binaries, *, kubeconfig: Path, config: Path, port: int, cidr: str = "10.244.0.0/16"
+) -> list[str]:
+    return [
+        str(bins.kwok),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={config}",
+        "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        f"--node-ip={LOOPBACK}",
+        f"--node-port={port}",
+        f"--server-address={LOOPBACK}:{port}",
+        f"--cidr={cidr}",
+        "--node-lease-duration-seconds=40",
+    ]
+
+
+def kwok_config(stages_yaml: str, *, log_file: Path, exec_workdir: Path) -> str:
+    """kwok's config: its default stages, plus logs/exec/attach answered for every pod.
+
+    Logs and attach stream `log_file` (tests append to it to prove `-f` streams); exec
+    runs the command on the host in `exec_workdir`, which is what a fake node can offer;
+    port-forward to any port echoes the bytes back (`cat`), enough for a round trip.
+    """
+    ours = f"""
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata:
+  name: all-pods
+spec:
+  logs:
+  - containers: []
+    logsFile: {log_file}
+    follow: true
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterAttach
+metadata:
+  name: all-pods
+spec:
+  attaches:
+  - containers: []
+    logsFile: {log_file}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterExec
+metadata:
+  name: all-pods
+spec:
+  execs:
+  - containers: []
+    local:
+      workDir: {exec_workdir}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterPortForward
+metadata:
+  name: all-pods
+spec:
+  forwards:
+  - ports: []
+    command: [cat]
+"""
+    return stages_yaml.rstrip() + "\n---" + ours

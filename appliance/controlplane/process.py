@@ -1,0 +1,216 @@
+"""Supervised child processes: start, wait until ready, restart with backoff, stop.
+
+`supervise(spec)` is a long-lived trio task. It starts the child with its output
+appended to a log file, polls a readiness probe under a deadline, reports the live
+`ProcessHandle` through `task_status`, and from then on restarts the child whenever
+it exits (capped exponential backoff), keeping counters that callers surface in
+status. Cancelling the task stops the child: SIGTERM, then SIGKILL after a grace
+period, under a shielded, bounded cleanup.
+
+Children run in their own session (a Ctrl-C on the terminal reaches only the
+supervisor, which stops them in order). Each writes a pid file next to its log so that
+`kill_leftovers` can clean up after a supervisor that was SIGKILLed, and so that tenant
+control planes kept across an appliance restart can be found again. (PR_SET_PDEATHSIG
+cannot be used: trio forks from a worker thread, and the signal fires when that
+thread, not the process, exits.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[bool]]
+
+
+class ProcessFailed(RuntimeError):
+    """A child exited or never became ready; the message has its log tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    ready: Probe | None = None
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    ready_timeout: float = 90.0
+    stop_grace: float = 10.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.log_path.with_suffix(".pid")
+
+
+@dataclass(slots=True)
+class ProcessHandle:
+    """What the supervisor knows about its child; read by status reporting."""
+
+    name: str
+    pid: int | None = None
+    starts: int = 0
+    last_exit: int | None = None
+    last_exit_at: float | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def kill_leftovers(pid_dir: Path) -> list[int]:
+    """SIGKILL children recorded in `pid_dir/*.pid` that still run the recorded program.
+
+    For cleanup after a supervisor that could not stop its children (it was killed).
+    """
+    killed = []
+    for pid_file in pid_dir.glob("*.pid"):
+        try:
+            pid_s, _, program = pid_file.read_text().strip().partition(" ")
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            continue
+        cmd = _cmdline(pid)
+        if cmd and cmd[0] == program:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        pid_file.unlink(missing_ok=True)
+    return killed
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+async def _stop(proc: trio.Process, *, grace: float, name: str) -> None:
+    if proc.returncode is not None:
+        return
+    with trio.move_on_after(grace + 5, shield=True):
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        with trio.move_on_after(grace):
+            await proc.wait()
+            return
+        log.warning("process %s did not stop within %.0f s; killing it", name, grace)
+        proc.kill()
+        await proc.wait()
+
+
+async def _start(spec: ProcessSpec) -> trio.Process:
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    logf = open(spec.log_path, "ab", buffering=0)  # noqa: SIM115 (handed to the child)
+    try:
+        logf.write(f"\n--- start {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.name}\n".encode())
+        proc = await trio.lowlevel.open_process(
+            list(spec.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            env=spec.env,
+            cwd=spec.cwd,
+            start_new_session=True,
+        )
+    finally:
+        logf.close()
+    spec.pid_file.write_text(f"{proc.pid} {spec.argv[0]}\n")
+    return proc
+
+
+async def _wait_ready(proc: trio.Process, spec: ProcessSpec) -> None:
+    if spec.ready is None:
+        return
+    try:
+        with trio.fail_after(spec.ready_timeout):
+            while True:
+                if proc.returncode is not None or proc.poll() is not None:
+                    raise ProcessFailed(
+                        f"{spec.name} exited with {proc.returncode} before it was ready; "
+                        f"log {spec.log_path}:\n{log_tail(spec.log_path)}"
+                    )
+                if await spec.ready():
+                    return
+                await trio.sleep(0.2)
+    except trio.TooSlowError:
+        raise ProcessFailed(
+            f"{spec.name} not ready after {spec.ready_timeout:.0f} s; "
+            f"log {spec.log_path}:\n{log_tail(spec.log_path)}"
+        ) from None
+
+
+async def supervise(
+    spec: ProcessSpec,
+    *,
+    max_backoff: float = 30.0,
+    task_status: trio.TaskStatus[ProcessHandle] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Run `spec` forever, restarting it when it exits.
+
+    Raises ProcessFailed if the first start does not become ready (so `nursery.start`
+    fails loudly); later crashes are restarted with backoff and counted in the handle.
+    Cancellation: stops the child (SIGTERM, then SIGKILL after `stop_grace`).
+    """
+    handle = ProcessHandle(spec.name)
+    backoff = 0.5
+    first = True
+    while True:
+        proc = await _start(spec)
+        handle.pid = proc.pid
+        handle.starts += 1
+        try:
+            await _wait_ready(proc, spec)
+            if first:
+                handle.ready.set()
+                task_status.started(handle)
+                first = False
+            log.info("process %s ready (pid %d, start #%d)", spec.name, proc.pid, handle.starts)
+            started_at = trio.current_time()
+            code = await proc.wait()
+        except ProcessFailed:
+            if first:
+                raise
+            code = proc.returncode if proc.returncode is not None else -1
+            started_at = trio.current_time()
+        finally:
+            await _stop(proc, grace=spec.stop_grace, name=spec.name)
+            spec.pid_file.unlink(missing_ok=True)
+        handle.last_exit = code
+        handle.last_exit_at = time.time()
+        if trio.current_time() - started_at > 60:
+            backoff = 0.5
+        log.warning(
+            "process %s exited with %s; restarting in %.1f s; log tail:\n%s",
+            spec.name, code, backoff, log_tail(spec.log_path, 5),
+        )
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff)

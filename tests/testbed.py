@@ -1,0 +1,103 @@
+"""Test-bed helpers shared by integration and e2e tests (imported, not fixtures)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from appliance.controlplane import build, cluster
+
+TenantFactory = Callable[..., Awaitable[cluster.ControlPlane]]
+
+
+@dataclass(frozen=True, slots=True)
+class SuperCluster:
+    """The session's super cluster, as described by its cluster.json."""
+
+    info: dict[str, object]
+    bins: build.Binaries
+
+    @property
+    def url(self) -> str:
+        return str(self.super["url"])
+
+    @property
+    def super(self) -> dict[str, object]:
+        return self.info["super"]  # type: ignore[return-value]
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(str(self.super["admin_kubeconfig"]))
+
+    @property
+    def pki_dir(self) -> Path:
+        return Path(str(self.super["dir"])) / "pki"
+
+    @property
+    def etcd_url(self) -> str:
+        return str(self.info["etcd_url"])
+
+    @property
+    def kwok_log(self) -> Path:
+        return Path(str(self.info["kwok"]["log_file"]))  # type: ignore[index]
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.info["kwok"]["nodes"])  # type: ignore[index]
+
+    @property
+    def kubectl(self) -> Path:
+        return self.bins.path("kubectl")
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_kubectl(
+    kubectl: Path, kubeconfig: Path, *args: str, env: dict[str, str] | None = None,
+    stdin: bytes | None = None, check: bool = True,
+) -> Completed:
+    """Run the real kubectl from the test bed; raises with its stderr when `check`."""
+    proc = await trio.run_process(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
+        stdin=stdin, capture_stdout=True, capture_stderr=True, check=False,
+        env=dict(os.environ, **(env or {})),
+    )
+    out = Completed(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {out.stderr}")
+    return out
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[object]], *, timeout: float, what: str, interval: float = 0.2
+) -> object:
+    """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout`.
+
+    For conditions in another process (an apiserver) that has no event to wait on.
+    """
+    last: object = None
+    with trio.move_on_after(timeout):
+        while True:
+            last = await predicate()
+            if last:
+                return last
+            await trio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def append_pod_log(path: Path, line: str) -> None:
+    """Append one line to kwok's pod log in the CRI format that kwok (like a kubelet) parses."""
+    import datetime as dt
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with open(path, "a") as f:
+        f.write(f"{stamp} stdout F {line}\n")
