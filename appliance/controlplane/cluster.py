@@ -164,8 +164,17 @@ class Etcd:
     handle: process.ProcessHandle
 
 
-async def start_etcd(nursery: trio.Nursery, bins: Binaries, *, state_dir: Path) -> Etcd:
-    client_port, peer_port = free_port(), free_port()
+async def start_etcd(
+    nursery: trio.Nursery,
+    bins: Binaries,
+    *,
+    state_dir: Path,
+    client_port: int | None = None,
+    peer_port: int | None = None,
+    keep_on_cancel: bool = False,
+) -> Etcd:
+    """Start etcd with its data in `state_dir/etcd`; fixed ports allow re-adoption."""
+    client_port, peer_port = client_port or free_port(), peer_port or free_port()
     data_dir = state_dir / "etcd"
     spec = process.ProcessSpec(
         name="etcd",
@@ -174,6 +183,7 @@ async def start_etcd(nursery: trio.Nursery, bins: Binaries, *, state_dir: Path) 
         ),
         log_path=state_dir / "logs" / "etcd.log",
         ready=http_probe(f"http://{LOOPBACK}:{client_port}/health"),
+        keep_on_cancel=keep_on_cancel,
     )
     handle = await nursery.start(process.supervise, spec)
     return Etcd(url=f"http://{LOOPBACK}:{client_port}", data_dir=data_dir, handle=handle)
@@ -223,20 +233,28 @@ async def start_control_plane(
     virtual_nodes: bool = False,
     pki: ControlPlanePKI | None = None,
     port: int | None = None,
+    keep_on_cancel: bool = False,
 ) -> ControlPlane:
     """Start kube-apiserver (and optionally KCM and scheduler) for one cluster and wait ready.
 
+    With `keep_on_cancel`, the processes outlive the nursery and a later call with the
+    same arguments (same port, PKI on disk) adopts them instead of starting new ones;
+    pass the existing `pki=None` only when the directory already holds it.
     Raises process.ProcessFailed with the component's log tail if it never gets ready.
     """
     cp_dir = state_dir / name
     pki_dir = cp_dir / "pki"
     port = port or free_port()
     url = f"https://{LOOPBACK}:{port}"
-    if pki is None:
-        pki = await trio.to_thread.run_sync(lambda: generate_pki(name=name))
-    await trio.to_thread.run_sync(
-        lambda: write_pki(pki, pki_dir, server=url, cluster_name=name)
-    )
+    if pki is not None:
+        await trio.to_thread.run_sync(
+            lambda: write_pki(pki, pki_dir, server=url, cluster_name=name)
+        )
+    elif not (pki_dir / "admin.kubeconfig").exists():
+        fresh = await trio.to_thread.run_sync(lambda: generate_pki(name=name))
+        await trio.to_thread.run_sync(
+            lambda: write_pki(fresh, pki_dir, server=url, cluster_name=name)
+        )
     ctx = await trio.to_thread.run_sync(admin_ssl_context, pki_dir)
     prefix = etcd_prefix or f"/vc/{name}/registry"
     flags = components.ApiServerFlags(
@@ -253,6 +271,7 @@ async def start_control_plane(
                 log_path=logs / f"{name}-kube-apiserver.log",
                 ready=http_probe(f"{url}/readyz", ctx=ctx),
                 env=dict(os.environ, GOMAXPROCS="2"),
+                keep_on_cancel=keep_on_cancel,
             ),
         )
     ]
@@ -267,6 +286,7 @@ async def start_control_plane(
                         virtual_nodes=virtual_nodes,
                     ),
                     log_path=logs / f"{name}-kube-controller-manager.log",
+                    keep_on_cancel=keep_on_cancel,
                 ),
             )
         )
@@ -278,6 +298,7 @@ async def start_control_plane(
                     name=f"{name}/kube-scheduler",
                     argv=components.scheduler_argv(bins, pki_dir=pki_dir),
                     log_path=logs / f"{name}-kube-scheduler.log",
+                    keep_on_cancel=keep_on_cancel,
                 ),
             )
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import time
@@ -49,6 +50,10 @@ class ProcessSpec:
     cwd: Path | None = None
     ready_timeout: float = 90.0
     stop_grace: float = 10.0
+    #: Leave the child running when the supervisor is cancelled, and adopt a running
+    #: child with the same argv on the next start (tenant control planes across an
+    #: appliance restart). `ProcessHandle.keep_on_cancel` can still be cleared.
+    keep_on_cancel: bool = False
 
     @property
     def pid_file(self) -> Path:
@@ -64,6 +69,8 @@ class ProcessHandle:
     starts: int = 0
     last_exit: int | None = None
     last_exit_at: float | None = None
+    adopted: bool = False
+    keep_on_cancel: bool = False
     ready: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -111,7 +118,49 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-async def _stop(proc: trio.Process, *, grace: float, name: str) -> None:
+class _Adopted:
+    """A running process we did not fork (found by pid file): waited on with a pidfd."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fd = os.pidfd_open(pid)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._fd], [], [], 0)[0]:
+            self.returncode = -1  # not our child: the exit status is not ours to read
+            os.close(self._fd)
+        return self.returncode
+
+    async def wait(self) -> int:
+        if self.returncode is None:
+            await trio.lowlevel.wait_readable(self._fd)
+            self.poll()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _adoptable(spec: ProcessSpec) -> _Adopted | None:
+    """The child recorded in the pid file if it still runs exactly `spec.argv`."""
+    try:
+        pid = int(spec.pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if _cmdline(pid) != [str(a) for a in spec.argv]:
+        return None
+    try:
+        return _Adopted(pid)
+    except OSError:
+        return None
+
+
+async def _stop(proc: trio.Process | _Adopted, *, grace: float, name: str) -> None:
     if proc.returncode is not None:
         return
     with trio.move_on_after(grace + 5, shield=True):
@@ -147,7 +196,27 @@ async def _start(spec: ProcessSpec) -> trio.Process:
     return proc
 
 
-async def _wait_ready(proc: trio.Process, spec: ProcessSpec) -> None:
+async def _spawn_detached(spec: ProcessSpec) -> _Adopted:
+    """Start a child that is not ours: reparented to init, in its own session.
+
+    Used for children that must outlive the appliance; we then watch it exactly as we
+    watch one adopted after a restart, through a pidfd.
+    """
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(spec.log_path, "ab") as logf:
+        logf.write(f"\n--- start (detached) {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.name}\n".encode())
+    script = 'setsid "$@" </dev/null >>"$LOG" 2>&1 & echo $!'
+    env = dict(spec.env if spec.env is not None else os.environ, LOG=str(spec.log_path))
+    done = await trio.run_process(
+        ["sh", "-c", script, "sh", *map(str, spec.argv)],
+        capture_stdout=True, env=env, cwd=spec.cwd,
+    )
+    pid = int(done.stdout.decode().strip())
+    spec.pid_file.write_text(f"{pid} {spec.argv[0]}\n")
+    return _Adopted(pid)
+
+
+async def _wait_ready(proc: trio.Process | _Adopted, spec: ProcessSpec) -> None:
     if spec.ready is None:
         return
     try:
@@ -178,15 +247,24 @@ async def supervise(
 
     Raises ProcessFailed if the first start does not become ready (so `nursery.start`
     fails loudly); later crashes are restarted with backoff and counted in the handle.
-    Cancellation: stops the child (SIGTERM, then SIGKILL after `stop_grace`).
+    Cancellation: stops the child (SIGTERM, then SIGKILL after `stop_grace`), unless
+    `handle.keep_on_cancel` is set, in which case the child keeps running.
     """
-    handle = ProcessHandle(spec.name)
+    handle = ProcessHandle(spec.name, keep_on_cancel=spec.keep_on_cancel)
     backoff = 0.5
     first = True
     while True:
-        proc = await _start(spec)
+        proc: trio.Process | _Adopted | None = _adoptable(spec) if first and spec.keep_on_cancel else None
+        if proc is not None:
+            handle.adopted = True
+            log.info("process %s adopted (pid %d)", spec.name, proc.pid)
+        elif spec.keep_on_cancel:
+            proc = await _spawn_detached(spec)
+        else:
+            proc = await _start(spec)
         handle.pid = proc.pid
         handle.starts += 1
+        leaving = False
         try:
             await _wait_ready(proc, spec)
             if first:
@@ -201,9 +279,13 @@ async def supervise(
                 raise
             code = proc.returncode if proc.returncode is not None else -1
             started_at = trio.current_time()
+        except BaseException:
+            leaving = True  # cancelled: decide below whether the child outlives us
+            raise
         finally:
-            await _stop(proc, grace=spec.stop_grace, name=spec.name)
-            spec.pid_file.unlink(missing_ok=True)
+            if not (leaving and handle.keep_on_cancel and proc.poll() is None):
+                await _stop(proc, grace=spec.stop_grace, name=spec.name)
+                spec.pid_file.unlink(missing_ok=True)
         handle.last_exit = code
         handle.last_exit_at = time.time()
         if trio.current_time() - started_at > 60:
