@@ -103,7 +103,7 @@ async def tenant_factory(
         unique = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
         return await cluster.start_control_plane(
             nursery, super_cluster.bins, name=name, etcd_url=super_cluster.etcd_url,
-            state_dir=tmp_path / "tenants", etcd_prefix=f"/tenants/{unique}/registry",
+            state_dir=tmp_path / "tenants" / str(counter), etcd_prefix=f"/tenants/{unique}/registry",
             **kwargs,  # type: ignore[arg-type]
         )
 

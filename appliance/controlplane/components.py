@@ -113,7 +113,7 @@ def controller_manager_argv(
         "v": "1",
     }
     if virtual_nodes:
-        flags["controllers"] = "*,-node-lifecycle-controller,-cloud-node-lifecycle-controller"
+        flags["controllers"] = "*,-node-lifecycle-controller"
         flags["node-monitor-grace-period"] = "200s"
     flags.update(extra or {})
     return [str(bins.path("kube-controller-manager")), *(f"--{k}={v}" for k, v in flags.items())]

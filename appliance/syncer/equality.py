@@ -1,0 +1,313 @@
+"""Pure drift detection between a tenant object and its super copy (SPEC §3.4, §3.7).
+
+Every function returns the patch that brings the target side to the desired state, or None when
+both sides already agree. Every patch is an RFC 7386 JSON merge patch (`None` deletes a key,
+lists are replaced whole), so one content type serves every kind, including status subresources.
+"Downward" (DW) patches target the super object; "upward" (UW) patches target the tenant object.
+Key filtering follows SPEC §3.4: keys under the built-in tenancy prefixes, the VC's opaque and
+transparent prefixes, or the opaque domains are never pushed down and never removed from super.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from appliance.syncer import conversion
+from appliance.util import naming
+
+_SERVICE_ALLOCATED = ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort")
+
+
+def json_merge_patch(old: Any, new: Any) -> Any:
+    """Return the RFC 7386 merge patch turning `old` into `new`, or None when they are equal.
+
+    Inside mappings a key whose value is None counts as absent. Non-mapping values (lists
+    included) are replaced whole.
+    """
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return None if old == new else copy.deepcopy(new)
+    patch: dict[str, Any] = {}
+    for key, old_value in old.items():
+        if old_value is not None and new.get(key) is None:
+            patch[key] = None
+    for key, new_value in new.items():
+        if new_value is None:
+            continue
+        old_value = old.get(key)
+        if old_value is None:
+            patch[key] = copy.deepcopy(new_value)
+        elif isinstance(old_value, Mapping) and isinstance(new_value, Mapping):
+            sub = json_merge_patch(old_value, new_value)
+            if sub is not None:
+                patch[key] = sub
+        elif old_value != new_value:
+            patch[key] = copy.deepcopy(new_value)
+    return patch or None
+
+
+def merge_patches(*patches: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Combine merge patches (later ones win on conflicts); None when all are None."""
+    result: dict[str, Any] = {}
+    for patch in patches:
+        if patch is not None:
+            _deep_update(result, patch)
+    return result or None
+
+
+def _deep_update(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+# --- labels and annotations -------------------------------------------------------------------
+def dw_kv_patch(
+    tenant: Mapping[str, str] | None,
+    super_: Mapping[str, str] | None,
+    *,
+    exception_prefixes: Iterable[str] = (),
+    opaque_domains: Iterable[str] = naming.DEFAULT_OPAQUE_DOMAINS,
+) -> dict[str, str | None] | None:
+    """Merge patch for a super label/annotation map so it follows the tenant map.
+
+    Keys under the built-in prefixes, `exception_prefixes` (the VC's opaque + transparent
+    prefixes) or `opaque_domains` are ignored on both sides, so super-only keys of that kind
+    survive. Other super keys missing in the tenant are removed; new or changed tenant keys set.
+    """
+    tenant, super_ = tenant or {}, super_ or {}
+    prefixes, domains = tuple(exception_prefixes), tuple(opaque_domains)
+
+    def ignored(key: str) -> bool:
+        return conversion.is_opaque_key(key, prefixes=prefixes, domains=domains)
+
+    patch: dict[str, str | None] = {k: None for k in super_ if k not in tenant and not ignored(k)}
+    patch.update({k: v for k, v in tenant.items() if super_.get(k) != v and not ignored(k)})
+    return patch or None
+
+
+def uw_kv_patch(
+    tenant: Mapping[str, str] | None,
+    super_: Mapping[str, str] | None,
+    *,
+    transparent_prefixes: Iterable[str] = (),
+) -> dict[str, str] | None:
+    """Merge patch copying transparent super keys up to the tenant map; keys are never removed."""
+    tenant, super_ = tenant or {}, super_ or {}
+    prefixes = (naming.TRANSPARENCY_PREFIX, *(p for p in transparent_prefixes if p))
+    patch = {k: v for k, v in super_.items() if k.startswith(prefixes) and tenant.get(k) != v}
+    return patch or None
+
+
+def meta_dw_patch(
+    tenant_obj: Mapping[str, Any],
+    super_obj: Mapping[str, Any],
+    *,
+    exception_prefixes: Iterable[str] = (),
+    opaque_domains: Iterable[str] = naming.DEFAULT_OPAQUE_DOMAINS,
+) -> dict[str, Any] | None:
+    """Merge patch of super metadata (generateName, labels, annotations) per the DW rules."""
+    t_meta, s_meta = tenant_obj.get("metadata") or {}, super_obj.get("metadata") or {}
+    prefixes, domains = tuple(exception_prefixes), tuple(opaque_domains)
+    meta: dict[str, Any] = {}
+    for field in ("labels", "annotations"):
+        patch = dw_kv_patch(
+            t_meta.get(field), s_meta.get(field), exception_prefixes=prefixes, opaque_domains=domains
+        )
+        if patch is not None:
+            meta[field] = patch
+    if (t_meta.get("generateName") or None) != (s_meta.get("generateName") or None):
+        meta["generateName"] = t_meta.get("generateName") or None
+    return {"metadata": meta} if meta else None
+
+
+def meta_uw_patch(
+    tenant_obj: Mapping[str, Any],
+    super_obj: Mapping[str, Any],
+    *,
+    transparent_prefixes: Iterable[str] = (),
+) -> dict[str, Any] | None:
+    """Merge patch of tenant metadata copying transparent super labels and annotations up."""
+    t_meta, s_meta = tenant_obj.get("metadata") or {}, super_obj.get("metadata") or {}
+    prefixes = tuple(transparent_prefixes)
+    meta: dict[str, Any] = {}
+    for field in ("labels", "annotations"):
+        patch = uw_kv_patch(t_meta.get(field), s_meta.get(field), transparent_prefixes=prefixes)
+        if patch is not None:
+            meta[field] = patch
+    return {"metadata": meta} if meta else None
+
+
+# --- pods -------------------------------------------------------------------------------------
+def _containers_patch(tenant: list[dict[str, Any]] | None, super_: list[dict[str, Any]] | None) -> Any:
+    """Super container list with tenant images applied by name, or None if no image differs."""
+    images = {c.get("name"): c.get("image") for c in tenant or ()}
+    desired, changed = [], False
+    for container in super_ or ():
+        image = images.get(container.get("name"))  # super-webhook containers: not in `images`
+        if image is not None and image != container.get("image"):
+            container = {**container, "image": image}
+            changed = True
+        desired.append(container)
+    return copy.deepcopy(desired) if changed else None
+
+
+def pod_dw_patch(
+    tenant_pod: Mapping[str, Any],
+    super_pod: Mapping[str, Any],
+    *,
+    exception_prefixes: Iterable[str] = (),
+    opaque_domains: Iterable[str] = naming.DEFAULT_OPAQUE_DOMAINS,
+) -> dict[str, Any] | None:
+    """Merge patch bringing a super Pod in line with its tenant Pod (SPEC §3.7 Pod DWS update).
+
+    Covers metadata (DW rules), container and initContainer images matched by name (containers
+    only in super, e.g. webhook sidecars, are kept as they are) and `activeDeadlineSeconds`.
+    A tenant that has no activeDeadlineSeconds never clears super's: Kubernetes forbids unsetting it.
+    """
+    t_spec, s_spec = tenant_pod.get("spec") or {}, super_pod.get("spec") or {}
+    spec: dict[str, Any] = {}
+    for field in ("containers", "initContainers"):
+        desired = _containers_patch(t_spec.get(field), s_spec.get(field))
+        if desired is not None:
+            spec[field] = desired
+    deadline = t_spec.get("activeDeadlineSeconds")
+    if deadline is not None and deadline != s_spec.get("activeDeadlineSeconds"):
+        spec["activeDeadlineSeconds"] = deadline
+    meta = meta_dw_patch(
+        tenant_pod, super_pod, exception_prefixes=exception_prefixes, opaque_domains=opaque_domains
+    )
+    return merge_patches(meta, {"spec": spec} if spec else None)
+
+
+def readiness_gates(pod: Mapping[str, Any]) -> set[str]:
+    """Condition types a Pod lists in `spec.readinessGates`."""
+    gates = (pod.get("spec") or {}).get("readinessGates") or ()
+    return {g["conditionType"] for g in gates if g.get("conditionType")}
+
+
+def _conditions(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list((pod.get("status") or {}).get("conditions") or ())
+
+
+def pod_dw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Status merge patch copying the tenant's readiness-gate conditions down to the super Pod."""
+    gates = readiness_gates(tenant_pod)
+    wanted = {c.get("type"): c for c in _conditions(tenant_pod) if c.get("type") in gates}
+    if not wanted:
+        return None
+    desired = []
+    for cond in _conditions(super_pod):
+        desired.append(wanted.pop(cond.get("type"), cond))
+    desired.extend(wanted.values())
+    if desired == _conditions(super_pod):
+        return None
+    return {"status": {"conditions": copy.deepcopy(desired)}}
+
+
+def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Status merge patch mirroring super Pod status to the tenant (SPEC §3.7 Pod UWS step 4).
+
+    Readiness-gate conditions are the tenant's own: those for gates the tenant declares keep the
+    tenant value (and are kept even if super lacks them); those for gates only super declares
+    are dropped. Everything else comes from super.
+    """
+    t_gates, s_gates = readiness_gates(tenant_pod), readiness_gates(super_pod)
+    tenant_conds = {c.get("type"): c for c in _conditions(tenant_pod)}
+    conditions = []
+    for cond in _conditions(super_pod):
+        kind = cond.get("type")
+        if kind in t_gates:
+            if kind in tenant_conds:
+                conditions.append(tenant_conds[kind])
+        elif kind not in s_gates:
+            conditions.append(cond)
+    super_types = {c.get("type") for c in _conditions(super_pod)}
+    conditions.extend(
+        c for c in _conditions(tenant_pod) if c.get("type") in t_gates and c.get("type") not in super_types
+    )
+    desired = dict(super_pod.get("status") or {})
+    if conditions or "conditions" in desired:
+        desired["conditions"] = conditions
+    patch = json_merge_patch(tenant_pod.get("status") or {}, desired)
+    return {"status": patch} if patch is not None else None
+
+
+# --- services, config maps, secrets, status ---------------------------------------------------
+def _comparable_service_spec(spec: Mapping[str, Any], *, ignore_external_ips: bool) -> dict[str, Any]:
+    spec = copy.deepcopy(dict(spec))
+    for field in _SERVICE_ALLOCATED:
+        spec.pop(field, None)
+    if ignore_external_ips:
+        spec.pop("externalIPs", None)
+    for port in spec.get("ports") or ():
+        port.pop("nodePort", None)
+    return spec
+
+
+def service_spec_patch(
+    tenant_svc: Mapping[str, Any],
+    super_svc: Mapping[str, Any],
+    *,
+    ignore_external_ips: bool = False,
+) -> dict[str, Any] | None:
+    """Merge patch of a super Service spec following the tenant's (SPEC §3.7 Service update).
+
+    Compares ignoring clusterIP(s), ipFamilies, ipFamilyPolicy and node ports (and externalIPs
+    with gate VServiceExternalIP). On a difference the desired spec is the tenant's with super's
+    allocated fields kept: clusterIP(s) and IP families, nodePorts by port index and
+    healthCheckNodePort, the last two only where the tenant's type still allows them.
+    """
+    t_spec, s_spec = tenant_svc.get("spec") or {}, super_svc.get("spec") or {}
+    if _comparable_service_spec(t_spec, ignore_external_ips=ignore_external_ips) == _comparable_service_spec(
+        s_spec, ignore_external_ips=ignore_external_ips
+    ):
+        return None
+    desired = _comparable_service_spec(t_spec, ignore_external_ips=ignore_external_ips)
+    for field in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+        if field in s_spec:
+            desired[field] = copy.deepcopy(s_spec[field])
+    if ignore_external_ips and "externalIPs" in s_spec:
+        desired["externalIPs"] = copy.deepcopy(s_spec["externalIPs"])
+    kind = desired.get("type", "ClusterIP")
+    if kind in ("NodePort", "LoadBalancer"):
+        super_ports = s_spec.get("ports") or []
+        for index, port in enumerate(desired.get("ports") or ()):
+            if index < len(super_ports) and super_ports[index].get("nodePort"):
+                port["nodePort"] = super_ports[index]["nodePort"]
+    if (
+        kind == "LoadBalancer"
+        and desired.get("externalTrafficPolicy") == "Local"
+        and s_spec.get("healthCheckNodePort")
+    ):
+        desired["healthCheckNodePort"] = s_spec["healthCheckNodePort"]
+    patch = json_merge_patch(s_spec, desired)
+    return {"spec": patch} if patch is not None else None
+
+
+def _fields_patch(tenant_obj: Mapping[str, Any], super_obj: Mapping[str, Any], fields: Iterable[str]) -> Any:
+    fields = tuple(fields)
+    return json_merge_patch(
+        {f: super_obj.get(f) or None for f in fields}, {f: tenant_obj.get(f) or None for f in fields}
+    )
+
+
+def configmap_data_patch(tenant_cm: Mapping[str, Any], super_cm: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Merge patch of a super ConfigMap's `data` and `binaryData` following the tenant's."""
+    patch: dict[str, Any] | None = _fields_patch(tenant_cm, super_cm, ("data", "binaryData"))
+    return patch
+
+
+def secret_data_patch(tenant_secret: Mapping[str, Any], super_secret: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Merge patch of a super Secret's `data` and `stringData` following the tenant's."""
+    patch: dict[str, Any] | None = _fields_patch(tenant_secret, super_secret, ("data", "stringData"))
+    return patch
+
+
+def status_uw_patch(tenant_obj: Mapping[str, Any], super_obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Merge patch copying a super object's whole `status` up (Service LB status, Ingress)."""
+    patch = json_merge_patch(tenant_obj.get("status") or {}, super_obj.get("status") or {})
+    return {"status": patch} if patch is not None else None

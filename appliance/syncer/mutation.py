@@ -1,0 +1,339 @@
+"""Pure Pod mutation for downward sync: a converted super Pod → the Pod to create (SPEC §3.7).
+
+Input is the output of `conversion.build_super_object` for a tenant Pod plus a frozen
+`PodContext` holding everything the syncer resolved from its caches (super services, the
+kube-dns IP, synced token secrets). No I/O and no clock: the same inputs always give the same
+Pod, and environment variables are injected in a deterministic order (sorted by service name).
+Order of work: the optional mutators (token volume, automount, root CA, service links), then
+the default mutator steps 1-9 of SPEC §3.7. Missing prerequisites raise `MutationError`
+subclasses, which the caller treats as "retry later".
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from appliance.util import naming
+
+REASON_NOT_SUPPORTED: Final = "NotSupported"
+MESSAGE_NODE_NAME: Final = "The Pod has nodeName set in the spec which is not supported for now"
+CONTROL_PLANE_HOSTNAMES: Final = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
+ROOT_CA_CONFIGMAP: Final = "kube-root-ca.crt"
+MAX_NAMESERVERS: Final = 3  # Kubernetes validation limit for dnsConfig.nameservers
+
+
+class MutationError(Exception):
+    """A prerequisite of the super Pod is not synced yet; retry later."""
+
+
+class ServiceNotReady(MutationError):
+    """No super service is synced for the tenant yet (pods must see the control plane)."""
+
+    def __init__(self) -> None:
+        super().__init__("service is not ready")
+
+
+class SecretNotReady(MutationError):
+    """The super copy of a service-account token secret used by the Pod is not synced yet."""
+
+    def __init__(self, secret_name: str) -> None:
+        super().__init__(f"super secret for service-account token secret {secret_name!r} is not ready")
+        self.secret_name = secret_name
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of a super Service."""
+
+    port: int
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """The parts of a super Service that Pod env injection needs."""
+
+    name: str
+    namespace: str
+    cluster_ip: str
+    ports: tuple[ServicePort, ...] = ()
+
+    @classmethod
+    def from_service(cls, svc: Mapping[str, Any]) -> ServiceInfo:
+        """Read a Service object (dict) into a ServiceInfo."""
+        meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+        ports = tuple(
+            ServicePort(port=p["port"], name=p.get("name") or "", protocol=p.get("protocol") or "TCP")
+            for p in spec.get("ports") or ()
+        )
+        return cls(meta.get("name", ""), meta.get("namespace", ""), spec.get("clusterIP") or "", ports)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVolume:
+    """Replace the tenant's projected `kube-api-access-*` volume by super secret `secret_name`.
+
+    The secret holds the tenant token, `ca.crt` and `namespace`, the same files as the projected
+    volume, so mounts stay valid and the Pod authenticates to its tenant apiserver.
+    """
+
+    secret_name: str
+    volume_prefix: str = "kube-api-access-"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodContext:
+    """Everything `mutate_pod` needs besides the Pod, already resolved by the caller."""
+
+    cluster_key: str
+    tenant_namespace: str
+    tenant_pod_uid: str
+    cluster_domain: str = ""
+    # Super services of the Pod's super namespace (env injection when service links are on).
+    services: tuple[ServiceInfo, ...] = ()
+    # The control-plane service (super copy of tenant default/kubernetes): hostAliases + env.
+    control_plane: ServiceInfo | None = None
+    dns_ip: str | None = None  # ClusterIP of the super copy of tenant kube-system/kube-dns
+    dns_options: tuple[tuple[str, str | None], ...] = (("ndots", "5"),)
+    disable_service_account_token: bool = True
+    disable_service_links: bool = False
+    mutate_dns: bool = True  # False when the tenant opted out (see dns_mutation_disabled)
+    # Tenant service-account token secrets used by the Pod → super secret name (None: not synced).
+    sa_secrets: Mapping[str, str | None] = field(default_factory=dict)
+    token_volume: TokenVolume | None = None
+    root_ca_configmap: str | None = None  # e.g. "tenant-kube-root-ca.crt" (RootCACertConfigMapSupport)
+
+
+def reject_reason(tenant_pod: Mapping[str, Any]) -> str | None:
+    """The `NotSupported` event message if the tenant Pod cannot be synced, else None."""
+    if (tenant_pod.get("spec") or {}).get("nodeName"):
+        return MESSAGE_NODE_NAME
+    return None
+
+
+def dns_mutation_disabled(tenant_pod: Mapping[str, Any], *, allow_opt_out: bool) -> bool:
+    """Tell whether the tenant opted out of DNS mutation (gate TenantAllowDNSPolicy + label)."""
+    labels = (tenant_pod.get("metadata") or {}).get("labels") or {}
+    return allow_opt_out and labels.get(naming.LABEL_DISABLE_DNS_POLICY_MUTATION) == "true"
+
+
+def secret_volume_names(pod: Mapping[str, Any]) -> set[str]:
+    """Names of the secrets mounted as volumes, for resolving `PodContext.sa_secrets`."""
+    volumes = (pod.get("spec") or {}).get("volumes") or ()
+    return {v["secret"]["secretName"] for v in volumes if (v.get("secret") or {}).get("secretName")}
+
+
+def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
+    """Return the super Pod to create from a converted tenant Pod.
+
+    Raises:
+        ServiceNotReady: neither the control-plane service nor any other service is synced.
+        SecretNotReady: a service-account token secret volume has no super copy yet.
+    """
+    pod = copy.deepcopy(dict(super_pod))
+    spec: dict[str, Any] = pod.setdefault("spec", {})
+    if ctx.token_volume is not None:
+        _replace_token_volume(spec, ctx.token_volume)
+    if ctx.disable_service_account_token:
+        spec["automountServiceAccountToken"] = False
+    if ctx.root_ca_configmap:
+        _rename_root_ca(spec, ctx.root_ca_configmap)
+    if ctx.disable_service_links:
+        spec["enableServiceLinks"] = False
+
+    pod["status"] = {}
+    spec.pop("nodeName", None)
+    if ctx.control_plane is None and not ctx.services:
+        raise ServiceNotReady
+    _add_host_aliases(spec, ctx)
+    _inject_env(spec, ctx)
+    _rewrite_downward_api(spec, ctx)
+    _rewire_secret_volumes(spec, ctx)
+    _scope_to_cluster(pod, ctx.cluster_key)
+    if ctx.mutate_dns:
+        _mutate_dns(spec, ctx)
+    spec.pop("subdomain", None)
+    return pod
+
+
+def _containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for group in ("initContainers", "containers"):
+        yield from spec.get(group) or ()
+
+
+def _replace_token_volume(spec: dict[str, Any], token: TokenVolume) -> None:
+    volumes = spec.get("volumes") or []
+    for index, volume in enumerate(volumes):
+        projected = volume.get("projected")
+        if not volume.get("name", "").startswith(token.volume_prefix) or not projected:
+            continue
+        if not any("serviceAccountToken" in source for source in projected.get("sources") or ()):
+            continue
+        secret = {"secretName": token.secret_name, "defaultMode": projected.get("defaultMode", 0o644)}
+        volumes[index] = {"name": volume["name"], "secret": secret}
+
+
+def _rename_root_ca(spec: dict[str, Any], new_name: str) -> None:
+    def rename(ref: dict[str, Any] | None) -> None:
+        if ref and ref.get("name") == ROOT_CA_CONFIGMAP:
+            ref["name"] = new_name
+
+    for volume in spec.get("volumes") or ():
+        rename(volume.get("configMap"))
+        for source in (volume.get("projected") or {}).get("sources") or ():
+            rename(source.get("configMap"))
+    for container in _containers(spec):
+        for env in container.get("env") or ():
+            rename((env.get("valueFrom") or {}).get("configMapKeyRef"))
+        for env_from in container.get("envFrom") or ():
+            rename(env_from.get("configMapRef"))
+
+
+def _add_host_aliases(spec: dict[str, Any], ctx: PodContext) -> None:
+    if ctx.control_plane is None or not _has_ip(ctx.control_plane):
+        return
+    hostnames = list(CONTROL_PLANE_HOSTNAMES)
+    if ctx.cluster_domain:
+        hostnames.append(f"kubernetes.default.svc.{ctx.cluster_domain}")
+    spec.setdefault("hostAliases", []).append({"ip": ctx.control_plane.cluster_ip, "hostnames": hostnames})
+
+
+def _has_ip(svc: ServiceInfo) -> bool:
+    return bool(svc.cluster_ip) and svc.cluster_ip != "None"
+
+
+def env_var_name(service_name: str) -> str:
+    """Docker-link variable stem of a service name: upper case, `-` → `_`."""
+    return service_name.upper().replace("-", "_")
+
+
+def service_env(services: Iterable[ServiceInfo]) -> dict[str, str]:
+    """Docker-link style variables for `services` (headless ones skipped), sorted by service name."""
+    env: dict[str, str] = {}
+    for svc in sorted(services, key=lambda s: s.name):
+        if not _has_ip(svc):
+            continue
+        stem = env_var_name(svc.name)
+        env[f"{stem}_SERVICE_HOST"] = svc.cluster_ip
+        if not svc.ports:
+            continue
+        env[f"{stem}_SERVICE_PORT"] = str(svc.ports[0].port)
+        for port in svc.ports:
+            if port.name:
+                env[f"{stem}_SERVICE_PORT_{env_var_name(port.name)}"] = str(port.port)
+        host = f"[{svc.cluster_ip}]" if ":" in svc.cluster_ip else svc.cluster_ip
+        for index, port in enumerate(svc.ports):
+            proto = port.protocol.upper()
+            url = f"{proto.lower()}://{host}:{port.port}"
+            if index == 0:
+                env[f"{stem}_PORT"] = url
+            prefix = f"{stem}_PORT_{port.port}_{proto}"
+            env[prefix] = url
+            env[f"{prefix}_PROTO"] = proto.lower()
+            env[f"{prefix}_PORT"] = str(port.port)
+            env[f"{prefix}_ADDR"] = svc.cluster_ip
+    return env
+
+
+def _inject_env(spec: dict[str, Any], ctx: PodContext) -> None:
+    by_name: dict[str, ServiceInfo] = {}
+    if spec.get("enableServiceLinks", True):
+        by_name.update((s.name, s) for s in ctx.services)
+    if ctx.control_plane is not None:
+        by_name["kubernetes"] = ServiceInfo(
+            "kubernetes", ctx.control_plane.namespace, ctx.control_plane.cluster_ip, ctx.control_plane.ports
+        )
+    injected = service_env(by_name.values())
+    injected["KUBERNETES_SERVICE_HOST"] = "kubernetes"
+    for container in _containers(spec):
+        user_env = container.get("env") or []
+        defined = {e.get("name") for e in user_env}
+        # Injected first, so that user variables may refer to them as $(NAME); user names win.
+        ours = [{"name": k, "value": v} for k, v in injected.items() if k not in defined]
+        container["env"] = ours + user_env
+
+
+def _rewrite_downward_api(spec: dict[str, Any], ctx: PodContext) -> None:
+    literals = {"metadata.namespace": ctx.tenant_namespace, "metadata.uid": ctx.tenant_pod_uid}
+    for container in _containers(spec):
+        for index, env in enumerate(container.get("env") or ()):
+            field_ref = (env.get("valueFrom") or {}).get("fieldRef") or {}
+            value = literals.get(field_ref.get("fieldPath", ""))
+            if value is not None:
+                container["env"][index] = {"name": env["name"], "value": value}
+
+
+def _rewire_secret_volumes(spec: dict[str, Any], ctx: PodContext) -> None:
+    renamed: dict[str, str] = {}
+    for volume in spec.get("volumes") or ():
+        secret = volume.get("secret") or {}
+        tenant_name = secret.get("secretName")
+        if tenant_name not in ctx.sa_secrets:
+            continue
+        super_name = ctx.sa_secrets[tenant_name]
+        if super_name is None:
+            if secret.get("optional"):
+                continue
+            raise SecretNotReady(tenant_name)
+        secret["secretName"] = super_name
+        if volume.get("name") == tenant_name:  # auto-generated volume: follow the secret's name
+            volume["name"] = renamed[tenant_name] = super_name
+    if not renamed:
+        return
+    for container in _containers(spec):
+        for mount in container.get("volumeMounts") or ():
+            if mount.get("name") in renamed:
+                mount["name"] = renamed[mount["name"]]
+
+
+def _scope_to_cluster(pod: dict[str, Any], key: str) -> None:
+    meta = pod.setdefault("metadata", {})
+    meta.setdefault("labels", {})[naming.LABEL_CLUSTER] = key
+    affinity = pod["spec"].get("affinity") or {}
+    for kind in ("podAffinity", "podAntiAffinity"):
+        rules = affinity.get(kind) or {}
+        terms = list(rules.get("requiredDuringSchedulingIgnoredDuringExecution") or ())
+        terms += [
+            w.get("podAffinityTerm") or {} for w in rules.get("preferredDuringSchedulingIgnoredDuringExecution") or ()
+        ]
+        for term in terms:
+            selector = term.get("labelSelector")
+            if selector is not None:
+                selector.setdefault("matchLabels", {})[naming.LABEL_CLUSTER] = key
+            if term.get("namespaces"):
+                term["namespaces"] = [naming.super_namespace(key, ns) for ns in term["namespaces"]]
+
+
+def _dedupe(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _mutate_dns(spec: dict[str, Any], ctx: PodContext) -> None:
+    policy = spec.get("dnsPolicy") or "ClusterFirst"
+    if policy == "ClusterFirst" and spec.get("hostNetwork"):
+        return
+    if policy not in ("ClusterFirst", "ClusterFirstWithHostNet"):
+        return  # None, Default: the tenant chose; leave them alone
+    if not ctx.dns_ip:
+        spec["dnsPolicy"] = "Default"
+        return
+    spec["dnsPolicy"] = "None"
+    existing = spec.get("dnsConfig") or {}
+    domain = ctx.cluster_domain
+    searches = [f"{ctx.tenant_namespace}.svc.{domain}", f"svc.{domain}", domain] if domain else []
+    options: dict[str, str | None] = dict(ctx.dns_options)
+    for option in existing.get("options") or ():
+        options.pop(option.get("name"), None)  # the Pod's own value wins and keeps its place last
+        options[option.get("name")] = option.get("value")
+    config: dict[str, Any] = {
+        "nameservers": _dedupe([ctx.dns_ip, *(existing.get("nameservers") or ())])[:MAX_NAMESERVERS]
+    }
+    if searches or existing.get("searches"):
+        config["searches"] = _dedupe([*searches, *(existing.get("searches") or ())])
+    if options:
+        config["options"] = [{"name": n} if v is None else {"name": n, "value": v} for n, v in options.items()]
+    spec["dnsConfig"] = config

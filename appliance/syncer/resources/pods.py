@@ -1,0 +1,197 @@
+"""Pods: the heart of the syncer.
+
+Downward: a tenant Pod becomes a super Pod in its super namespace, converted (metadata,
+tenancy stamps) and mutated (`mutation.mutate_pod`: nodeName/status cleared, cluster
+label, affinity scoping, `kubernetes` host aliases and service env vars with super IPs,
+DNS from the tenant's `kube-system/kube-dns`, a tenant token Secret in place of the
+projected service-account volume). A preset `spec.nodeName` is refused with a
+`NotSupported` Event. Graceful deletion: a terminating tenant Pod deletes the super Pod
+with the same grace period.
+
+Upward: once the super scheduler places the super Pod, the tenant Pod is bound to a
+virtual node of the same name, and its status mirrors the super Pod's. A super Pod that
+terminates (eviction) or vanishes takes the tenant Pod with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from appliance.kube import errors, resources
+from appliance.syncer import conversion, equality, mutation, tokens, vnode
+from appliance.syncer.resources.base import Kind, Permanent, Retry, owner_of, uid_of
+from appliance.syncer.tenant import Tenant
+
+if TYPE_CHECKING:
+    from appliance.syncer.runtime import Syncer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 30
+
+
+def _service_info(sx: Syncer, name: str, super_ns: str) -> mutation.ServiceInfo | None:
+    svc = sx.super_cache("service").get(name, super_ns)
+    return mutation.ServiceInfo.from_service(svc) if svc is not None else None
+
+
+def has_token_volume(vpod: dict[str, Any]) -> bool:
+    return any(
+        v.get("name", "").startswith("kube-api-access-") and v.get("projected")
+        for v in (vpod.get("spec") or {}).get("volumes") or ()
+    )
+
+
+class PodKind(Kind):
+    name = "pod"
+    resource = resources.PODS
+    workers_setting = "pod_workers"
+    has_upward = True
+    repair_on_super_event = False  # super pod changes are upward news, not drift
+
+    def context(self, sx: Syncer, tenant: Tenant, vpod: dict[str, Any], token_secret: str | None) -> mutation.PodContext:
+        tid, meta = tenant.id, vpod["metadata"]
+        super_ns = tid.super_namespace(meta["namespace"])
+        services = tuple(
+            mutation.ServiceInfo.from_service(s) for s in sx.super_cache("service").list(super_ns)
+        )
+        dns = _service_info(sx, "kube-dns", tid.super_namespace("kube-system"))
+        return mutation.PodContext(
+            cluster_key=tid.key,
+            tenant_namespace=meta["namespace"],
+            tenant_pod_uid=meta["uid"],
+            cluster_domain=tid.cluster_domain,
+            services=services,
+            control_plane=_service_info(sx, "kubernetes", tid.super_namespace("default")),
+            dns_ip=dns.cluster_ip if dns is not None and dns.cluster_ip not in ("", "None") else None,
+            dns_options=sx.settings.dns_options,
+            disable_service_account_token=sx.settings.disable_service_account_token,
+            disable_service_links=sx.settings.disable_service_links,
+            token_volume=mutation.TokenVolume(token_secret) if token_secret else None,
+            root_ca_configmap="tenant-kube-root-ca.crt",
+        )
+
+    async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+        reason = mutation.reject_reason(vobj)
+        if reason is not None:
+            await tenant.events.post(vobj, type="Warning", reason="NotSupported", message=reason)
+            return
+        super_ns = tenant.id.super_namespace(vobj["metadata"]["namespace"])
+        if sx.super_cache("namespace").get(super_ns) is None:
+            sx.enqueue("namespace", tenant.key, ("", vobj["metadata"]["namespace"]))
+            raise Retry(f"super namespace {super_ns} does not exist yet")
+        secret = await tokens.ensure_secret(sx, tenant, vobj) if has_token_volume(vobj) else None
+        try:
+            body = mutation.mutate_pod(
+                self.build(sx, tenant, vobj), self.context(sx, tenant, vobj, secret)
+            )
+        except mutation.MutationError as exc:
+            raise Retry(str(exc)) from None
+        try:
+            created = await sx.super_client.create(self.resource, body, namespace=super_ns)
+        except errors.AlreadyExists:
+            current = await sx.super_client.get(self.resource, body["metadata"]["name"], namespace=super_ns)
+            if owner_of(current) != tenant.key:
+                raise Permanent(f"pod {super_ns}/{body['metadata']['name']} exists and is not ours") from None
+            raise Retry("super pod appeared concurrently") from None
+        except errors.ApiError as exc:
+            if exc.status in (400, 403, 422):
+                await tenant.events.post(vobj, type="Warning", reason="FailedCreate",
+                                         message=f"Error creating: {exc.message}")
+            raise
+        if secret is not None:
+            await tokens.own_by_pod(sx, secret, created)
+
+    async def on_tenant_terminating(
+        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
+    ) -> None:
+        meta = vobj["metadata"]
+        if pobj is None:
+            # Nothing runs any more: finish the tenant's graceful deletion.
+            await self._delete_tenant(tenant, vobj, grace=0)
+            return
+        if pobj["metadata"].get("deletionTimestamp") is None:
+            await self.delete_super(sx, pobj, grace_period_seconds=meta.get("deletionGracePeriodSeconds"))
+
+    async def update(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
+        if pobj["metadata"].get("deletionTimestamp") is not None:
+            return  # the super Pod is going away; upward deals with the tenant Pod
+        await super().update(sx, tenant, vobj, pobj)
+        status = equality.pod_dw_status_patch(vobj, pobj)
+        if status:
+            meta = pobj["metadata"]
+            await sx.super_client.patch(self.resource, meta["name"], status,
+                                        namespace=meta["namespace"], subresource="status")
+        if has_token_volume(vobj):
+            await tokens.ensure_secret(sx, tenant, vobj)  # refresh when due
+
+    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        return equality.pod_dw_patch(
+            vobj, pobj,
+            exception_prefixes=(*tenant.id.opaque_prefixes, *tenant.id.transparent_prefixes),
+            opaque_domains=sx.settings.opaque_meta_domains,
+        )
+
+    async def _delete_tenant(self, tenant: Tenant, vobj: dict[str, Any], *, grace: int) -> None:
+        meta = vobj["metadata"]
+        try:
+            await tenant.client.delete(self.resource, meta["name"], namespace=meta["namespace"],
+                                       uid=meta["uid"], grace_period_seconds=grace)
+        except (errors.NotFound, errors.Conflict):
+            pass
+
+    # --- upward ---------------------------------------------------------------------------
+    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+        vobj = tenant.get(self.name, name, ns)
+        if vobj is None:
+            return
+        vmeta, vspec = vobj["metadata"], vobj.get("spec") or {}
+        pobj = sx.super_cache(self.name).get(name, tenant.id.super_namespace(ns))
+        if pobj is None:
+            if vmeta.get("deletionTimestamp") is not None:
+                await self._delete_tenant(tenant, vobj, grace=0)
+            elif vspec.get("nodeName"):
+                # It ran and is gone from the super cluster (deleted there): so is the tenant Pod.
+                await self._delete_tenant(tenant, vobj, grace=vspec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
+            return
+        if conversion.tenant_uid(pobj) != uid_of(vobj):
+            return  # the downward reconcile replaces the stale super Pod
+        pmeta, node = pobj["metadata"], (pobj.get("spec") or {}).get("nodeName")
+        if node and not vspec.get("nodeName"):
+            await vnode.ensure(sx, tenant, node)
+            binding = {
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": name, "namespace": ns},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            }
+            try:
+                await tenant.client.create(self.resource, binding, namespace=ns, subresource="binding", name=name)
+            except errors.Conflict:
+                pass  # bound meanwhile
+        elif node and vspec.get("nodeName") and tenant.get("node", node) is None:
+            await vnode.ensure(sx, tenant, node)
+        meta_patch = equality.meta_uw_patch(vobj, pobj, transparent_prefixes=tenant.id.transparent_prefixes)
+        if meta_patch:
+            await tenant.client.patch(self.resource, name, meta_patch, namespace=ns)
+        status = equality.pod_uw_status_patch(vobj, pobj)
+        if status:
+            await tenant.client.patch(self.resource, name, status, namespace=ns, subresource="status")
+        if pmeta.get("deletionTimestamp") is not None:
+            if vmeta.get("deletionTimestamp") is None:
+                await self._delete_tenant(tenant, vobj, grace=vspec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
+            elif pmeta.get("deletionGracePeriodSeconds") != vmeta.get("deletionGracePeriodSeconds"):
+                await self._delete_tenant(tenant, vobj, grace=pmeta.get("deletionGracePeriodSeconds") or 0)
+
+    def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+        meta = vobj["metadata"]
+        if pobj is not None and conversion.tenant_uid(pobj) == meta["uid"]:
+            if equality.pod_uw_status_patch(vobj, pobj) or (
+                (pobj.get("spec") or {}).get("nodeName") and not (vobj.get("spec") or {}).get("nodeName")
+            ):
+                sx.enqueue_upward(tenant.key, self.name, meta["namespace"], meta["name"])
+        elif pobj is None and meta.get("deletionTimestamp") is not None:
+            return True
+        if mutation.reject_reason(vobj) is not None:
+            return False
+        return super().drifted(sx, tenant, vobj, pobj)

@@ -1,0 +1,67 @@
+"""Services: copied down with the tenant's addresses removed; the super's flow back up.
+
+The super cluster allocates the cluster IP and node ports of every synced Service. Upward,
+the tenant Service gets the super cluster IP in annotation
+`transparency.tenancy.x-k8s.io/clusterIP` (what tenant DNS should answer, and how a tenant
+finds the address that works), the transparent labels/annotations, and the load-balancer
+status. Tenant `spec.clusterIP` stays as the tenant apiserver allocated it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from appliance.kube import resources
+from appliance.syncer import conversion, equality
+from appliance.syncer.resources.base import Kind
+from appliance.syncer.tenant import Tenant
+from appliance.util import naming
+
+if TYPE_CHECKING:
+    from appliance.syncer.runtime import Syncer
+
+
+def upward_patch(tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    """Tenant merge patch: super cluster IP annotation, transparent metadata (pure)."""
+    patch = equality.meta_uw_patch(vobj, pobj, transparent_prefixes=tenant.id.transparent_prefixes)
+    ip = (pobj.get("spec") or {}).get("clusterIP")
+    annotations = (vobj.get("metadata") or {}).get("annotations") or {}
+    if ip and ip != "None" and annotations.get(naming.ANNOTATION_TRANSPARENT_CLUSTER_IP) != ip:
+        patch = equality.merge_patches(
+            patch, {"metadata": {"annotations": {naming.ANNOTATION_TRANSPARENT_CLUSTER_IP: ip}}}
+        )
+    return patch
+
+
+class ServiceKind(Kind):
+    name = "service"
+    resource = resources.SERVICES
+    has_upward = True
+
+    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+        return conversion.adapt_service(super().build(sx, tenant, vobj))
+
+    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        return equality.merge_patches(
+            super().patch(sx, tenant, vobj, pobj), equality.service_spec_patch(vobj, pobj)
+        )
+
+    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+        vobj = tenant.get(self.name, name, ns)
+        pobj = sx.super_cache(self.name).get(name, tenant.id.super_namespace(ns))
+        if vobj is None or pobj is None or conversion.tenant_uid(pobj) != vobj["metadata"]["uid"]:
+            return
+        patch = upward_patch(tenant, vobj, pobj)
+        if patch:
+            await tenant.client.patch(self.resource, name, patch, namespace=ns)
+        if (pobj.get("spec") or {}).get("type") == "LoadBalancer":
+            status = equality.status_uw_patch(vobj, pobj)
+            if status:
+                await tenant.client.patch(self.resource, name, status, namespace=ns, subresource="status")
+
+    def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+        if super().drifted(sx, tenant, vobj, pobj):
+            return True
+        if pobj is not None and upward_patch(tenant, vobj, pobj):
+            sx.enqueue_upward(tenant.key, self.name, vobj["metadata"]["namespace"], vobj["metadata"]["name"])
+        return False

@@ -1,0 +1,120 @@
+"""Kinds that are plain copies: ConfigMaps, Secrets, ServiceAccounts, Endpoints, PVCs.
+
+Each differs from the generic `Kind` only in what it compares and a few naming rules:
+the tenant `kube-root-ca.crt` ConfigMap lands as `tenant-kube-root-ca.crt` (the super
+cluster publishes its own); service-account token Secrets are not copied (Pods get
+fresh tenant tokens, see `tokens`); the super cluster's own `default` ServiceAccount
+is adopted rather than duplicated; Endpoints are copied only for selector-less Services.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from appliance.kube import errors, resources
+from appliance.syncer import conversion, equality
+from appliance.syncer.resources.base import Kind, Retry
+from appliance.syncer.tenant import Tenant
+from appliance.util import naming
+
+if TYPE_CHECKING:
+    from appliance.syncer.runtime import Syncer
+
+ROOT_CA = "kube-root-ca.crt"
+TENANT_ROOT_CA = "tenant-kube-root-ca.crt"
+
+
+class ConfigMapKind(Kind):
+    name = "configmap"
+    resource = resources.CONFIGMAPS
+
+    def super_name(self, name: str) -> str:
+        return TENANT_ROOT_CA if name == ROOT_CA else name
+
+    def tenant_name(self, super_name: str) -> str:
+        return ROOT_CA if super_name == TENANT_ROOT_CA else super_name
+
+    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        return equality.merge_patches(
+            super().patch(sx, tenant, vobj, pobj), equality.configmap_data_patch(vobj, pobj)
+        )
+
+
+class SecretKind(Kind):
+    name = "secret"
+    resource = resources.SECRETS
+
+    def wanted(self, tenant: Tenant, vobj: dict[str, Any]) -> bool:
+        return vobj.get("type") != naming.SECRET_TYPE_SA_TOKEN
+
+    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        return equality.merge_patches(
+            super().patch(sx, tenant, vobj, pobj), equality.secret_data_patch(vobj, pobj)
+        )
+
+
+class ServiceAccountKind(Kind):
+    name = "serviceaccount"
+    resource = resources.SERVICEACCOUNTS
+
+    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+        return conversion.adapt_service_account(super().build(sx, tenant, vobj))
+
+    async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+        body = self.build(sx, tenant, vobj)
+        meta = body["metadata"]
+        try:
+            await super().create(sx, tenant, vobj)
+        except Exception as exc:
+            if meta["name"] != "default" or not isinstance(exc, (Retry, errors.ApiError)):
+                raise
+            # The super cluster made its own `default` in the new namespace: adopt it by
+            # stamping our identity, which also brings it into our label-filtered cache.
+            try:
+                await sx.super_client.patch(
+                    self.resource, "default", {"metadata": {
+                        "labels": {k: v for k, v in meta["labels"].items() if k.startswith(naming.TENANCY_PREFIX)},
+                        "annotations": {k: v for k, v in meta["annotations"].items() if k.startswith(naming.TENANCY_PREFIX)},
+                    }}, namespace=meta["namespace"],
+                )
+            except errors.NotFound:
+                raise exc from None
+
+
+class EndpointsKind(Kind):
+    name = "endpoints"
+    resource = resources.ENDPOINTS
+
+    def wanted(self, tenant: Tenant, vobj: dict[str, Any]) -> bool:
+        meta = vobj["metadata"]
+        svc = tenant.get("service", meta["name"], meta["namespace"]) if "service" in tenant.informers else None
+        return svc is None or not (svc.get("spec") or {}).get("selector")
+
+    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        subsets = equality.json_merge_patch(
+            {"subsets": pobj.get("subsets") or None}, {"subsets": vobj.get("subsets") or None}
+        )
+        return equality.merge_patches(super().patch(sx, tenant, vobj, pobj), subsets)
+
+
+class PersistentVolumeClaimKind(Kind):
+    name = "persistentvolumeclaim"
+    resource = resources.PVCS
+    has_upward = True
+
+    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        want = ((vobj.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+        have = ((pobj.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+        size = {"spec": {"resources": {"requests": {"storage": want}}}} if want and want != have else None
+        return equality.merge_patches(super().patch(sx, tenant, vobj, pobj), size)
+
+    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+        vobj = tenant.get(self.name, name, ns)
+        pobj = sx.super_cache(self.name).get(name, tenant.id.super_namespace(ns))
+        if vobj is None or pobj is None or conversion.tenant_uid(pobj) != vobj["metadata"]["uid"]:
+            return
+        capacity = (pobj.get("status") or {}).get("capacity")
+        if capacity and capacity != (vobj.get("status") or {}).get("capacity"):
+            await tenant.client.patch(
+                self.resource, name, {"status": {"capacity": capacity}}, namespace=ns, subresource="status"
+            )

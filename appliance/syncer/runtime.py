@@ -1,0 +1,310 @@
+"""The syncer's shared machinery: super caches, fair queues, worker pools, the tenant registry.
+
+Task tree (all inside `Syncer.run`'s nursery):
+
+    Syncer.run
+    ├── super informers (one per kind, label-filtered to tenancy objects; nodes unfiltered)
+    ├── downward workers: `workers` per kind (`pod_workers` for pods), one fair queue per kind
+    ├── upward workers: one fair queue for every kind's back-population
+    └── patrol (periodic drift scan; enqueues keys, never writes itself)
+
+Tenants (their clients and informers) live in the supervisor's per-tenant nurseries and
+are `register`ed here once their caches are synced; handlers only enqueue keys. Work
+items are keys, never objects: a worker always reads the latest state from the caches,
+so a burst of events for one object costs one reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import trio
+
+from appliance.kube import client as kclient
+from appliance.kube import errors, resources
+from appliance.kube import informer as kinformer
+from appliance.metrics import Registry
+from appliance.syncer import conversion
+from appliance.syncer.fairqueue import TrioFairQueue
+from appliance.syncer.resources import base
+from appliance.syncer.tenant import Tenant
+from appliance.util import naming
+
+log = logging.getLogger(__name__)
+
+#: Super objects the syncer created all carry this label (a tenancy label selector).
+SUPER_SELECTOR = naming.LABEL_VC_NAME
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncerSettings:
+    workers: int = 3
+    pod_workers: int = 10
+    upward_workers: int = 10
+    patrol_period: float = 60.0
+    vnode_gc_grace: float = 120.0
+    health_period: float = 60.0
+    opaque_meta_domains: tuple[str, ...] = naming.DEFAULT_OPAQUE_DOMAINS
+    disable_service_account_token: bool = True
+    disable_service_links: bool = False
+    dns_options: tuple[tuple[str, str | None], ...] = (("ndots", "5"),)
+    extra_node_labels: tuple[str, ...] = ()
+    #: what virtual nodes advertise as their kubelet endpoint: the proxy
+    vnode_address: str = "127.0.0.1"
+    vnode_port: int = 10550
+    #: lifetime of the tenant service-account tokens handed to super Pods
+    token_expiration_seconds: int = 3600
+    reconcile_timeout: float = 60.0
+
+
+class Syncer:
+    def __init__(
+        self,
+        *,
+        super_client: kclient.ApiClient,
+        settings: SyncerSettings,
+        registry: Registry,
+        kinds: list[base.Kind] | None = None,
+    ) -> None:
+        from appliance.syncer.resources import all_kinds
+
+        self.super_client = super_client
+        self.settings = settings
+        self.kinds: dict[str, base.Kind] = {k.name: k for k in (kinds or all_kinds())}
+        self.tenants: dict[str, Tenant] = {}
+        self.queues = {name: TrioFairQueue() for name in self.kinds}
+        self.upward = TrioFairQueue()
+        self._super: dict[str, kinformer.Informer] = {}
+        self._node_informer: kinformer.Informer | None = None
+        self._metrics(registry)
+        #: hooks kinds register: called for super events of their kind (e.g. upward enqueue)
+
+    # --- metrics ------------------------------------------------------------------------
+    def _metrics(self, registry: Registry) -> None:
+        self.m_dws = registry.counter(
+            "syncer_dws_operations_total", "Downward reconciles by outcome.",
+            ("resource", "vc_name", "code"))
+        self.m_dws_seconds = registry.histogram(
+            "syncer_dws_operations_duration_seconds", "Downward reconcile duration.",
+            ("resource", "vc_name"))
+        self.m_uws = registry.counter(
+            "syncer_uws_operations_total", "Upward reconciles by outcome.", ("resource", "code"))
+        self.m_uws_seconds = registry.histogram(
+            "syncer_uws_operations_duration_seconds", "Upward reconcile duration.", ("resource",))
+        self.m_remedy = registry.counter(
+            "syncer_checker_remedy_count", "Drift repairs queued by the patrol.", ("counter_name",))
+        self.m_patrol_seconds = registry.histogram(
+            "syncer_checker_scan_duration_seconds", "Patrol scan duration.", ("resource",))
+        registry.gauge(
+            "syncer_queue_length", "Items ready in the downward fair queue.", ("resource",),
+            callback=lambda: {(n,): float(len(q.core)) for n, q in self.queues.items()},
+        )
+        registry.gauge(
+            "syncer_tenants", "Tenants registered with the syncer.", (),
+            callback=lambda: {(): float(len(self.tenants))},
+        )
+
+    # --- caches and queues ----------------------------------------------------------------
+    def super_cache(self, kind: str) -> kinformer.Informer:
+        return self._super[kind]
+
+    @property
+    def super_nodes(self) -> kinformer.Informer:
+        assert self._node_informer is not None
+        return self._node_informer
+
+    def enqueue(self, kind: str, tenant_key: str, key: tuple[str, str]) -> None:
+        self.queues[kind].add(tenant_key, key)
+
+    def enqueue_upward(self, tenant_key: str, kind: str, ns: str, name: str) -> None:
+        self.upward.add(tenant_key, (kind, ns, name))
+
+    def tenant_handler(self, tenant: Tenant, kind: str) -> kinformer.Handler:
+        """Tenant informer events mark the object's key dirty in the kind's fair queue."""
+        queue = self.queues[kind]
+
+        def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+            meta = (new or old or {}).get("metadata") or {}
+            if kind == "namespace":
+                queue.add(tenant.key, ("", meta.get("name", "")))
+            else:
+                queue.add(tenant.key, (meta.get("namespace", ""), meta.get("name", "")))
+            extra = getattr(self.kinds[kind], "on_tenant_event", None)
+            if extra is not None:
+                extra(self, tenant, event_type, new, old)
+
+        return handle
+
+    def _super_handler(self, kind: str) -> kinformer.Handler:
+        k = self.kinds[kind]
+
+        def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+            obj = new if new is not None else old
+            ref = conversion.tenant_ref(obj or {})
+            if ref is None or ref.cluster_key not in self.tenants:
+                return
+            name = k.tenant_name(ref.name)
+            key = ("", ref.namespace) if kind == "namespace" else (ref.namespace, name)
+            if getattr(k, "has_upward", False):
+                self.enqueue_upward(ref.cluster_key, kind, key[0], key[1])
+            if getattr(k, "repair_on_super_event", True):
+                self.enqueue(kind, ref.cluster_key, key)
+
+        return handle
+
+    # --- tenants --------------------------------------------------------------------------
+    def register(self, tenant: Tenant) -> None:
+        """Make a synced tenant visible to workers; its handlers start enqueueing now."""
+        self.tenants[tenant.key] = tenant
+        for kind, inf in tenant.informers.items():
+            if kind in self.kinds:
+                inf.add_handler(self.tenant_handler(tenant, kind))
+                for key in inf.keys():  # initial sync: every object once
+                    ns, name = key
+                    self.enqueue(kind, tenant.key, ("", name) if kind == "namespace" else (ns, name))
+        log.info("tenant %s registered (%d kinds)", tenant.key, len(tenant.informers))
+
+    def unregister(self, tenant_key: str) -> None:
+        self.tenants.pop(tenant_key, None)
+        for q in (*self.queues.values(), self.upward):
+            q.remove_tenant(tenant_key)
+        log.info("tenant %s unregistered", tenant_key)
+
+    # --- workers ------------------------------------------------------------------------
+    async def _process(
+        self,
+        queue: TrioFairQueue,
+        item: tuple[Hashable, Hashable],
+        run: Callable[[Tenant], Any],
+        *,
+        what: str,
+        on_result: Callable[[str, Tenant], None],
+        report: Callable[[Tenant, str], Any] | None = None,
+    ) -> None:
+        tenant_key, key = item
+        tenant = self.tenants.get(str(tenant_key))
+        try:
+            if tenant is None:
+                queue.forget(tenant_key, key)
+                return
+            code = "OK"
+            try:
+                with trio.fail_after(self.settings.reconcile_timeout):
+                    await run(tenant)
+            except base.Retry as exc:
+                code = "Retry"
+                log.debug("%s %s/%s: %s", what, tenant_key, key, exc)
+                if not queue.retry(tenant_key, key):
+                    code = "ExceedMaxRetryAttempts"
+                    await self._report(report, tenant, f"gave up after retries: {exc}")
+            except base.Permanent as exc:
+                code = "BadRequest"
+                queue.forget(tenant_key, key)
+                log.warning("%s %s %s: %s", what, tenant_key, key, exc)
+                await self._report(report, tenant, str(exc))
+            except errors.ApiError as exc:
+                if exc.status in (400, 403, 422):
+                    code = "BadRequest"
+                    queue.forget(tenant_key, key)
+                    log.warning("%s %s %s refused by the super cluster: %s", what, tenant_key, key, exc)
+                    await self._report(report, tenant, f"refused by the super cluster: {exc.message}")
+                else:
+                    code = "Error"
+                    log.info("%s %s %s: %s; retrying", what, tenant_key, key, exc)
+                    if not queue.retry(tenant_key, key):
+                        code = "ExceedMaxRetryAttempts"
+            except (errors.TransportError, trio.TooSlowError) as exc:
+                code = "Error"
+                log.info("%s %s %s: %r; retrying", what, tenant_key, key, exc)
+                queue.retry(tenant_key, key)
+            except Exception:
+                code = "Error"
+                log.exception("%s %s %s failed", what, tenant_key, key)
+                queue.retry(tenant_key, key)
+            else:
+                queue.forget(tenant_key, key)
+            on_result(code, tenant)
+        finally:
+            queue.done(tenant_key, key)
+
+    async def _report(self, report: Callable[[Tenant, str], Any] | None, tenant: Tenant | None, msg: str) -> None:
+        if report is None or tenant is None:
+            return
+        try:
+            with trio.move_on_after(10):
+                await report(tenant, msg)
+        except Exception:  # reporting must never take a worker down
+            log.debug("could not post an event", exc_info=True)
+
+    async def _downward_worker(self, kind: base.Kind) -> NoReturn:
+        queue = self.queues[kind.name]
+        while True:
+            item = await queue.get()
+            ns, name = item[1]  # type: ignore[misc]
+            started = trio.current_time()
+
+            def done(code: str, tenant: Tenant) -> None:
+                self.m_dws.inc(resource=kind.name, vc_name=tenant.id.vc_name, code=code)
+                self.m_dws_seconds.observe(
+                    trio.current_time() - started, resource=kind.name, vc_name=tenant.id.vc_name)
+
+            async def report(tenant: Tenant, msg: str, ns: str = ns, name: str = name) -> None:
+                vobj = tenant.get(kind.name, name, ns or None)
+                if vobj is not None:
+                    await tenant.events.post(vobj, type="Warning", reason="FailedSync", message=msg)
+
+            await self._process(
+                queue, item, lambda t: kind.reconcile(self, t, ns, name),
+                what=f"sync {kind.name}", on_result=done, report=report,
+            )
+
+    async def _upward_worker(self) -> NoReturn:
+        while True:
+            item = await self.upward.get()
+            kind_name, ns, name = item[1]  # type: ignore[misc]
+            kind = self.kinds.get(kind_name) if kind_name != "node" else None
+            started = trio.current_time()
+
+            def done(code: str, tenant: Tenant) -> None:
+                self.m_uws.inc(resource=kind_name, code=code)
+                self.m_uws_seconds.observe(trio.current_time() - started, resource=kind_name)
+
+            async def run(t: Tenant) -> None:
+                if kind_name == "node":
+                    from appliance.syncer import vnode
+
+                    await vnode.upward(self, t, name)
+                elif kind is not None:
+                    await kind.upward(self, t, ns, name)  # type: ignore[attr-defined]
+
+            await self._process(self.upward, item, run, what=f"back-populate {kind_name}", on_result=done)
+
+    # --- run ------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        from appliance.syncer import patrol, vnode
+
+        async with trio.open_nursery() as nursery:
+            for name, kind in self.kinds.items():
+                inf = kinformer.Informer(
+                    self.super_client, kind.resource, label_selector=SUPER_SELECTOR,
+                    name=f"super/{name}",
+                )
+                inf.add_handler(self._super_handler(name))
+                self._super[name] = inf
+                await nursery.start(inf.run)
+            self._node_informer = kinformer.Informer(self.super_client, resources.NODES, name="super/nodes")
+            self._node_informer.add_handler(vnode.super_node_handler(self))
+            await nursery.start(self._node_informer.run)
+            for kind in self.kinds.values():
+                for _ in range(getattr(self.settings, kind.workers_setting)):
+                    nursery.start_soon(self._downward_worker, kind)
+            for _ in range(self.settings.upward_workers):
+                nursery.start_soon(self._upward_worker)
+            nursery.start_soon(patrol.run, self)
+            log.info("syncer started: %s", ", ".join(self.kinds))
+            task_status.started()
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")

@@ -1,0 +1,146 @@
+"""The tenant supervisor: one nursery per Running VirtualCluster, stopped alone.
+
+It watches VirtualClusters in the super cluster. A VC in phase `Running` whose admin
+kubeconfig can be found (annotation `tenancy.x-k8s.io/admin-kubeconfig`, then the
+secret named by `tenancy.x-k8s.io/secret.admin-kubeconfig` (key `value`), then secret
+`admin-kubeconfig` in its root namespace — the original's order) gets a tenant task;
+a VC that is deleted, goes `Error` or changes identity (UID) has its task cancelled,
+stopping before starting. A tenant task opens the tenant client and informers, waits
+until they are synced, registers the tenant with the `Syncer`, then probes the tenant
+apiserver. Any failure inside it is logged, reported as a `ClusterUnHealth` Event on the
+VC and retried with backoff; it never reaches other tenants or the process.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+from typing import Any, NoReturn
+
+import trio
+
+from appliance.kube import creds as kcreds
+from appliance.kube import errors, resources
+from appliance.kube import events as kevents
+from appliance.kube import informer as kinformer
+from appliance.kube.backoff import Backoff
+from appliance.kube.client import open_client
+from appliance.syncer.runtime import Syncer
+from appliance.syncer.tenant import Tenant, TenantId
+from appliance.util import naming
+
+log = logging.getLogger(__name__)
+
+
+class KubeconfigMissing(Exception):
+    """No admin kubeconfig for the VC (yet); the message says where we looked."""
+
+
+async def tenant_credentials(super_client: Any, vc: dict[str, Any], tid: TenantId) -> kcreds.Credentials:
+    """Find the tenant's admin kubeconfig in the original's order of sources."""
+    ann = vc["metadata"].get("annotations") or {}
+    if ann.get(naming.ANNOTATION_ADMIN_KUBECONFIG):
+        data = base64.b64decode(ann[naming.ANNOTATION_ADMIN_KUBECONFIG])
+        return kcreds.parse_kubeconfig(data)
+    if ann.get(naming.ANNOTATION_SECRET_ADMIN_KUBECONFIG):
+        name, key = ann[naming.ANNOTATION_SECRET_ADMIN_KUBECONFIG], naming.ANNOTATED_KUBECONFIG_SECRET_KEY
+    else:
+        name, key = naming.ADMIN_KUBECONFIG_SECRET, naming.ADMIN_KUBECONFIG_SECRET_KEY
+    try:
+        secret = await super_client.get(resources.SECRETS, name, namespace=tid.key)
+    except errors.NotFound:
+        raise KubeconfigMissing(f"secret {tid.key}/{name} not found") from None
+    value = (secret.get("data") or {}).get(key)
+    if not value:
+        raise KubeconfigMissing(f"secret {tid.key}/{name} has no key {key!r}")
+    return kcreds.parse_kubeconfig(base64.b64decode(value))
+
+
+async def run_tenant(
+    sx: Syncer, vc: dict[str, Any], *, vc_events: kevents.EventRecorder,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep one tenant synced until cancelled; restarts it after failures, with backoff."""
+    tid = TenantId.from_vc(vc)
+    backoff = Backoff()
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        while True:
+            started = trio.current_time()
+            try:
+                await _serve_tenant(sx, vc, tid)
+            except Exception as exc:  # the sanctioned per-tenant catch-all (STYLE rule 20)
+                if trio.current_time() - started > 120:
+                    backoff.reset()  # it had been healthy: this is a new incident
+                delay = backoff.next_delay()
+                log.warning("tenant %s failed: %s; retrying in %.1f s", tid.key, exc, delay,
+                            exc_info=not isinstance(exc, (errors.KubeError, KubeconfigMissing, kcreds.KubeconfigError)))
+                await vc_events.post(vc, type="Warning", reason="ClusterUnHealth",
+                                     message=f"VirtualCluster {tid.key} unhealthy: {exc}")
+                await trio.sleep(delay)
+
+
+async def _serve_tenant(sx: Syncer, vc: dict[str, Any], tid: TenantId) -> NoReturn:
+    creds = await tenant_credentials(sx.super_client, vc, tid)
+    async with open_client(creds, user_agent=f"vc-syncer/{tid.key}") as client:
+        tenant = Tenant(tid, client)
+        async with trio.open_nursery() as nursery:
+            for name, kind in sx.kinds.items():
+                tenant.informers[name] = kinformer.Informer(client, kind.resource, name=f"{tid.key}/{name}")
+            tenant.informers["node"] = kinformer.Informer(
+                client, resources.NODES, label_selector=f"{naming.LABEL_VIRTUAL_NODE}=true",
+                name=f"{tid.key}/node",
+            )
+            with trio.fail_after(120):
+                async with trio.open_nursery() as starting:
+                    for inf in tenant.informers.values():
+                        starting.start_soon(nursery.start, inf.run)
+            sx.register(tenant)
+            try:
+                while True:
+                    await trio.sleep(sx.settings.health_period)
+                    with trio.fail_after(30):
+                        await client.server_version()
+            finally:
+                sx.unregister(tid.key)
+    raise AssertionError("unreachable")
+
+
+def desired(vc: dict[str, Any]) -> bool:
+    return (vc.get("status") or {}).get("phase") == "Running" and not vc["metadata"].get("deletionTimestamp")
+
+
+async def run(sx: Syncer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+    """Watch VirtualClusters and keep one tenant task per Running VC."""
+    vcs = kinformer.Informer(sx.super_client, resources.VIRTUALCLUSTERS, name="super/virtualclusters")
+    vc_events = kevents.EventRecorder(sx.super_client, component="vc-syncer")
+    changed = trio.Event()
+    running: dict[tuple[str, str], tuple[str, trio.CancelScope]] = {}
+
+    def poke(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+        changed.set()
+
+    vcs.add_handler(poke)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vcs.run)
+        task_status.started()
+        while True:
+            changed = trio.Event()  # before reading: a change from now on wakes us again
+            want = {
+                (vc["metadata"]["namespace"], vc["metadata"]["name"]): vc
+                for vc in vcs.list() if desired(vc)
+            }
+            for ref, (uid, scope) in list(running.items()):  # stop before start
+                vc = want.get(ref)
+                if vc is None or vc["metadata"]["uid"] != uid:
+                    log.info("tenant %s/%s: stopping", *ref)
+                    scope.cancel()
+                    del running[ref]
+            for ref, vc in want.items():
+                if ref not in running:
+                    log.info("tenant %s/%s: starting", *ref)
+                    scope = await nursery.start(functools.partial(run_tenant, sx, vc, vc_events=vc_events))
+                    running[ref] = (vc["metadata"]["uid"], scope)
+            await changed.wait()
+    raise AssertionError("unreachable")

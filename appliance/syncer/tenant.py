@@ -1,0 +1,66 @@
+"""One tenant as the syncer sees it: identity, API client, informers.
+
+`TenantId` is the immutable identity taken from the VirtualCluster (cluster key, the
+VC's name/namespace/uid, domain, meta prefixes). `Tenant` adds the live parts the
+tenant's nursery owns: its ApiClient and one informer per synced kind. A Tenant is
+registered with the `Syncer` only after every informer has synced, so workers never
+see a half-filled cache (an unsynced cache would look like deletions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.kube import client as kclient
+from appliance.kube import events as kevents
+from appliance.kube import informer as kinformer
+from appliance.util import naming
+
+
+@dataclass(frozen=True, slots=True)
+class TenantId:
+    key: str
+    vc_name: str
+    vc_namespace: str
+    vc_uid: str
+    cluster_domain: str = "cluster.local"
+    opaque_prefixes: tuple[str, ...] = ()
+    transparent_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_vc(cls, vc: dict[str, Any]) -> TenantId:
+        meta, spec, status = vc["metadata"], vc.get("spec") or {}, vc.get("status") or {}
+        return cls(
+            key=naming.cluster_key(
+                meta["namespace"], meta["name"], meta["uid"],
+                cluster_namespace=status.get("clusterNamespace") or "",
+            ),
+            vc_name=meta["name"],
+            vc_namespace=meta["namespace"],
+            vc_uid=meta["uid"],
+            cluster_domain=spec.get("clusterDomain") or "cluster.local",
+            opaque_prefixes=tuple(spec.get("opaqueMetaPrefixes") or ()),
+            transparent_prefixes=tuple(spec.get("transparentMetaPrefixes") or ()),
+        )
+
+    def super_namespace(self, tenant_ns: str) -> str:
+        return naming.super_namespace(self.key, tenant_ns)
+
+
+@dataclass(slots=True)
+class Tenant:
+    id: TenantId
+    client: kclient.ApiClient
+    informers: dict[str, kinformer.Informer] = field(default_factory=dict)
+    events: kevents.EventRecorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = kevents.EventRecorder(self.client, component="vc-syncer")
+
+    @property
+    def key(self) -> str:
+        return self.id.key
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        return self.informers[kind].get(name, namespace)

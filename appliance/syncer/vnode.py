@@ -1,0 +1,135 @@
+"""Virtual nodes: the tenant's view of the super nodes its Pods run on.
+
+A virtual node is created in a tenant when one of its Pods is bound to a super node of
+that name. It is unschedulable and tainted (tenants have no scheduler of their own to
+confuse), carries the super node's os/arch/hostname labels, capacity and node info, and
+advertises the appliance's kubelet proxy as its address and kubelet port, so tenant
+`kubectl logs/exec` reach the proxy. It never carries `status.declaredFeatures`, so the
+tenant apiserver talks SPDY to the proxy, which passes it through untouched.
+`build` and `status_patch` are pure; `ensure`/`upward` do the I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from appliance.kube import errors, resources
+from appliance.kube import informer as kinformer
+from appliance.syncer.tenant import Tenant
+from appliance.util import naming
+
+if TYPE_CHECKING:
+    from appliance.syncer.runtime import Syncer
+
+log = logging.getLogger(__name__)
+
+BASE_LABELS = ("kubernetes.io/os", "kubernetes.io/arch", "kubernetes.io/hostname")
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+
+
+def _addresses(address: str) -> list[dict[str, str]]:
+    return [{"type": "InternalIP", "address": address}]
+
+
+def build(
+    super_node: dict[str, Any], *, address: str, port: int, extra_labels: tuple[str, ...] = (),
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The virtual node for `super_node` (pure)."""
+    now = now or dt.datetime.now(dt.UTC)
+    meta, status = super_node["metadata"], super_node.get("status") or {}
+    keep = (*BASE_LABELS, *extra_labels)
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in keep}
+    labels[naming.LABEL_VIRTUAL_NODE] = "true"
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": meta["name"], "labels": labels},
+        "spec": {
+            "unschedulable": True,
+            "taints": [{
+                "key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule",
+                "timeAdded": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }],
+        },
+        "status": {
+            "capacity": copy.deepcopy(status.get("capacity") or {}),
+            "allocatable": copy.deepcopy(status.get("allocatable") or {}),
+            "nodeInfo": copy.deepcopy(status.get("nodeInfo") or {}),
+            "conditions": copy.deepcopy(status.get("conditions") or []),
+            "addresses": _addresses(address),
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+        },
+    }
+
+
+def status_patch(vnode: dict[str, Any], super_node: dict[str, Any], *, address: str, port: int) -> dict[str, Any] | None:
+    """Merge patch bringing a vnode's conditions and endpoint in line (pure)."""
+    want = {
+        "conditions": (super_node.get("status") or {}).get("conditions") or [],
+        "addresses": _addresses(address),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+    }
+    have = vnode.get("status") or {}
+    diff = {k: v for k, v in want.items() if have.get(k) != v}
+    if have.get("declaredFeatures"):
+        diff["declaredFeatures"] = None
+    return {"status": diff} if diff else None
+
+
+async def ensure(sx: Syncer, tenant: Tenant, node_name: str) -> None:
+    """Create the vnode in the tenant if it is missing; raises Retry if the super node is unknown."""
+    from appliance.syncer.resources.base import Retry
+
+    if tenant.get("node", node_name) is not None:
+        return
+    super_node = sx.super_nodes.get(node_name)
+    if super_node is None:
+        raise Retry(f"super node {node_name} not in cache yet")
+    s = sx.settings
+    body = build(super_node, address=s.vnode_address, port=s.vnode_port, extra_labels=s.extra_node_labels)
+    try:
+        created = await tenant.client.create(resources.NODES, body)
+    except errors.AlreadyExists:
+        created = await tenant.client.get(resources.NODES, node_name)
+    # Node creation may drop status; set it explicitly.
+    patch = status_patch(created, super_node, address=s.vnode_address, port=s.vnode_port)
+    full = {"status": {**body["status"], **((patch or {}).get("status") or {})}}
+    await tenant.client.patch(resources.NODES, node_name, full, subresource="status")
+    log.info("tenant %s: virtual node %s created", tenant.key, node_name)
+
+
+async def upward(sx: Syncer, tenant: Tenant, node_name: str) -> None:
+    vnode = tenant.get("node", node_name)
+    super_node = sx.super_nodes.get(node_name)
+    if vnode is None or super_node is None:
+        return
+    patch = status_patch(vnode, super_node, address=sx.settings.vnode_address, port=sx.settings.vnode_port)
+    if patch:
+        await tenant.client.patch(resources.NODES, node_name, patch, subresource="status")
+
+
+def _interesting(new: dict[str, Any] | None, old: dict[str, Any] | None) -> bool:
+    if new is None or old is None:
+        return True
+    ns, os_ = new.get("status") or {}, old.get("status") or {}
+    strip = [{k: v for k, v in c.items() if k != "lastHeartbeatTime"} for c in ns.get("conditions") or []]
+    strip_old = [{k: v for k, v in c.items() if k != "lastHeartbeatTime"} for c in os_.get("conditions") or []]
+    return strip != strip_old or ns.get("addresses") != os_.get("addresses")
+
+
+def super_node_handler(sx: Syncer) -> kinformer.Handler:
+    """Super node changes that matter (conditions, not heartbeats) go to every tenant holding it."""
+
+    def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+        if not _interesting(new, old):
+            return
+        name = (new or old or {})["metadata"]["name"]
+        for tenant in list(sx.tenants.values()):
+            if tenant.get("node", name) is not None:
+                sx.enqueue_upward(tenant.key, "node", "", name)
+
+    return handle

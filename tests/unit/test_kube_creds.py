@@ -1,0 +1,393 @@
+"""Tests for appliance.kube.creds: kubeconfig parsing, in-cluster settings, SSL contexts.
+
+Certificates are generated at run time; no key material is committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from appliance.kube import creds
+from appliance.kube.creds import Credentials, KubeconfigError
+
+SECRET_TOKEN = "s3cr3t-t0ken-value"
+
+
+def make_cert(
+    cn: str, *, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
+) -> tuple[bytes, bytes, x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA (issuer None) or a leaf signed by `issuer`: (cert PEM, key PEM, ...)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_cert.subject if issuer_cert else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert, key
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, bytes]:
+    """A CA and a client certificate signed by it."""
+    ca_pem, _, ca_cert, ca_key = make_cert("test-ca")
+    cert_pem, key_pem, _, _ = make_cert("admin", issuer=(ca_cert, ca_key))
+    return {"ca": ca_pem, "cert": cert_pem, "key": key_pem}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def kubeconfig(
+    *,
+    clusters: list[dict[str, Any]],
+    users: list[dict[str, Any]],
+    contexts: list[dict[str, Any]],
+    current: str | None,
+) -> bytes:
+    doc: dict[str, object] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": clusters,
+        "users": users,
+        "contexts": contexts,
+    }
+    if current is not None:
+        doc["current-context"] = current
+    text: str = yaml.safe_dump(doc)
+    return text.encode()
+
+
+def simple(cluster: dict[str, Any], user: dict[str, Any], *, current: str | None = "ctx") -> bytes:
+    return kubeconfig(
+        clusters=[{"name": "c", "cluster": cluster}],
+        users=[{"name": "u", "user": user}],
+        contexts=[{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+        current=current,
+    )
+
+
+def test_inline_data(pki: dict[str, bytes]) -> None:
+    """The -data fields are base64-decoded into PEM bytes."""
+    data = simple(
+        {"server": "https://127.0.0.1:6443/", "certificate-authority-data": b64(pki["ca"])},
+        {"client-certificate-data": b64(pki["cert"]), "client-key-data": b64(pki["key"])},
+    )
+    got = creds.parse_kubeconfig(data)
+    assert (
+        Credentials(
+            server="https://127.0.0.1:6443",
+            ca_pem=pki["ca"],
+            client_cert_pem=pki["cert"],
+            client_key_pem=pki["key"],
+        )
+        == got
+    )
+
+
+def test_files_relative_to_base_dir(tmp_path: Path, pki: dict[str, bytes]) -> None:
+    """File references resolve against base_dir; a token file is read and remembered."""
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "ca.crt").write_bytes(pki["ca"])
+    (tmp_path / "pki" / "admin.crt").write_bytes(pki["cert"])
+    (tmp_path / "pki" / "admin.key").write_bytes(pki["key"])
+    (tmp_path / "token").write_text(SECRET_TOKEN + "\n")
+    data = simple(
+        {"server": "https://10.0.0.1:443", "certificate-authority": "pki/ca.crt"},
+        {
+            "client-certificate": "pki/admin.crt",
+            "client-key": "pki/admin.key",
+            "tokenFile": "token",
+        },
+    )
+    got = creds.parse_kubeconfig(data, base_dir=tmp_path)
+    assert pki["ca"] == got.ca_pem
+    assert pki["key"] == got.client_key_pem
+    assert SECRET_TOKEN == got.token
+    assert tmp_path / "token" == got.token_file
+
+
+def test_data_wins_over_file(pki: dict[str, bytes]) -> None:
+    """When both forms are present the inline data is used, as kubectl does."""
+    data = simple(
+        {
+            "server": "https://h:6443",
+            "certificate-authority-data": b64(pki["ca"]),
+            "certificate-authority": "/nonexistent/ca.crt",
+        },
+        {"token": SECRET_TOKEN},
+    )
+    assert pki["ca"] == creds.parse_kubeconfig(data).ca_pem
+
+
+def test_context_selection_and_tls_options() -> None:
+    """An explicit context overrides current-context; TLS options are carried over."""
+    data = kubeconfig(
+        clusters=[
+            {"name": "one", "cluster": {"server": "https://one:6443"}},
+            {
+                "name": "two",
+                "cluster": {
+                    "server": "https://two:6443",
+                    "insecure-skip-tls-verify": True,
+                    "tls-server-name": "kubernetes.default",
+                },
+            },
+        ],
+        users=[{"name": "u", "user": {"token": SECRET_TOKEN}}],
+        contexts=[
+            {"name": "first", "context": {"cluster": "one", "user": "u"}},
+            {"name": "second", "context": {"cluster": "two", "user": "u"}},
+        ],
+        current="first",
+    )
+    assert "https://one:6443" == creds.parse_kubeconfig(data).server
+    second = creds.parse_kubeconfig(data, context="second")
+    assert ("https://two:6443", True, "kubernetes.default") == (
+        second.server,
+        second.insecure_skip_tls_verify,
+        second.tls_server_name,
+    )
+
+
+def test_context_without_user_is_anonymous() -> None:
+    """A context with no user gives credentials without client auth."""
+    data = kubeconfig(
+        clusters=[{"name": "c", "cluster": {"server": "https://h"}}],
+        users=[],
+        contexts=[{"name": "ctx", "context": {"cluster": "c"}}],
+        current="ctx",
+    )
+    got = creds.parse_kubeconfig(data)
+    assert (None, None, None) == (got.token, got.client_cert_pem, got.client_key_pem)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(b"::: not yaml :::\n\t- x", "not valid YAML", id="yaml"),
+        pytest.param(b"- a list", "not a YAML mapping", id="not-mapping"),
+        pytest.param(
+            simple({"server": "https://h"}, {"token": SECRET_TOKEN}, current=None),
+            "no current-context",
+            id="no-context",
+        ),
+        pytest.param(
+            kubeconfig(clusters=[], users=[], contexts=[], current="missing"),
+            "context 'missing' not found",
+            id="unknown-context",
+        ),
+        pytest.param(
+            kubeconfig(
+                clusters=[],
+                users=[],
+                contexts=[{"name": "ctx", "context": {"cluster": "gone", "user": "u"}}],
+                current="ctx",
+            ),
+            "cluster 'gone' not found",
+            id="unknown-cluster",
+        ),
+        pytest.param(
+            kubeconfig(
+                clusters=[{"name": "c", "cluster": {"server": "https://h"}}],
+                users=[],
+                contexts=[{"name": "ctx", "context": {"cluster": "c", "user": "nobody"}}],
+                current="ctx",
+            ),
+            "user 'nobody' not found",
+            id="unknown-user",
+        ),
+        pytest.param(
+            simple({}, {"token": SECRET_TOKEN}),
+            "cluster 'c' has no https:// server",
+            id="no-server",
+        ),
+        pytest.param(
+            simple({"server": "https://h"}, {"client-certificate-data": b64(b"pem")}),
+            "has client-certificate but no client-key",
+            id="cert-without-key",
+        ),
+        pytest.param(
+            simple({"server": "https://h"}, {"username": "admin", "password": SECRET_TOKEN}),
+            "basic auth",
+            id="basic-auth",
+        ),
+        pytest.param(
+            simple({"server": "https://h", "certificate-authority": "/nonexistent/ca"}, {}),
+            "cannot read certificate-authority /nonexistent/ca",
+            id="missing-file",
+        ),
+    ],
+)
+def test_errors_name_what_is_missing(data: bytes, message: str) -> None:
+    """Unusable kubeconfigs raise KubeconfigError saying what is wrong, never a secret."""
+    with pytest.raises(KubeconfigError, match=message) as info:
+        creds.parse_kubeconfig(data)
+    assert SECRET_TOKEN not in str(info.value)
+
+
+def test_bad_base64_does_not_echo_value() -> None:
+    """Invalid base64 names the field but not its content."""
+    data = simple({"server": "https://h"}, {"client-key-data": "!!" + SECRET_TOKEN + "!!"})
+    with pytest.raises(KubeconfigError, match="client-key-data") as info:
+        creds.parse_kubeconfig(data)
+    assert SECRET_TOKEN not in str(info.value)
+
+
+def test_yaml_error_does_not_echo_line() -> None:
+    """A YAML error reports a line number, not the text of the offending line."""
+    data = b"users:\n- name: u\n  user: {token: " + SECRET_TOKEN.encode() + b"\n"
+    with pytest.raises(KubeconfigError) as info:
+        creds.parse_kubeconfig(data)
+    assert SECRET_TOKEN not in str(info.value)
+
+
+def test_exec_user_needs_plugin() -> None:
+    """A user with only an exec entry raises PluginRequired from the pure parser."""
+    data = simple({"server": "https://h"}, {"exec": {"command": "aws", "apiVersion": "v1"}})
+    with pytest.raises(creds.PluginRequired):
+        creds.parse_kubeconfig(data)
+
+
+def test_static_credentials_win_over_exec() -> None:
+    """A token next to an exec entry is used directly, without running the plugin."""
+    data = simple(
+        {"server": "https://h"},
+        {"token": SECRET_TOKEN, "exec": {"command": "false", "apiVersion": "v1"}},
+    )
+    assert SECRET_TOKEN == creds.parse_kubeconfig(data).token
+
+
+def test_repr_hides_secrets(pki: dict[str, bytes]) -> None:
+    """repr() shows where and which kinds of credentials, never the key or token."""
+    record = Credentials(
+        server="https://h",
+        client_cert_pem=pki["cert"],
+        client_key_pem=pki["key"],
+        token=SECRET_TOKEN,
+    )
+    text = repr(record)
+    assert SECRET_TOKEN not in text
+    assert "PRIVATE KEY" not in text
+    assert "https://h" in text
+
+
+async def test_load_kubeconfig_from_file(tmp_path: Path) -> None:
+    """load_kubeconfig reads the file in a thread and resolves paths next to it."""
+    (tmp_path / "token").write_text(SECRET_TOKEN)
+    path = tmp_path / "config"
+    path.write_bytes(simple({"server": "https://h:6443"}, {"tokenFile": "token"}))
+    got = await creds.load_kubeconfig(path)
+    assert SECRET_TOKEN == got.token
+
+
+async def test_load_kubeconfig_exec_plugin(tmp_path: Path, pki: dict[str, bytes]) -> None:
+    """An exec user is resolved by the official client; the cluster part stays ours."""
+    output = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "status": {"token": SECRET_TOKEN},
+    }
+    path = tmp_path / "config"
+    path.write_bytes(
+        simple(
+            {"server": "https://h:6443", "certificate-authority-data": b64(pki["ca"])},
+            {
+                "exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1",
+                    "command": sys.executable,
+                    "args": ["-c", f"print({json.dumps(json.dumps(output))})"],
+                    "interactiveMode": "Never",
+                }
+            },
+        )
+    )
+    got = await creds.load_kubeconfig(path)
+    assert ("https://h:6443", pki["ca"], SECRET_TOKEN) == (got.server, got.ca_pem, got.token)
+
+
+def test_in_cluster(tmp_path: Path, pki: dict[str, bytes]) -> None:
+    """In-cluster credentials come from the service env vars and the mounted token and CA."""
+    (tmp_path / "token").write_text(SECRET_TOKEN)
+    (tmp_path / "ca.crt").write_bytes(pki["ca"])
+    env = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}
+    got = creds._in_cluster(env, tmp_path)
+    assert (
+        Credentials(
+            server="https://[fd00::1]:443",
+            ca_pem=pki["ca"],
+            token=SECRET_TOKEN,
+            token_file=tmp_path / "token",
+        )
+        == got
+    )
+
+
+def test_in_cluster_outside_cluster(tmp_path: Path) -> None:
+    """Without the service env vars in_cluster says so."""
+    with pytest.raises(KubeconfigError, match="KUBERNETES_SERVICE_HOST"):
+        creds._in_cluster({}, tmp_path)
+
+
+def test_ssl_context_loads_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pki: dict[str, bytes]
+) -> None:
+    """The context verifies with the CA, carries the client cert, and leaves no key file."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    record = Credentials(
+        server="https://h", ca_pem=pki["ca"], client_cert_pem=pki["cert"], client_key_pem=pki["key"]
+    )
+    ctx = creds.ssl_context(record)
+    assert [] == os.listdir(tmp_path)
+    assert ssl.CERT_REQUIRED == ctx.verify_mode
+    assert ctx.check_hostname
+    assert 1 == ctx.cert_store_stats()["x509_ca"]
+
+
+def test_ssl_context_is_new_each_call(pki: dict[str, bytes]) -> None:
+    """Each call returns its own context, so ALPN set by one user cannot leak to another."""
+    record = Credentials(server="https://h", ca_pem=pki["ca"])
+    assert creds.ssl_context(record) is not creds.ssl_context(record)
+
+
+def test_ssl_context_insecure() -> None:
+    """insecure-skip-tls-verify turns off both chain and hostname checks."""
+    ctx = creds.ssl_context(Credentials(server="https://h", insecure_skip_tls_verify=True))
+    assert (ssl.CERT_NONE, False) == (ctx.verify_mode, ctx.check_hostname)
+
+
+def test_ssl_context_mismatched_key(pki: dict[str, bytes]) -> None:
+    """A key that does not match the certificate is a KubeconfigError, not an SSLError."""
+    _, other_key, _, _ = make_cert("other")
+    record = Credentials(server="https://h", client_cert_pem=pki["cert"], client_key_pem=other_key)
+    with pytest.raises(KubeconfigError, match="do not load"):
+        creds.ssl_context(record)
