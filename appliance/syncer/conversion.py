@@ -78,9 +78,7 @@ def strip_keys(
 ) -> dict[str, str]:
     """Return `values` without the keys `is_opaque_key` rejects."""
     prefixes, domains = tuple(prefixes), tuple(domains)
-    return {
-        k: v for k, v in (values or {}).items() if not is_opaque_key(k, prefixes=prefixes, domains=domains)
-    }
+    return {k: v for k, v in (values or {}).items() if not is_opaque_key(k, prefixes=prefixes, domains=domains)}
 
 
 def _base_copy(
@@ -92,9 +90,7 @@ def _base_copy(
     for name in _RESET_METADATA:
         meta.pop(name, None)
     meta["labels"] = strip_keys(meta.get("labels"), prefixes=opaque_prefixes, domains=opaque_domains)
-    meta["annotations"] = strip_keys(
-        meta.get("annotations"), prefixes=opaque_prefixes, domains=opaque_domains
-    )
+    meta["annotations"] = strip_keys(meta.get("annotations"), prefixes=opaque_prefixes, domains=opaque_domains)
     return new, meta
 
 

@@ -114,9 +114,7 @@ def meta_dw_patch(
     prefixes, domains = tuple(exception_prefixes), tuple(opaque_domains)
     meta: dict[str, Any] = {}
     for field in ("labels", "annotations"):
-        patch = dw_kv_patch(
-            t_meta.get(field), s_meta.get(field), exception_prefixes=prefixes, opaque_domains=domains
-        )
+        patch = dw_kv_patch(t_meta.get(field), s_meta.get(field), exception_prefixes=prefixes, opaque_domains=domains)
         if patch is not None:
             meta[field] = patch
     if (t_meta.get("generateName") or None) != (s_meta.get("generateName") or None):
@@ -177,9 +175,7 @@ def pod_dw_patch(
     deadline = t_spec.get("activeDeadlineSeconds")
     if deadline is not None and deadline != s_spec.get("activeDeadlineSeconds"):
         spec["activeDeadlineSeconds"] = deadline
-    meta = meta_dw_patch(
-        tenant_pod, super_pod, exception_prefixes=exception_prefixes, opaque_domains=opaque_domains
-    )
+    meta = meta_dw_patch(tenant_pod, super_pod, exception_prefixes=exception_prefixes, opaque_domains=opaque_domains)
     return merge_patches(meta, {"spec": spec} if spec else None)
 
 
@@ -238,14 +234,14 @@ def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, A
 
 # --- services, config maps, secrets, status ---------------------------------------------------
 def _comparable_service_spec(spec: Mapping[str, Any], *, ignore_external_ips: bool) -> dict[str, Any]:
-    spec = copy.deepcopy(dict(spec))
+    result = copy.deepcopy(dict(spec))
     for field in _SERVICE_ALLOCATED:
-        spec.pop(field, None)
+        result.pop(field, None)
     if ignore_external_ips:
-        spec.pop("externalIPs", None)
-    for port in spec.get("ports") or ():
+        result.pop("externalIPs", None)
+    for port in result.get("ports") or ():
         port.pop("nodePort", None)
-    return spec
+    return result
 
 
 def service_spec_patch(
@@ -278,11 +274,7 @@ def service_spec_patch(
         for index, port in enumerate(desired.get("ports") or ()):
             if index < len(super_ports) and super_ports[index].get("nodePort"):
                 port["nodePort"] = super_ports[index]["nodePort"]
-    if (
-        kind == "LoadBalancer"
-        and desired.get("externalTrafficPolicy") == "Local"
-        and s_spec.get("healthCheckNodePort")
-    ):
+    if kind == "LoadBalancer" and desired.get("externalTrafficPolicy") == "Local" and s_spec.get("healthCheckNodePort"):
         desired["healthCheckNodePort"] = s_spec["healthCheckNodePort"]
     patch = json_merge_patch(s_spec, desired)
     return {"spec": patch} if patch is not None else None

@@ -216,7 +216,8 @@ class FairQueue:
         """Delay before the retry that follows `failures` earlier failures."""
         if failures >= 64:
             return self._max_delay
-        return min(self._base_delay * 2**failures, self._max_delay)
+        delay: float = self._base_delay * 2**failures
+        return min(delay, self._max_delay)
 
     def num_retries(self, tenant: Hashable, key: Hashable) -> int:
         """How many times `key` has been retried since it was last forgotten."""
@@ -279,6 +280,10 @@ class TrioFairQueue:
     def remove_tenant(self, tenant: Hashable) -> None:
         """See FairQueue.remove_tenant."""
         self.core.remove_tenant(tenant)
+
+    def collect_idle(self, *, idle_after: float = IDLE_AFTER) -> list[Hashable]:
+        """See FairQueue.collect_idle; call it every minute or so, on trio's clock."""
+        return self.core.collect_idle(trio.current_time(), idle_after=idle_after)
 
     def statistics(self) -> dict[str, Any]:
         """See FairQueue.statistics; adds the number of parked workers."""

@@ -95,7 +95,9 @@ class PodContext:
     cluster_domain: str = ""
     # Super services of the Pod's super namespace (env injection when service links are on).
     services: tuple[ServiceInfo, ...] = ()
-    # The control-plane service (super copy of tenant default/kubernetes): hostAliases + env.
+    # The control-plane service (super copy of tenant default/kubernetes, or root-ns apiserver-svc
+    # with SuperClusterServiceNetwork): its IP goes to hostAliases, and its variables are always
+    # injected under the tenant-visible name `kubernetes` (KUBERNETES_SERVICE_PORT, ...).
     control_plane: ServiceInfo | None = None
     dns_ip: str | None = None  # ClusterIP of the super copy of tenant kube-system/kube-dns
     dns_options: tuple[tuple[str, str | None], ...] = (("ndots", "5"),)
@@ -271,7 +273,7 @@ def _rewire_secret_volumes(spec: dict[str, Any], ctx: PodContext) -> None:
     renamed: dict[str, str] = {}
     for volume in spec.get("volumes") or ():
         secret = volume.get("secret") or {}
-        tenant_name = secret.get("secretName")
+        tenant_name: str = secret.get("secretName") or ""
         if tenant_name not in ctx.sa_secrets:
             continue
         super_name = ctx.sa_secrets[tenant_name]

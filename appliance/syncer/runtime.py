@@ -30,7 +30,8 @@ from appliance.metrics import Registry
 from appliance.syncer import conversion
 from appliance.syncer.fairqueue import TrioFairQueue
 from appliance.syncer.resources import base
-from appliance.syncer.tenant import Tenant
+from appliance.kube.creds import Credentials
+from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,10 @@ class Syncer:
         settings: SyncerSettings,
         registry: Registry,
         kinds: list[base.Kind] | None = None,
+        on_register: Callable[[TenantId, Credentials], None] | None = None,
+        on_unregister: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_register`/`on_unregister` tell others (the proxy) which tenants exist."""
         from appliance.syncer.resources import all_kinds
 
         self.super_client = super_client
@@ -79,8 +83,9 @@ class Syncer:
         self.upward = TrioFairQueue()
         self._super: dict[str, kinformer.Informer] = {}
         self._node_informer: kinformer.Informer | None = None
+        self._on_register = on_register
+        self._on_unregister = on_unregister
         self._metrics(registry)
-        #: hooks kinds register: called for super events of their kind (e.g. upward enqueue)
 
     # --- metrics ------------------------------------------------------------------------
     def _metrics(self, registry: Registry) -> None:
@@ -165,10 +170,14 @@ class Syncer:
                 for key in inf.keys():  # initial sync: every object once
                     ns, name = key
                     self.enqueue(kind, tenant.key, ("", name) if kind == "namespace" else (ns, name))
+        if self._on_register is not None:
+            self._on_register(tenant.id, tenant.client.creds)
         log.info("tenant %s registered (%d kinds)", tenant.key, len(tenant.informers))
 
     def unregister(self, tenant_key: str) -> None:
         self.tenants.pop(tenant_key, None)
+        if self._on_unregister is not None:
+            self._on_unregister(tenant_key)
         for q in (*self.queues.values(), self.upward):
             q.remove_tenant(tenant_key)
         log.info("tenant %s unregistered", tenant_key)

@@ -1,0 +1,225 @@
+"""The root of the appliance: one trio process, one root nursery.
+
+Task tree:
+
+    main(config)                      signals → graceful stop; sd_notify READY/STOPPING/WATCHDOG
+    └── run(config)
+        ├── health.serve              /healthz /readyz /metrics
+        ├── manager.run               VirtualCluster/ClusterVersion → tenant control planes
+        ├── Syncer.run                super caches, fair queues, workers, patrol
+        ├── supervisor.run            one nursery per Running tenant (inside: informers)
+        └── proxy serve               the vn-agent: kubelet API for tenants
+
+Readiness (`/readyz`, READY=1) means every component's `nursery.start` returned. The
+components never import each other: the syncer tells the proxy which tenant CAs exist
+through the hooks wired here, and the proxy reads super Pods from the syncer's cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from appliance import config as cfgmod
+from appliance import health, sdnotify
+from appliance.controlplane import build
+from appliance.kube import creds as kcreds
+from appliance.kube import errors, resources
+from appliance.kube.client import ApiClient, open_client
+from appliance.metrics import Registry
+from appliance.pki import certs
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The appliance cannot start; the message says why in one line."""
+
+
+async def super_credentials(cfg: cfgmod.Config) -> kcreds.Credentials:
+    try:
+        if cfg.super.kubeconfig:
+            return await kcreds.load_kubeconfig(
+                Path(cfg.super.kubeconfig).expanduser(), context=cfg.super.context or None
+            )
+        return kcreds.in_cluster()
+    except (OSError, kcreds.KubeconfigError) as exc:
+        where = cfg.super.kubeconfig or "in-cluster service account"
+        raise StartupError(f"super cluster credentials ({where}): {exc}") from None
+
+
+async def check_super(client: ApiClient, *, timeout: float) -> str:
+    try:
+        with trio.fail_after(timeout):
+            version = await client.server_version()
+    except (errors.KubeError, trio.TooSlowError) as exc:
+        raise StartupError(f"cannot reach the super cluster at {client.creds.server}: {exc!r}") from None
+    return str(version.get("gitVersion", "?"))
+
+
+def proxy_serving_cert(data_dir: Path) -> tuple[bytes, bytes]:
+    """The proxy's own serving certificate, made once and kept (tenant apiservers do not
+    verify kubelet certificates unless told to; a stable one lets an operator pin it)."""
+    d = data_dir / "proxy"
+    crt, key = d / "tls.crt", d / "tls.key"
+    if crt.exists() and key.exists():
+        return crt.read_bytes(), key.read_bytes()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = certs.new_ca("vc-appliance-proxy-ca")
+    leaf = certs.issue(ca, common_name="vc-appliance-proxy", dns_names=("localhost",),
+                       ip_addresses=("127.0.0.1",), server=True, days=3650)
+    crt.write_bytes(leaf.cert_pem)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(leaf.key_pem)
+    return leaf.cert_pem, leaf.key_pem
+
+
+async def run(
+    cfg: cfgmod.Config,
+    *,
+    readiness: health.Readiness,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from appliance.syncer import runtime, supervisor
+
+    registry = Registry()
+    data_dir = Path(cfg.data_dir).expanduser()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    creds = await super_credentials(cfg)
+    async with open_client(creds, qps=cfg.super.qps, burst=cfg.super.burst,
+                           timeout=cfg.super.request_timeout, user_agent="vc-appliance") as superc:
+        async with trio.open_nursery() as nursery:
+            http_port = await nursery.start(lambda task_status: health.serve(
+                address=cfg.http.address, port=cfg.http.port, readiness=readiness,
+                registry=registry, task_status=task_status))
+            readiness.mark("http")
+            version = await check_super(superc, timeout=cfg.super.request_timeout)
+            log.info("super cluster %s (%s)", creds.server, version)
+            info: dict[str, Any] = {"http_port": http_port, "super": creds.server}
+
+            sx = None
+            cas = None
+            if cfg.proxy.enabled:
+                from appliance.proxy import server as proxy_server
+
+                cas = proxy_server.TenantCAs()
+            if cfg.syncer.enabled:
+                s = cfg.syncer
+                sx = runtime.Syncer(
+                    super_client=superc, registry=registry,
+                    settings=runtime.SyncerSettings(
+                        workers=s.workers, pod_workers=s.pod_workers, upward_workers=s.upward_workers,
+                        patrol_period=s.patrol_period, vnode_gc_grace=s.vnode_gc_grace,
+                        health_period=s.health_period, opaque_meta_domains=tuple(s.opaque_meta_domains),
+                        disable_service_account_token=s.disable_service_account_token,
+                        disable_service_links=s.disable_service_links,
+                        dns_options=tuple(s.dns_options.items()), extra_node_labels=tuple(s.extra_node_labels),
+                        vnode_address=cfg.proxy.advertise_address or cfg.proxy.address,
+                        vnode_port=cfg.proxy.port,
+                    ),
+                    on_register=(lambda tid, tcreds: cas.set(tid.key, tcreds.ca_pem)
+                                 if cas is not None and tcreds.ca_pem else None),
+                    on_unregister=(lambda key: cas.remove(key) if cas is not None else None),
+                )
+            if cfg.manager.enabled:
+                await nursery.start(_run_manager, cfg, superc, data_dir)
+            readiness.mark("manager")
+            if sx is not None:
+                await nursery.start(sx.run)
+                await nursery.start(supervisor.run, sx)
+            readiness.mark("syncer")
+            if cas is not None:
+                info["proxy_port"] = await nursery.start(_run_proxy, cfg, superc, data_dir, cas, sx)
+            readiness.mark("proxy")
+            log.info("vc-appliance ready (http :%d)", http_port)
+            task_status.started(info)
+
+
+async def _run_manager(
+    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, *, task_status: trio.TaskStatus[None]
+) -> None:
+    from appliance.manager import controller
+
+    bins_dir = cfg.binaries_dir
+    if cfg.manager.provisioner == "process" or bins_dir:
+        bins = (build.Binaries(Path(bins_dir)) if bins_dir
+                else await trio.to_thread.run_sync(build.ensure_binaries))
+    else:
+        bins = build.Binaries(Path("/nonexistent"))
+    settings = controller.ManagerSettings(
+        data_dir=data_dir, bins=bins, default_provisioner=cfg.manager.provisioner,
+        num_reconciles=cfg.manager.num_reconciles, provisioner_timeout=cfg.manager.provisioner_timeout,
+        keep_control_planes=cfg.manager.keep_control_planes,
+        tenant_bind_address=cfg.manager.tenant_bind_address, shared_etcd=cfg.manager.shared_etcd,
+    )
+    await controller.ensure_crds(superc)
+    await controller.run(super_client=superc, settings=settings, task_status=task_status)
+
+
+async def _run_proxy(
+    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, cas: Any, sx: Any,
+    *, task_status: trio.TaskStatus[int],
+) -> None:
+    from appliance.proxy import forward, server
+
+    p = cfg.proxy
+    cert, key = await trio.to_thread.run_sync(proxy_serving_cert, data_dir)
+    if p.upstream == "kubelet":
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # kubelets serve self-signed certs, like the original
+        if p.kubelet_client_certificate:
+            ctx.load_cert_chain(p.kubelet_client_certificate, p.kubelet_client_key or None)
+        upstream = forward.UpstreamConfig(mode="kubelet", host="127.0.0.1", port=p.kubelet_port, ssl_context=ctx)
+    else:
+        upstream = forward.upstream_from_credentials(superc.creds, mode="super-apiserver")
+    upstream = dataclasses.replace(upstream, idle_timeout=p.idle_timeout,
+                                   total_timeout=p.total_timeout or float("inf"))
+
+    async def lookup_pod(namespace: str, name: str) -> dict[str, Any] | None:
+        if sx is not None:
+            return sx.super_cache("pod").get(name, namespace)  # type: ignore[no-any-return]
+        try:
+            return await superc.get(resources.PODS, name, namespace=namespace)
+        except errors.NotFound:
+            return None
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(lambda task_status: server.serve(
+            host=p.address, port=p.port, server_cert_pem=cert, server_key_pem=key, cas=cas,
+            upstream=upstream, lookup_pod=lookup_pod,
+            limits=server.ServerLimits(max_connections=p.max_connections), task_status=task_status,
+        ))
+        task_status.started(listeners[0].socket.getsockname()[1])
+
+
+async def main(cfg: cfgmod.Config) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 when startup fails."""
+    readiness = health.Readiness("http", "manager", "syncer", "proxy")
+    notify = sdnotify.Notifier.from_env()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(lambda task_status: run(cfg, readiness=readiness, task_status=task_status))
+                await notify.send("READY=1\nSTATUS=serving")
+                nursery.start_soon(notify.watchdog)
+                async for signum in signals:
+                    log.info("signal %s: stopping (graceful timeout %.0f s)",
+                             signal.Signals(signum).name, cfg.graceful_timeout)
+                    readiness.stopping = True
+                    await notify.send("STOPPING=1")
+                    nursery.cancel_scope.cancel()
+                    break
+        except* StartupError as group:
+            for exc in group.exceptions:
+                log.error("%s", exc)
+            return 2
+    return 0

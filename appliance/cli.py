@@ -1,0 +1,133 @@
+"""The `vc-appliance` command.
+
+    vc-appliance run --config PATH          run the appliance (manager, syncer, proxy, http)
+    vc-appliance kubeconfig NS/NAME         print a tenant's admin kubeconfig
+    vc-appliance dev up|down|status         the embedded local default (see `dev --help`)
+    vc-appliance version
+
+Exit codes: 0 success (including a clean stop on SIGTERM/SIGINT); 1 runtime failure;
+2 bad usage, bad configuration or a failed start (the message names the problem).
+The config is decoded before trio starts, so a wrong file fails fast and clearly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from appliance import __version__, config, logsetup
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _load_config(path: Path | None) -> config.Config:
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        print(f"vc-appliance: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from appliance import app
+
+    cfg = _load_config(args.config)
+    logsetup.configure(level=cfg.log.level, fmt=cfg.log.format)
+    return trio.run(app.main, cfg)
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    from appliance import app
+    from appliance.kube import errors
+    from appliance.kube.client import open_client
+    from appliance.manager import controller
+
+    ns, sep, name = args.ref.partition("/")
+    if not sep or not ns or not name:
+        print("vc-appliance: expected NAMESPACE/NAME", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = _load_config(args.config)
+    logsetup.configure(level="WARNING", fmt="console")
+
+    async def fetch() -> bytes:
+        creds = await app.super_credentials(cfg)
+        async with open_client(creds) as superc:
+            return await controller.admin_kubeconfig(superc, ns, name)
+
+    try:
+        data = trio.run(fetch)
+    except (app.StartupError, errors.KubeError, LookupError, ValueError) as exc:
+        print(f"vc-appliance: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(data.decode())
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from appliance.controlplane import build
+
+    print(f"vc-appliance {__version__} (Kubernetes {build.KUBERNETES_VERSION} test bed)")
+    return EXIT_OK
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from appliance import devenv
+
+    logsetup.configure(level="INFO" if args.verbose else "WARNING", fmt="console")
+    state = args.state_dir.expanduser().resolve()
+    try:
+        if args.action == "up":
+            return devenv.up(state, tenants=args.tenants)
+        if args.action == "down":
+            return devenv.down(state)
+        return devenv.status(state)
+    except devenv.DevError as exc:
+        print(f"vc-appliance dev {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vc-appliance", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the appliance in the foreground",
+                         description="Run manager, syncer, proxy and the http endpoint until SIGTERM.")
+    run.add_argument("--config", type=Path, help="TOML config (default: built-in defaults + VCA_* env)")
+    run.set_defaults(fn=cmd_run)
+
+    kc = sub.add_parser("kubeconfig", help="print a tenant's admin kubeconfig",
+                        description="Print the admin kubeconfig of VirtualCluster NAMESPACE/NAME.")
+    kc.add_argument("ref", metavar="NAMESPACE/NAME")
+    kc.add_argument("--config", type=Path, help="the appliance config naming the super cluster")
+    kc.set_defaults(fn=cmd_kubeconfig)
+
+    ver = sub.add_parser("version", help="print the version", description="Print the version.")
+    ver.set_defaults(fn=cmd_version)
+
+    dev = sub.add_parser(
+        "dev", help="the embedded local default: super cluster + appliance + sample tenants",
+        description="up: build what is missing, start a local super cluster, the appliance and "
+                    "N sample VirtualClusters, write kubeconfigs into --state-dir, and return. "
+                    "down: stop all of it. status: report. `up` is idempotent.",
+    )
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--state-dir", type=Path, default=Path("state"))
+    dev.add_argument("--tenants", type=int, default=1, help="sample VirtualClusters (up)")
+    dev.add_argument("-v", "--verbose", action="store_true")
+    dev.set_defaults(fn=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

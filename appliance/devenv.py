@@ -1,0 +1,271 @@
+"""`vc-appliance dev`: the embedded default for a newcomer, on this host only.
+
+`up` builds the Kubernetes binaries if needed, starts a local super cluster
+(`controlplane.localcluster`: etcd, kube-apiserver, KCM, scheduler, kwok nodes) and the
+appliance as background processes, creates N sample VirtualClusters, waits until they
+are Running and writes into the state directory:
+
+    super.kubeconfig            the super cluster's admin
+    tenants/<name>.kubeconfig   each sample tenant's admin
+    bin/kubectl                 the test bed's kubectl
+    appliance.toml, *.log, *.pid
+
+`up` is idempotent (what runs is reused), `down` stops everything it started (also the
+tenant control planes the appliance keeps across its own restarts), `status` reports.
+This module blocks (it is a command, not part of the running appliance).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from appliance.controlplane import build, process
+
+SAMPLE_CV = "cv-sample-process"
+
+
+class DevError(RuntimeError):
+    """`dev` cannot do what was asked; the message says what to look at."""
+
+
+def _alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+def _spawn(argv: list[str], *, log: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _wait(what: str, check, *, timeout: float, log: Path, pid_file: Path | None = None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if pid_file is not None and _alive(pid_file) is None:
+            raise DevError(f"{what} exited; last lines of {log}:\n{process.log_tail(log, 15)}")
+        time.sleep(0.3)  # waiting on another process we started; nothing to await here
+    raise DevError(f"{what} not ready after {timeout:.0f} s; see {log}")
+
+
+def _kubectl(state: Path, kubeconfig: Path, *args: str, stdin: bytes | None = None) -> str:
+    proc = subprocess.run([str(state / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+                          input=stdin, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise DevError(f"kubectl {' '.join(args)}: {proc.stderr.decode().strip()}")
+    return proc.stdout.decode()
+
+
+def _free_port() -> int:
+    from appliance.controlplane.cluster import free_port
+
+    return free_port()
+
+
+def _config(state: Path, super_kubeconfig: Path) -> Path:
+    path = state / "appliance.toml"
+    if path.exists():
+        return path
+    http, proxy = _free_port(), _free_port()
+    path.write_text(f"""# Written by `vc-appliance dev up`; see configs/appliance.toml for every key.
+data-dir = "{state / 'data'}"
+graceful-timeout = 10.0
+
+[super]
+kubeconfig = "{super_kubeconfig}"
+
+[http]
+port = {http}
+
+[manager]
+provisioner = "process"
+keep-control-planes = true
+
+[syncer]
+patrol-period = 60.0
+
+[proxy]
+address = "127.0.0.1"
+port = {proxy}
+""")
+    return path
+
+
+def _http_port(config_path: Path) -> int:
+    import tomllib
+
+    return int(tomllib.loads(config_path.read_text())["http"]["port"])
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+SAMPLES = """
+apiVersion: tenancy.x-k8s.io/v1alpha1
+kind: ClusterVersion
+metadata:
+  name: {cv}
+spec: {{}}
+"""
+
+VC = """
+apiVersion: tenancy.x-k8s.io/v1alpha1
+kind: VirtualCluster
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  clusterDomain: cluster.local
+  clusterVersionName: {cv}
+  pkiExpireDays: 365
+"""
+
+
+def up(state: Path, *, tenants: int = 1) -> int:
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "bin").mkdir(exist_ok=True)
+    (state / "tenants").mkdir(exist_ok=True)
+    print("• building/finding the Kubernetes binaries (first time: ~8 min) ...", flush=True)
+    try:
+        bins = build.ensure_binaries()
+    except build.BuildError as exc:
+        raise DevError(str(exc)) from None
+    kubectl = state / "bin" / "kubectl"
+    if not kubectl.exists():
+        kubectl.symlink_to(bins.path("kubectl"))
+    env = dict(os.environ, VC_TESTBIN_DIR=str(bins.bin_dir))
+
+    cluster_dir, cluster_log, cluster_pid = state / "cluster", state / "cluster.log", state / "cluster.pid"
+    if _alive(cluster_pid) is None:
+        print("• starting the local super cluster (etcd, kube-apiserver, KCM, scheduler, kwok) ...", flush=True)
+        (cluster_dir / "cluster.json").unlink(missing_ok=True)
+        _spawn([sys.executable, "-m", "appliance.controlplane.localcluster", "--state-dir", str(cluster_dir)],
+               log=cluster_log, pid_file=cluster_pid, env=env)
+    info = _wait("local super cluster", lambda: (cluster_dir / "cluster.json").exists()
+                 and json.loads((cluster_dir / "cluster.json").read_text()),
+                 timeout=240, log=cluster_log, pid_file=cluster_pid)
+    super_kubeconfig = state / "super.kubeconfig"
+    super_kubeconfig.write_bytes(Path(info["super"]["admin_kubeconfig"]).read_bytes())
+    os.chmod(super_kubeconfig, 0o600)
+
+    cfg = _config(state, super_kubeconfig)
+    app_log, app_pid = state / "appliance.log", state / "appliance.pid"
+    if _alive(app_pid) is None:
+        print("• starting vc-appliance ...", flush=True)
+        _spawn([sys.executable, "-m", "appliance", "run", "--config", str(cfg)],
+               log=app_log, pid_file=app_pid, env=env)
+    port = _http_port(cfg)
+    _wait("vc-appliance", lambda: _ready(port), timeout=120, log=app_log, pid_file=app_pid)
+
+    _kubectl(state, super_kubeconfig, "apply", "-f", "-", stdin=SAMPLES.format(cv=SAMPLE_CV).encode())
+    names = [f"tenant-{i + 1}" for i in range(tenants)]
+    for name in names:
+        _kubectl(state, super_kubeconfig, "apply", "-f", "-", stdin=VC.format(name=name, cv=SAMPLE_CV).encode())
+    print(f"• waiting for {len(names)} VirtualCluster(s) to be Running ...", flush=True)
+    started = time.monotonic()
+    for name in names:
+        def running(name: str = name) -> bool:
+            out = _kubectl(state, super_kubeconfig, "get", "vc", name, "-n", "default",
+                           "-o", "jsonpath={.status.phase}")
+            if out == "Error":
+                msg = _kubectl(state, super_kubeconfig, "get", "vc", name, "-n", "default",
+                               "-o", "jsonpath={.status.message}")
+                raise DevError(f"VirtualCluster {name} failed: {msg}")
+            return out == "Running"
+
+        _wait(f"VirtualCluster {name}", running, timeout=180, log=app_log, pid_file=app_pid)
+        secret_ns = _kubectl(state, super_kubeconfig, "get", "vc", name, "-n", "default",
+                             "-o", "jsonpath={.status.clusterNamespace}")
+        data = _kubectl(state, super_kubeconfig, "get", "secret", "admin-kubeconfig", "-n", secret_ns,
+                        "-o", "jsonpath={.data.admin-kubeconfig}")
+        out = state / "tenants" / f"{name}.kubeconfig"
+        out.write_bytes(base64.b64decode(data))
+        os.chmod(out, 0o600)
+    elapsed = time.monotonic() - started
+    first = state / "tenants" / f"{names[0]}.kubeconfig" if names else None
+    print(f"""
+vc-appliance is up ({len(names)} tenant(s) Running after {elapsed:.1f} s).
+
+  super cluster:  {super_kubeconfig}
+  tenants:        {state / 'tenants'}/
+  kubectl:        {kubectl}
+  logs:           {cluster_log}, {app_log}
+  health/metrics: http://127.0.0.1:{port}/readyz  /metrics
+
+Try it:
+  {kubectl} --kubeconfig {first} run web --image=nginx
+  {kubectl} --kubeconfig {first} get pods -o wide        # Running on a virtual node
+  {kubectl} --kubeconfig {super_kubeconfig} get pods -A  # the same Pod in the super cluster
+  {kubectl} --kubeconfig {first} logs web                # through the appliance's kubelet proxy
+  {kubectl} --kubeconfig {first} exec web -- echo hello
+
+Stop everything:  vc-appliance dev down --state-dir {state}
+""", flush=True)
+    return 0
+
+
+def _stop(pid_file: Path, what: str, timeout: float) -> None:
+    pid = _alive(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid_file) is not None:
+        time.sleep(0.2)  # waiting for another process to exit
+    if _alive(pid_file) is not None:
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    print(f"• stopped {what}")
+
+
+def down(state: Path) -> int:
+    _stop(state / "appliance.pid", "vc-appliance", 30)
+    killed = []
+    for d in {p.parent for p in (state / "data").rglob("*.pid")} if (state / "data").exists() else ():
+        killed += process.kill_leftovers(d)
+    if killed:
+        print(f"• stopped {len(killed)} tenant control-plane process(es)")
+    _stop(state / "cluster.pid", "the local super cluster", 60)
+    cluster_dir = state / "cluster"
+    if cluster_dir.exists():
+        for d in {p.parent for p in cluster_dir.rglob("*.pid")}:
+            process.kill_leftovers(d)
+    return 0
+
+
+def status(state: Path) -> int:
+    rows = [("local super cluster", state / "cluster.pid"), ("vc-appliance", state / "appliance.pid")]
+    for what, pid_file in rows:
+        pid = _alive(pid_file)
+        print(f"{what:22} {'running (pid %d)' % pid if pid else 'stopped'}")
+    cfg = state / "appliance.toml"
+    if cfg.exists() and _alive(state / "appliance.pid"):
+        print(f"{'readiness':22} {'ready' if _ready(_http_port(cfg)) else 'not ready'}")
+    for kc in sorted((state / "tenants").glob("*.kubeconfig")) if (state / "tenants").exists() else ():
+        print(f"{'tenant':22} {kc.stem}: {kc}")
+    return 0 if all(_alive(p) for _, p in rows) else 3
