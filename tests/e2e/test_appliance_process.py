@@ -1,0 +1,61 @@
+"""The `vc-appliance` process as a user runs it: config errors, readiness, metrics, SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.appliance_proc import running
+from tests.testbed import SuperCluster
+
+
+async def _run_cli(*args: str) -> tuple[int, str]:
+    proc = await trio.run_process([sys.executable, "-m", "appliance", *args],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    return proc.returncode, (proc.stdout + proc.stderr).decode()
+
+
+async def test_unknown_config_key_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    """A config with an unknown key is refused before anything starts."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[syncer]\nworkerz = 3\n")
+    code, out = await _run_cli("run", "--config", str(cfg))
+    assert code == 2
+    assert str(cfg) in out and "workerz" in out and "$.syncer" in out
+
+
+async def test_bad_value_type_exits_2(tmp_path: Path) -> None:
+    """A wrongly typed value names the key path."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[proxy]\nport = 'ten'\n")
+    code, out = await _run_cli("run", "--config", str(cfg))
+    assert code == 2 and "$.proxy.port" in out
+
+
+async def test_unreachable_super_cluster_exits_2_with_its_address(tmp_path: Path, super_cluster: SuperCluster) -> None:
+    """A super kubeconfig pointing nowhere fails the start with a one-line reason."""
+    kc = tmp_path / "nowhere.kubeconfig"
+    kc.write_text(super_cluster.kubeconfig.read_text().replace(super_cluster.url, "https://127.0.0.1:1"))
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'data-dir = "{tmp_path / "d"}"\n[super]\nkubeconfig = "{kc}"\nrequest-timeout = 5.0\n'
+                   f'[http]\nport = 0\n[manager]\nenabled = false\n[proxy]\nport = 0\n')
+    with trio.fail_after(60):
+        code, out = await _run_cli("run", "--config", str(cfg))
+    assert code == 2
+    assert "cannot reach the super cluster at https://127.0.0.1:1" in out
+
+
+async def test_ready_metrics_and_clean_sigterm(tmp_path: Path, super_cluster: SuperCluster) -> None:
+    """The process becomes ready, serves parseable metrics, and exits 0 on SIGTERM in time."""
+    async with running(super_cluster, tmp_path) as app:
+        assert (await app.get("/healthz")).status_code == 200
+        metrics = (await app.get("/metrics")).text
+        names = {f.name for f in text_string_to_metric_families(metrics)}
+        assert {"syncer_tenants", "syncer_queue_length"} <= names
+        with trio.fail_after(20):
+            code = await app.stop()
+    assert code == 0
+    assert "vc-appliance ready" in app.log.read_text()
