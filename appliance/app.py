@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import os
 import signal
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +172,17 @@ async def _run_proxy(
     p = cfg.proxy
     cert, key = await trio.to_thread.run_sync(proxy_serving_cert, data_dir)
     if p.upstream == "kubelet":
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # kubelets serve self-signed certs, like the original
-        if p.kubelet_client_certificate:
-            ctx.load_cert_chain(p.kubelet_client_certificate, p.kubelet_client_key or None)
-        upstream = forward.UpstreamConfig(mode="kubelet", host="127.0.0.1", port=p.kubelet_port, ssl_context=ctx)
+        kubelet = kcreds.Credentials(
+            server=f"https://127.0.0.1:{p.kubelet_port}",
+            client_cert_pem=Path(p.kubelet_client_certificate).read_bytes() if p.kubelet_client_certificate else None,
+            client_key_pem=Path(p.kubelet_client_key).read_bytes() if p.kubelet_client_key else None,
+            insecure_skip_tls_verify=True,  # kubelets serve self-signed certificates
+        )
+        upstream = await trio.to_thread.run_sync(
+            lambda: forward.upstream_from_credentials(kubelet, mode="kubelet"))
     else:
-        upstream = forward.upstream_from_credentials(superc.creds, mode="super-apiserver")
+        upstream = await trio.to_thread.run_sync(
+            lambda: forward.upstream_from_credentials(superc.creds, mode="super-apiserver"))
     upstream = dataclasses.replace(upstream, idle_timeout=p.idle_timeout,
                                    total_timeout=p.total_timeout or float("inf"))
 
@@ -205,6 +207,7 @@ async def main(cfg: cfgmod.Config) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 when startup fails."""
     readiness = health.Readiness("http", "manager", "syncer", "proxy")
     notify = sdnotify.Notifier.from_env()
+    failed = False
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             async with trio.open_nursery() as nursery:
@@ -221,5 +224,5 @@ async def main(cfg: cfgmod.Config) -> int:
         except* StartupError as group:
             for exc in group.exceptions:
                 log.error("%s", exc)
-            return 2
-    return 0
+            failed = True
+    return 2 if failed else 0

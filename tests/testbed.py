@@ -63,14 +63,15 @@ class Completed:
 
 async def run_kubectl(
     kubectl: Path, kubeconfig: Path, *args: str, env: dict[str, str] | None = None,
-    stdin: bytes | None = None, check: bool = True,
+    stdin: bytes | None = None, check: bool = True, timeout: float = 90,
 ) -> Completed:
     """Run the real kubectl from the test bed; raises with its stderr when `check`."""
-    proc = await trio.run_process(
-        [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
-        stdin=stdin, capture_stdout=True, capture_stderr=True, check=False,
-        env=dict(os.environ, **(env or {})),
-    )
+    with trio.fail_after(timeout):
+        proc = await trio.run_process(
+            [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
+            stdin=stdin, capture_stdout=True, capture_stderr=True, check=False,
+            env=dict(os.environ, **(env or {})),
+        )
     out = Completed(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {out.stderr}")

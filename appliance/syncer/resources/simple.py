@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality
-from appliance.syncer.resources.base import Kind, Retry
+from appliance.syncer.resources.base import Kind, Permanent, Retry
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
 
@@ -66,7 +66,7 @@ class ServiceAccountKind(Kind):
         try:
             await super().create(sx, tenant, vobj)
         except Exception as exc:
-            if meta["name"] != "default" or not isinstance(exc, (Retry, errors.ApiError)):
+            if meta["name"] != "default" or not isinstance(exc, (Retry, Permanent, errors.ApiError)):
                 raise
             # The super cluster made its own `default` in the new namespace: adopt it by
             # stamping our identity, which also brings it into our label-filtered cache.
