@@ -1,0 +1,329 @@
+"""The `process` provisioner: a tenant's kube-apiserver and kube-controller-manager as child processes.
+
+Layout of `<data_dir>/tenants/<cluster key>/` (0700, files 0600):
+
+    plan.json   what must not change across restarts: port, address, service range, etcd
+                mode, prefix and ports; the UID of the VirtualCluster it belongs to
+    pki/        certificates, keys and kubeconfigs (`pkisecrets.files`)
+    logs/       one log and one pid file per process
+    etcd/       the data of a dedicated etcd (annotation `tenancy.x-k8s.io/etcd: dedicated`)
+
+Everything the command lines contain comes from that directory, so after an appliance restart
+the same command lines are built and the kept processes are adopted (same pids, same
+certificates). The PKI is read back from `pki/`, else from the root-namespace secrets, and
+only generated when neither has it. The processes run under `process.supervise` in the
+tenant's nursery (restart with backoff, counted in the handles the health monitor reads).
+The apiserver presents `kubelet-client` (CN = cluster key, issued by the tenant root CA) to
+kubelets, which is how the vn-agent proxy identifies the tenant.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+import trio
+
+from appliance.controlplane import cluster, components, process
+from appliance.kube import resources
+from appliance.manager import etcd, model, pkisecrets, reconcile, rootns
+from appliance.manager.provision.base import Context, RunningPlane, Tenant
+from appliance.pki import kubeconfig
+
+logger = logging.getLogger(__name__)
+
+STALE_EXIT_WAIT = 10.0
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """The persisted, restart-stable parameters of one tenant control plane."""
+
+    vc_namespace: str
+    vc_name: str
+    vc_uid: str
+    bind: str
+    host: str
+    port: int
+    service_cidr: str
+    etcd_mode: str  # shared | dedicated
+    etcd_prefix: str
+    etcd_client_port: int = 0
+    etcd_peer_port: int = 0
+
+    @property
+    def server(self) -> str:
+        return kubeconfig.server_url(self.host, self.port)
+
+
+def advertised_host(bind: str) -> str:
+    """The address kubeconfigs name for an apiserver bound to `bind`."""
+    try:
+        return "127.0.0.1" if ipaddress.ip_address(bind).is_unspecified else bind
+    except ValueError:
+        return bind
+
+
+def etcd_mode(vc: model.VirtualCluster, *, shared_default: bool) -> str:
+    value = vc.metadata.annotations.get(model.ANNOTATION_ETCD)
+    if value is None:
+        return "shared" if shared_default else "dedicated"
+    if value not in ("shared", "dedicated"):
+        raise reconcile.Rejected(
+            "InvalidEtcdMode", f"annotation {model.ANNOTATION_ETCD} is {value!r}; expected shared or dedicated"
+        )
+    return value
+
+
+def _read_plan(path: Path) -> Plan | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Plan)
+    except (OSError, msgspec.MsgspecError):
+        return None
+
+
+def _read_pki(pki_dir: Path) -> pkisecrets.TenantPKI | None:
+    found = {}
+    for name in pkisecrets.FILE_NAMES:
+        try:
+            found[name] = (pki_dir / name).read_bytes()
+        except OSError:
+            return None
+    return pkisecrets.from_files(found)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _write_tenant_dir(tdir: Path, plan: Plan, pki: pkisecrets.TenantPKI, *, cluster_name: str) -> None:
+    for d in (tdir.parent, tdir, tdir / "pki", tdir / "logs"):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    for name, data in pkisecrets.files(pki, server=plan.server, cluster_name=cluster_name).items():
+        path = tdir / "pki" / name
+        if not path.exists() or path.read_bytes() != data:
+            _write_private(path, data)
+    etcd.write_json_private(tdir / "plan.json", msgspec.to_builtins(plan))
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _clear_stale(specs: Sequence[process.ProcessSpec], *, keep: bool) -> None:
+    """Stop recorded children that cannot be adopted (other argv, or adoption is off).
+
+    They would otherwise hold the port the fresh process needs.
+    """
+    for spec in specs:
+        try:
+            pid_s, _, program = spec.pid_file.read_text().strip().partition(" ")
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            continue
+        cmd = _cmdline(pid)
+        if not cmd or cmd[0] != program or (keep and cmd == [str(a) for a in spec.argv]):
+            continue
+        logger.info("stopping stale %s (pid %d) before starting it afresh", spec.name, pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + STALE_EXIT_WAIT
+        while _cmdline(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
+        spec.pid_file.unlink(missing_ok=True)
+
+
+class ProcessProvisioner:
+    name = "process"
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def _new_plan(self, t: Tenant) -> Plan:
+        settings = self._ctx.settings
+        cidr, problem = reconcile.parse_service_cidr(t.vc.spec.service_cidr)
+        if problem is not None:
+            raise reconcile.Rejected(problem.reason, problem.message)
+        mode = etcd_mode(t.vc, shared_default=settings.shared_etcd)
+        return Plan(
+            vc_namespace=t.vc.metadata.namespace, vc_name=t.vc.metadata.name, vc_uid=t.vc.metadata.uid,
+            bind=settings.tenant_bind_address, host=advertised_host(settings.tenant_bind_address),
+            port=cluster.free_port(), service_cidr=cidr, etcd_mode=mode,
+            etcd_prefix=f"/tenants/{t.key}/registry",
+            etcd_client_port=cluster.free_port() if mode == "dedicated" else 0,
+            etcd_peer_port=cluster.free_port() if mode == "dedicated" else 0,
+        )
+
+    async def _pki(self, t: Tenant, plan: Plan) -> pkisecrets.TenantPKI:
+        pki = await trio.to_thread.run_sync(_read_pki, t.dir / "pki")
+        if pki is not None:
+            return pki
+        stored = await rootns.read_secrets(self._ctx.super, t.key, pkisecrets.SECRET_NAMES)
+        pki = pkisecrets.from_secrets(stored)
+        if pki is not None:
+            return pki
+        ips: tuple[str, ...] = (plan.host, "127.0.0.1")
+        if not ipaddress.ip_address(plan.bind).is_unspecified:
+            ips += (plan.bind,)
+        req = pkisecrets.PKIRequest(
+            cluster_key=t.key, vc_name=t.vc.metadata.name, cluster_domain=t.vc.spec.cluster_domain,
+            apiserver_dns=("localhost", t.key), apiserver_ips=ips, etcd_dns=("localhost",),
+            days=t.vc.spec.pki_expire_days or pkisecrets.DEFAULT_DAYS,
+        )
+        root_ca = pkisecrets.secret_cert(stored.get(pkisecrets.SECRET_ROOT_CA))
+        return await trio.to_thread.run_sync(lambda: pkisecrets.build(req, root_ca=root_ca))
+
+    async def provision(self, t: Tenant) -> str:
+        ctx = self._ctx
+        # The root namespace first: it proves the cluster key (and so the directory) is ours.
+        t.progress = "creating the root namespace"
+        await rootns.ensure_root_namespace(ctx.super, t.vc, t.key)
+        t.progress = "preparing the tenant directory and certificates"
+        plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
+        if plan is None or plan.vc_uid != t.vc.metadata.uid:
+            if plan is not None:  # left behind by an earlier VirtualCluster with this key
+                await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(t.dir, ignore_errors=True))
+            plan = self._new_plan(t)
+        pki = await self._pki(t, plan)
+        await trio.to_thread.run_sync(
+            lambda: _write_tenant_dir(t.dir, plan, pki, cluster_name=t.vc.metadata.name)
+        )
+        t.progress = "applying the root-namespace secrets"
+        for secret in pkisecrets.secrets(pki, namespace=t.key, server=plan.server, cluster_name=t.vc.metadata.name):
+            await rootns.apply(ctx.super, resources.SECRETS, secret)
+        if not t.plane_running:
+            etcd_url = await self._etcd_url(t, plan)
+            t.progress = f"starting the control plane processes at {plan.server}"
+            t.plane = await t.nursery.start(self._run_plane, t, plan, etcd_url)
+        return f"tenant control plane is running at {plan.server}"
+
+    async def ensure(self, t: Tenant) -> None:
+        """Re-adopt (or restart) the processes of a Running tenant that this worker lacks."""
+        if not t.plane_running:
+            await self.provision(t)
+
+    async def _etcd_url(self, t: Tenant, plan: Plan) -> str | None:
+        if plan.etcd_mode == "dedicated":
+            return None  # started with the other processes, in the tenant's nursery
+        t.progress = "starting the shared etcd"
+        return await self._ctx.etcd.url()
+
+    def _specs(self, t: Tenant, plan: Plan, etcd_url: str, ssl_ctx: ssl.SSLContext) -> list[process.ProcessSpec]:
+        settings = self._ctx.settings
+        pki_dir, logs = t.dir / "pki", t.dir / "logs"
+        flags = components.ApiServerFlags(
+            etcd_servers=etcd_url, etcd_prefix=plan.etcd_prefix, port=plan.port, pki_dir=pki_dir,
+            service_cidr=plan.service_cidr, bind_address=plan.bind, advertise_address=plan.host,
+            extra={
+                "requestheader-client-ca-file": str(pki_dir / "ca.crt"),
+                "requestheader-allowed-names": "front-proxy-client",
+                "requestheader-username-headers": "X-Remote-User",
+                "requestheader-group-headers": "X-Remote-Group",
+                "requestheader-extra-headers-prefix": "X-Remote-Extra-",
+                "proxy-client-cert-file": str(pki_dir / "front-proxy-client.crt"),
+                "proxy-client-key-file": str(pki_dir / "front-proxy-client.key"),
+            },
+        )
+        env = dict(os.environ, GOMAXPROCS="2")
+        keep = settings.keep_control_planes
+        return [
+            process.ProcessSpec(
+                name=f"{t.key}/kube-apiserver",
+                argv=components.apiserver_argv(settings.bins, flags),
+                log_path=logs / "kube-apiserver.log",
+                ready=cluster.http_probe(f"{plan.server}/readyz", ctx=ssl_ctx),
+                env=env, keep_on_cancel=keep,
+            ),
+            process.ProcessSpec(
+                name=f"{t.key}/kube-controller-manager",
+                argv=components.controller_manager_argv(
+                    settings.bins, pki_dir=pki_dir, service_cidr=plan.service_cidr, virtual_nodes=True
+                ),
+                log_path=logs / "kube-controller-manager.log",
+                env=env, keep_on_cancel=keep,
+            ),
+        ]
+
+    async def _run_plane(
+        self, t: Tenant, plan: Plan, etcd_url: str | None,
+        *, task_status: trio.TaskStatus[RunningPlane] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start (or adopt) the tenant's processes and supervise them until cancelled."""
+        settings = self._ctx.settings
+        done = trio.Event()
+        failure: process.ProcessFailed | None = None
+        ssl_ctx = await trio.to_thread.run_sync(cluster.admin_ssl_context, t.dir / "pki")
+        try:
+            async with trio.open_nursery() as nursery:
+                handles: list[process.ProcessHandle] = []
+                try:
+                    if etcd_url is None:
+                        etcd_spec = process.ProcessSpec(
+                            name="etcd", log_path=t.dir / "logs" / "etcd.log",
+                            argv=components.etcd_argv(
+                                settings.bins, name="vc", data_dir=t.dir / "etcd",
+                                client_port=plan.etcd_client_port, peer_port=plan.etcd_peer_port),
+                        )
+                        await trio.to_thread.run_sync(
+                            lambda: _clear_stale([etcd_spec], keep=settings.keep_control_planes)
+                        )
+                        own = await cluster.start_etcd(
+                            nursery, settings.bins, state_dir=t.dir, client_port=plan.etcd_client_port,
+                            peer_port=plan.etcd_peer_port, keep_on_cancel=settings.keep_control_planes,
+                        )
+                        handles.append(own.handle)
+                        etcd_url = own.url
+                    specs = self._specs(t, plan, etcd_url, ssl_ctx)
+                    await trio.to_thread.run_sync(
+                        lambda: _clear_stale(specs, keep=settings.keep_control_planes)
+                    )
+                    for spec in specs:
+                        handles.append(await nursery.start(process.supervise, spec))
+                except process.ProcessFailed as exc:
+                    failure = exc
+                    for handle in handles:
+                        handle.keep_on_cancel = False
+                    nursery.cancel_scope.cancel()
+                else:
+                    adopted = sum(h.adopted for h in handles)
+                    logger.info("tenant %s: %d processes up (%d adopted)", t.key, len(handles), adopted)
+                    task_status.started(RunningPlane(tuple(handles), nursery.cancel_scope, done))
+        finally:
+            done.set()
+        if failure is not None:
+            raise failure
+
+    async def teardown(self, t: Tenant) -> None:
+        if t.plane is not None:
+            await t.plane.stop()
+            t.plane = None
+        plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
+        if plan is None or plan.vc_uid != t.vc.metadata.uid:
+            # Nothing of ours on disk (or the directory is another VirtualCluster's): leave it.
+            return
+        # Processes kept by an earlier appliance run that this one never adopted.
+        await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
+        if plan.etcd_mode == "shared":
+            url = await self._ctx.etcd.url()
+            deleted = await etcd.delete_prefix(url, f"/tenants/{t.key}/")
+            logger.info("tenant %s: removed %d keys from the shared etcd", t.key, deleted)
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(t.dir, ignore_errors=True))
