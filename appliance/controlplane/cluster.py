@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -339,7 +340,9 @@ async def start_kwok(
     kdir = state_dir / "kwok"
     (kdir / "exec").mkdir(parents=True, exist_ok=True)
     log_file = kdir / "pod.log"
-    log_file.touch()
+    if not log_file.exists():  # CRI log format, as a kubelet writes it; every fake Pod shows it
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        log_file.write_text(f"{stamp} stdout F hello from kwok, the fake kubelet: this log is {log_file}\n")
     config = kdir / "kwok.yaml"
     stages = bins.kwok_stages.read_text()
     config.write_text(
@@ -368,10 +371,13 @@ async def start_kwok(
     return Kwok(port=port, log_file=log_file, nodes=names, handle=handle)
 
 
-async def wait_default_service_account(cp: ControlPlane, *, timeout: float = 60) -> None:
-    """Wait until KCM created `default/default`, without which Pods are refused."""
-    ctx = await trio.to_thread.run_sync(admin_ssl_context, cp.pki_dir)
-    async with httpx.AsyncClient(base_url=cp.url, verify=ctx, trust_env=False, timeout=5) as c:
+async def wait_default_service_account(url: str, pki_dir: Path, *, timeout: float = 60) -> None:
+    """Wait until KCM created `default/default`, without which Pods are refused.
+
+    Raises trio.TooSlowError after `timeout`.
+    """
+    ctx = await trio.to_thread.run_sync(admin_ssl_context, pki_dir)
+    async with httpx.AsyncClient(base_url=url, verify=ctx, trust_env=False, timeout=5) as c:
         with trio.fail_after(timeout):
             while (await c.get("/api/v1/namespaces/default/serviceaccounts/default")).status_code != 200:
                 await trio.sleep(0.2)

@@ -44,7 +44,7 @@ async def run(
             nursery, bins, name="super", etcd_url=etcd.url, state_dir=state_dir,
             etcd_prefix="/registry", scheduler=True, service_cidr="10.96.0.0/16",
         )
-        await cluster.wait_default_service_account(cp)
+        await cluster.wait_default_service_account(cp.url, cp.pki_dir)
         kwok = await cluster.start_kwok(nursery, bins, cp=cp, state_dir=state_dir, nodes=nodes)
         info: dict[str, object] = {
             "pid": os.getpid(),

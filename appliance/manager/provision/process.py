@@ -214,6 +214,15 @@ class ProcessProvisioner:
             etcd_url = await self._etcd_url(t, plan)
             t.progress = f"starting the control plane processes at {plan.server}"
             t.plane = await t.nursery.start(self._run_plane, t, plan, etcd_url)
+        # Usable means Pods can be created: the tenant KCM has made `default/default`.
+        t.progress = "waiting for the tenant controller-manager (service account default/default)"
+        try:
+            await cluster.wait_default_service_account(
+                plan.server, t.dir / "pki", timeout=ctx.settings.provisioner_timeout)
+        except trio.TooSlowError:
+            raise RuntimeError(
+                "the tenant controller-manager did not create service account default/default "
+                f"within {ctx.settings.provisioner_timeout:.0f} s; see {t.dir / 'logs'}") from None
         return f"tenant control plane is running at {plan.server}"
 
     async def ensure(self, t: Tenant) -> None:

@@ -15,7 +15,7 @@ the super object's UID as precondition, so a concurrent recreate is never delete
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion
@@ -111,27 +111,43 @@ class Kind:
         try:
             await sx.super_client.create(self.resource, body, namespace=ns)
         except errors.AlreadyExists:
-            # Our cache lags, or someone else owns the name: look before deciding.
-            current = await sx.super_client.get(self.resource, body["metadata"]["name"], namespace=ns)
-            if owner_of(current) != tenant.key:
-                raise Permanent(
-                    f"{self.name} {ns}/{body['metadata']['name']} already exists in the super "
-                    "cluster and is not owned by this tenant"
-                ) from None
-            raise Retry("super object appeared concurrently; re-reading") from None
+            await self.name_taken(sx, tenant, body)
         log.debug("created super %s %s/%s", self.name, ns, body["metadata"]["name"])
+
+    async def name_taken(self, sx: Syncer, tenant: Tenant, body: dict[str, Any]) -> NoReturn:
+        """Creating `body` met AlreadyExists: our cache lags, our copy lost the tenancy labels
+        our label-filtered cache selects on (they are put back), or someone else owns the name.
+
+        Raises Retry, or Permanent when the object is not this tenant's.
+        """
+        meta = body["metadata"]
+        ns, name = meta.get("namespace"), meta["name"]
+        current = await sx.super_client.get(self.resource, name, namespace=ns)
+        if owner_of(current) != tenant.key:
+            raise Permanent(
+                f"{self.name} {ns}/{name} already exists in the super cluster and is not owned by this tenant"
+            )
+        have = current["metadata"].get("labels") or {}
+        lost = {k: v for k, v in (meta.get("labels") or {}).items()
+                if k.startswith(naming.TENANCY_PREFIX) and have.get(k) != v}
+        if lost:
+            log.info("super %s %s/%s lost our labels %s; restoring them", self.name, ns, name, sorted(lost))
+            await sx.super_client.patch(self.resource, name, {"metadata": {"labels": lost}}, namespace=ns)
+        raise Retry(f"super {self.name} {ns}/{name} exists but is not in our cache yet")
 
     # --- the reconcile ------------------------------------------------------------------
     async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name, ns)
         super_ns = tenant.id.super_namespace(ns)
         pobj = sx.super_cache(self.name).get(self.super_name(name), super_ns)
+        if vobj is not None and not self.wanted(tenant, vobj):
+            vobj = None
         if pobj is not None and owner_of(pobj) != tenant.key:
+            if vobj is None:
+                return  # not ours (e.g. Endpoints of the super endpoints controller): leave it be
             raise Permanent(
                 f"super {self.name} {super_ns}/{self.super_name(name)} is not owned by this tenant"
             )
-        if vobj is not None and not self.wanted(tenant, vobj):
-            vobj = None
         if vobj is None:
             if pobj is not None:
                 await self.delete_super(sx, pobj)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality, mutation, tokens, vnode
-from appliance.syncer.resources.base import Kind, Permanent, Retry, owner_of, uid_of
+from appliance.syncer.resources.base import Kind, Retry, uid_of
 from appliance.syncer.tenant import Tenant
 
 if TYPE_CHECKING:
@@ -41,6 +41,15 @@ def has_token_volume(vpod: dict[str, Any]) -> bool:
         v.get("name", "").startswith("kube-api-access-") and v.get("projected")
         for v in (vpod.get("spec") or {}).get("volumes") or ()
     )
+
+
+def ran_in_super(vpod: dict[str, Any]) -> bool:
+    """Whether a tenant Pod was bound by us: a node and `PodScheduled=True` come only from a
+    super Pod (a Pod created with `spec.nodeName` preset has no such condition)."""
+    if not (vpod.get("spec") or {}).get("nodeName"):
+        return False
+    conditions = (vpod.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "PodScheduled" and c.get("status") == "True" for c in conditions)
 
 
 class PodKind(Kind):
@@ -73,6 +82,9 @@ class PodKind(Kind):
         )
 
     async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+        if ran_in_super(vobj):
+            await self._finish_orphaned_tenant_pod(sx, tenant, vobj)
+            return
         reason = mutation.reject_reason(vobj)
         if reason is not None:
             await tenant.events.post(vobj, type="Warning", reason="NotSupported", message=reason)
@@ -91,10 +103,7 @@ class PodKind(Kind):
         try:
             created = await sx.super_client.create(self.resource, body, namespace=super_ns)
         except errors.AlreadyExists:
-            current = await sx.super_client.get(self.resource, body["metadata"]["name"], namespace=super_ns)
-            if owner_of(current) != tenant.key:
-                raise Permanent(f"pod {super_ns}/{body['metadata']['name']} exists and is not ours") from None
-            raise Retry("super pod appeared concurrently") from None
+            await self.name_taken(sx, tenant, body)
         except errors.ApiError as exc:
             if exc.status in (400, 403, 422):
                 await tenant.events.post(vobj, type="Warning", reason="FailedCreate",
@@ -102,6 +111,19 @@ class PodKind(Kind):
             raise
         if secret is not None:
             await tokens.own_by_pod(sx, secret, created)
+
+    async def _finish_orphaned_tenant_pod(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+        """The super Pod of a bound tenant Pod is gone, deleted while nobody watched (an eviction
+        during a syncer restart): nothing runs it any more, so the tenant Pod goes too."""
+        meta = vobj["metadata"]
+        super_ns = tenant.id.super_namespace(meta["namespace"])
+        try:  # the cache is all we trust elsewhere; here a wrong answer deletes a tenant Pod
+            current = await sx.super_client.get(self.resource, meta["name"], namespace=super_ns)
+        except errors.NotFound:
+            log.info("tenant %s: pod %s/%s lost its super pod; deleting it", tenant.key, meta["namespace"], meta["name"])
+            await self._delete_tenant(tenant, vobj, grace=0)
+            return
+        raise Retry(f"super pod {super_ns}/{current['metadata']['name']} exists but is not in the cache yet")
 
     async def on_tenant_terminating(
         self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
@@ -190,7 +212,7 @@ class PodKind(Kind):
                 (pobj.get("spec") or {}).get("nodeName") and not (vobj.get("spec") or {}).get("nodeName")
             ):
                 sx.enqueue_upward(tenant.key, self.name, meta["namespace"], meta["name"])
-        elif pobj is None and meta.get("deletionTimestamp") is not None:
+        elif pobj is None and (meta.get("deletionTimestamp") is not None or ran_in_super(vobj)):
             return True
         if mutation.reject_reason(vobj) is not None:
             return False
