@@ -18,6 +18,7 @@ through the hooks wired here, and the proxy reads super Pods from the syncer's c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -133,7 +134,8 @@ async def run(
             readiness.mark("manager")
             if sx is not None:
                 await nursery.start(sx.run)
-                await nursery.start(supervisor.run, sx)
+                await nursery.start(functools.partial(
+                    supervisor.run, sx, label_selector=cfg.tenant_selector or None))
             readiness.mark("syncer")
             if cas is not None:
                 info["proxy_port"] = await nursery.start(_run_proxy, cfg, superc, data_dir, cas, sx)
@@ -158,8 +160,8 @@ async def _run_manager(
         num_reconciles=cfg.manager.num_reconciles, provisioner_timeout=cfg.manager.provisioner_timeout,
         keep_control_planes=cfg.manager.keep_control_planes,
         tenant_bind_address=cfg.manager.tenant_bind_address, shared_etcd=cfg.manager.shared_etcd,
+        label_selector=cfg.tenant_selector or None,
     )
-    await controller.ensure_crds(superc)
     await controller.run(super_client=superc, settings=settings, task_status=task_status)
 
 
@@ -203,6 +205,12 @@ async def _run_proxy(
         task_status.started(listeners[0].socket.getsockname()[1])
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
 async def main(cfg: cfgmod.Config) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 when startup fails."""
     readiness = health.Readiness("http", "manager", "syncer", "proxy")
@@ -222,7 +230,7 @@ async def main(cfg: cfgmod.Config) -> int:
                     nursery.cancel_scope.cancel()
                     break
         except* StartupError as group:
-            for exc in group.exceptions:
+            for exc in _leaves(group):
                 log.error("%s", exc)
             failed = True
     return 2 if failed else 0

@@ -116,6 +116,8 @@ class Config(_Section):
     binaries_dir: str = ""
     #: seconds allowed for a graceful stop (SIGTERM) before tasks are cancelled hard.
     graceful_timeout: Positive = 20.0
+    #: label selector limiting which VirtualClusters this appliance serves ("" = all).
+    tenant_selector: str = ""
     super: SuperSection = msgspec.field(default_factory=SuperSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
     log: LogSection = msgspec.field(default_factory=LogSection)

@@ -111,9 +111,13 @@ def desired(vc: dict[str, Any]) -> bool:
     return (vc.get("status") or {}).get("phase") == "Running" and not vc["metadata"].get("deletionTimestamp")
 
 
-async def run(sx: Syncer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-    """Watch VirtualClusters and keep one tenant task per Running VC."""
-    vcs = kinformer.Informer(sx.super_client, resources.VIRTUALCLUSTERS, name="super/virtualclusters")
+async def run(
+    sx: Syncer, *, label_selector: str | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Watch VirtualClusters (those matching `label_selector`) and keep one tenant task per Running VC."""
+    vcs = kinformer.Informer(sx.super_client, resources.VIRTUALCLUSTERS, label_selector=label_selector,
+                             name="super/virtualclusters")
     vc_events = kevents.EventRecorder(sx.super_client, component="vc-syncer")
     changed = trio.Event()
     running: dict[tuple[str, str], tuple[str, trio.CancelScope]] = {}

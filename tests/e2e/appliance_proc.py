@@ -45,8 +45,9 @@ class Appliance:
 
 
 def write_config(path: Path, sc: SuperCluster, data_dir: Path, *, extra: str = "") -> tuple[int, int]:
+    """`extra` holds top-level keys (it is written before the first section)."""
     http, proxy = free_port(), free_port()
-    path.write_text(f"""
+    path.write_text(f"""{extra}
 data-dir = "{data_dir}"
 binaries-dir = "{sc.bins.bin_dir}"
 graceful-timeout = 10.0
@@ -56,7 +57,6 @@ kubeconfig = "{sc.kubeconfig}"
 port = {http}
 [proxy]
 port = {proxy}
-{extra}
 """)
     return http, proxy
 
