@@ -29,7 +29,7 @@ from pathlib import Path
 
 from appliance.controlplane import build, process
 
-SAMPLE_CV = "cv-sample-process"
+SAMPLE_CV = "cv-process"
 
 
 class DevError(RuntimeError):
