@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from appliance import logsetup
 from appliance.controlplane import process
 from appliance.kube import errors, resources
 from appliance.kube.backoff import Backoff
@@ -84,6 +85,7 @@ class Worker:
 
     async def run(self) -> None:
         """Reconcile until the VirtualCluster is gone; restart the loop after a failure."""
+        logsetup.obj.set("virtualcluster/{}/{}".format(*self.key))
         backoff = Backoff(initial=1.0, maximum=60.0)
         while True:
             try:

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from appliance import logsetup
 from appliance.kube import client as kclient
 from appliance.kube import errors, resources
 from appliance.kube import informer as kinformer
@@ -195,6 +196,8 @@ class Syncer:
     ) -> None:
         tenant_key, key = item
         tenant = self.tenants.get(str(tenant_key))
+        logsetup.tenant.set(str(tenant_key))
+        logsetup.obj.set("/".join(str(k) for k in key) if isinstance(key, tuple) else str(key))  # type: ignore[arg-type]
         try:
             if tenant is None:
                 queue.forget(tenant_key, key)

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from appliance import logsetup
 from appliance.kube import creds as kcreds
 from appliance.kube import errors, resources
 from appliance.kube import events as kevents
@@ -63,6 +64,7 @@ async def run_tenant(
 ) -> None:
     """Keep one tenant synced until cancelled; restarts it after failures, with backoff."""
     tid = TenantId.from_vc(vc)
+    logsetup.tenant.set(tid.key)  # stamped on every log line of this tenant's tasks
     backoff = Backoff()
     with trio.CancelScope() as scope:
         task_status.started(scope)

@@ -201,3 +201,30 @@ async def test_tenant_cannot_reach_another_tenants_pod(super_cluster: SuperClust
             await c.get(url)
     pods = json.loads((await run_kubectl(super_cluster.kubectl, b.kubeconfig, "get", "pods", "-o", "json")).stdout)
     assert any(p["metadata"]["name"] == name for p in pods["items"])
+
+
+async def test_kubectl_attach_streams_through_the_proxy(super_cluster: SuperCluster, slice_env: dict) -> None:
+    """`kubectl attach` in a tenant receives output the container writes after attaching."""
+    a = slice_env["a"]
+    name = f"att-{uuid.uuid4().hex[:6]}"
+    await _running_tenant_pod(super_cluster, a, name)
+    marker = uuid.uuid4().hex
+    proc = await trio.lowlevel.open_process(
+        [str(super_cluster.kubectl), f"--kubeconfig={a.kubeconfig}", "attach", name], stdout=-1, stderr=-1)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        with trio.fail_after(30):
+            banner = b""
+            while b"If you don't see a command prompt" not in banner:
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, "kubectl attach exited early"
+                banner += chunk
+            seen = b""
+            while marker.encode() not in seen:
+                # Written until seen: the banner may precede the upstream attach by a moment.
+                append_pod_log(super_cluster.kwok_log, marker)
+                with trio.move_on_after(1):
+                    seen += await proc.stdout.receive_some(65536)
+    finally:
+        proc.kill()
+        await proc.wait()
