@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= $(CURDIR)/state
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev dev-down test unit testbin venv
+.PHONY: dev dev-down test unit lint testbin venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,8 @@ test: testbin
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
+
+lint: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lint]'
+	$(VENV)/bin/ruff check appliance tests bench
+	$(VENV)/bin/mypy

@@ -31,7 +31,7 @@ class _Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     pass
 
 
-class SuperSection(_Section):
+class SuperSection(_Section, frozen=True):
     #: kubeconfig of the super cluster; empty = in-cluster service account.
     kubeconfig: str = ""
     #: context inside that kubeconfig; empty = its current-context.
@@ -42,18 +42,18 @@ class SuperSection(_Section):
     request_timeout: Positive = 30.0
 
 
-class HttpSection(_Section):
+class HttpSection(_Section, frozen=True):
     #: /healthz, /readyz and /metrics; port 0 picks a free port (logged).
     address: str = "127.0.0.1"
     port: Port = 8080
 
 
-class LogSection(_Section):
+class LogSection(_Section, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
 
 
-class ManagerSection(_Section):
+class ManagerSection(_Section, frozen=True):
     enabled: bool = True
     #: provisioner for VirtualClusters that do not name one.
     provisioner: Literal["process", "native", "import"] = "process"
@@ -68,7 +68,7 @@ class ManagerSection(_Section):
     shared_etcd: bool = True
 
 
-class SyncerSection(_Section):
+class SyncerSection(_Section, frozen=True):
     enabled: bool = True
     #: downward workers per resource kind (pods get `pod-workers`).
     workers: PositiveInt = 3
@@ -91,7 +91,7 @@ class SyncerSection(_Section):
     extra_resources: list[str] = msgspec.field(default_factory=list)
 
 
-class ProxySection(_Section):
+class ProxySection(_Section, frozen=True):
     enabled: bool = True
     address: str = "127.0.0.1"
     port: Port = 10550
@@ -109,7 +109,7 @@ class ProxySection(_Section):
     max_connections: PositiveInt = 1000
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     #: tenant data (PKI, etcd, logs) lives here; created 0700.
     data_dir: str = "/var/lib/vc-appliance"
     #: where the Kubernetes binaries are; empty = build/find them in the user cache.

@@ -119,7 +119,7 @@ def _http_port(config_path: Path) -> int:
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 
@@ -262,7 +262,7 @@ def status(state: Path) -> int:
     rows = [("local super cluster", state / "cluster.pid"), ("vc-appliance", state / "appliance.pid")]
     for what, pid_file in rows:
         pid = _alive(pid_file)
-        print(f"{what:22} {'running (pid %d)' % pid if pid else 'stopped'}")
+        print(f"{what:22} {f'running (pid {pid})' if pid else 'stopped'}")
     cfg = state / "appliance.toml"
     if cfg.exists() and _alive(state / "appliance.pid"):
         print(f"{'readiness':22} {'ready' if _ready(_http_port(cfg)) else 'not ready'}")

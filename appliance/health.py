@@ -8,6 +8,7 @@ deliberately serves nothing else and never echoes request data.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import NoReturn
 
@@ -50,14 +51,14 @@ def respond(target: bytes, *, readiness: Readiness, registry: Registry) -> tuple
     return 404, text, b"not found\n"
 
 
-async def _handle(stream: trio.SocketStream, readiness: Readiness, registry: Registry) -> None:
+async def _handle(stream: trio.abc.Stream, *, readiness: Readiness, registry: Registry) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
     try:
         with trio.fail_after(10):
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(16384))
+                    conn.receive_data(bytes(await stream.receive_some(16384)))
                     continue
                 break
             if not isinstance(event, h11.Request):
@@ -93,6 +94,7 @@ async def serve(
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
         await trio.serve_listeners(
-            lambda s: _handle(s, readiness, registry), listeners, handler_nursery=nursery
+            functools.partial(_handle, readiness=readiness, registry=registry), listeners,
+            handler_nursery=nursery,
         )
     raise AssertionError("unreachable")

@@ -53,4 +53,4 @@ class Notifier:
             await trio.sleep_forever()
         while True:
             await self.send("WATCHDOG=1")
-            await trio.sleep(self.watchdog_usec / 2_000_000)  # type: ignore[operator]
+            await trio.sleep(self.watchdog_usec / 2_000_000)

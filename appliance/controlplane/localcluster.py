@@ -35,7 +35,8 @@ async def run(
     task_status: trio.TaskStatus[dict[str, object]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     state_dir.mkdir(parents=True, exist_ok=True)
-    bins = bins or await trio.to_thread.run_sync(build.ensure_binaries)
+    if bins is None:
+        bins = await trio.to_thread.run_sync(build.ensure_binaries)
     state_file = state_dir / STATE_FILE
     state_file.unlink(missing_ok=True)
     async with trio.open_nursery() as nursery:
@@ -68,7 +69,7 @@ async def _main(state_dir: Path, nodes: int) -> None:
         async with trio.open_nursery() as nursery:
             info = await nursery.start(lambda task_status: run(
                 state_dir=state_dir, nodes=nodes, task_status=task_status))
-            print(f"local cluster ready: {info['super']['url']}", flush=True)  # type: ignore[index]
+            print(f"local cluster ready: {info['super']['url']}", flush=True)
             async for signum in signals:
                 log.info("signal %d: stopping the local cluster", signum)
                 nursery.cancel_scope.cancel()

@@ -178,7 +178,7 @@ async def _stop(proc: trio.Process | _Adopted, *, grace: float, name: str) -> No
 
 async def _start(spec: ProcessSpec) -> trio.Process:
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    logf = open(spec.log_path, "ab", buffering=0)  # noqa: SIM115 (handed to the child)
+    logf = open(spec.log_path, "ab", buffering=0)
     try:
         logf.write(f"\n--- start {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.name}\n".encode())
         proc = await trio.lowlevel.open_process(

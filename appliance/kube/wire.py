@@ -53,7 +53,7 @@ class _ObjectView(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class ListMeta(msgspec.Struct, kw_only=True):
-    resourceVersion: str = ""  # noqa: N815 (wire name)
+    resourceVersion: str = ""
     continue_: str = msgspec.field(default="", name="continue")
 
 

@@ -288,7 +288,7 @@ class Worker:
                 nonlocal result, finished, failure
                 try:
                     result = await fn()
-                except Exception as exc:  # noqa: BLE001 (re-raised below, outside the nursery: no group)
+                except Exception as exc:
                     failure = exc
                 finished = True
                 nursery.cancel_scope.cancel()

@@ -43,18 +43,18 @@ def scan_kind(sx: Syncer, kind: Kind) -> tuple[int, int]:
         ref = conversion.tenant_ref(pobj)
         if ref is None:
             continue
-        tenant = sx.tenants.get(ref.cluster_key)
-        if tenant is None or kind.name not in tenant.informers:
+        owner = sx.tenants.get(ref.cluster_key)
+        if owner is None or kind.name not in owner.informers:
             continue
         tname = kind.tenant_name(ref.name)
         if kind.name == "namespace":
-            present = tenant.get(kind.name, ref.namespace) is not None
+            present = owner.get(kind.name, ref.namespace) is not None
             key = ("", ref.namespace)
         else:
-            present = tenant.get(kind.name, tname, ref.namespace) is not None
+            present = owner.get(kind.name, tname, ref.namespace) is not None
             key = (ref.namespace, tname)
         if not present:
-            sx.enqueue(kind.name, tenant.key, key)
+            sx.enqueue(kind.name, owner.key, key)
             orphans += 1
     return requeued, orphans
 

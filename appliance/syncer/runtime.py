@@ -16,10 +16,11 @@ so a burst of events for one object costs one reconcile.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import trio
 
@@ -27,11 +28,11 @@ from appliance import logsetup
 from appliance.kube import client as kclient
 from appliance.kube import errors, resources
 from appliance.kube import informer as kinformer
+from appliance.kube.creds import Credentials
 from appliance.metrics import Registry
 from appliance.syncer import conversion
 from appliance.syncer.fairqueue import TrioFairQueue
 from appliance.syncer.resources import base
-from appliance.kube.creds import Credentials
 from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming
 
@@ -188,111 +189,105 @@ class Syncer:
         self,
         queue: TrioFairQueue,
         item: tuple[Hashable, Hashable],
-        run: Callable[[Tenant], Any],
+        run: Callable[[Tenant], Awaitable[None]],
         *,
         what: str,
-        on_result: Callable[[str, Tenant], None],
-        report: Callable[[Tenant, str], Any] | None = None,
-    ) -> None:
+        report: Callable[[Tenant, str], Awaitable[None]] | None = None,
+    ) -> tuple[Tenant | None, str]:
+        """Run one work item with the retry rules; returns (tenant, outcome code).
+
+        Codes as the original's metrics: OK, Error (retried), BadRequest (dropped: 400/403/422
+        or a Permanent problem, reported as a tenant Event), ExceedMaxRetryAttempts.
+        """
         tenant_key, key = item
         tenant = self.tenants.get(str(tenant_key))
         logsetup.tenant.set(str(tenant_key))
-        logsetup.obj.set("/".join(str(k) for k in key) if isinstance(key, tuple) else str(key))  # type: ignore[arg-type]
+        logsetup.obj.set("/".join(map(str, key)) if isinstance(key, tuple) else str(key))
+        code = "OK"
         try:
-            if tenant is None:
+            if tenant is None:  # gone since the key was queued
                 queue.forget(tenant_key, key)
-                return
-            code = "OK"
+                return None, code
+            problem: str | None = None
             try:
                 with trio.fail_after(self.settings.reconcile_timeout):
                     await run(tenant)
             except base.Retry as exc:
-                code = "Retry"
-                log.debug("%s %s/%s: %s", what, tenant_key, key, exc)
-                if not queue.retry(tenant_key, key):
-                    code = "ExceedMaxRetryAttempts"
-                    await self._report(report, tenant, f"gave up after retries: {exc}")
+                code = "Error"  # the original counts waits on prerequisites as errors too
+                log.debug("%s %s: %s", what, key, exc)
+                problem = f"gave up after retries: {exc}"
             except base.Permanent as exc:
-                code = "BadRequest"
-                queue.forget(tenant_key, key)
-                log.warning("%s %s %s: %s", what, tenant_key, key, exc)
-                await self._report(report, tenant, str(exc))
+                code, problem = "BadRequest", str(exc)
             except errors.ApiError as exc:
                 if exc.status in (400, 403, 422):
-                    code = "BadRequest"
-                    queue.forget(tenant_key, key)
-                    log.warning("%s %s %s refused by the super cluster: %s", what, tenant_key, key, exc)
-                    await self._report(report, tenant, f"refused by the super cluster: {exc.message}")
+                    code, problem = "BadRequest", f"refused by the super cluster: {exc.message}"
                 else:
                     code = "Error"
-                    log.info("%s %s %s: %s; retrying", what, tenant_key, key, exc)
-                    if not queue.retry(tenant_key, key):
-                        code = "ExceedMaxRetryAttempts"
+                    log.info("%s %s: %s; retrying", what, key, exc)
             except (errors.TransportError, trio.TooSlowError) as exc:
                 code = "Error"
-                log.info("%s %s %s: %r; retrying", what, tenant_key, key, exc)
-                queue.retry(tenant_key, key)
+                log.info("%s %s: %r; retrying", what, key, exc)
             except Exception:
                 code = "Error"
-                log.exception("%s %s %s failed", what, tenant_key, key)
-                queue.retry(tenant_key, key)
-            else:
+                log.exception("%s %s failed", what, key)
+            if code == "OK":
                 queue.forget(tenant_key, key)
-            on_result(code, tenant)
+            elif code == "BadRequest":
+                queue.forget(tenant_key, key)
+                log.warning("%s %s: %s", what, key, problem)
+            elif not queue.retry(tenant_key, key):
+                code = "ExceedMaxRetryAttempts"
+                problem = problem or "gave up after retries"
+            else:
+                problem = None
+            if problem is not None and report is not None:
+                with trio.move_on_after(10):
+                    await report(tenant, problem)
+            return tenant, code
         finally:
             queue.done(tenant_key, key)
 
-    async def _report(self, report: Callable[[Tenant, str], Any] | None, tenant: Tenant | None, msg: str) -> None:
-        if report is None or tenant is None:
-            return
-        try:
-            with trio.move_on_after(10):
-                await report(tenant, msg)
-        except Exception:  # reporting must never take a worker down
-            log.debug("could not post an event", exc_info=True)
+    async def _report_sync_failure(self, kind: base.Kind, ns: str, name: str, tenant: Tenant, msg: str) -> None:
+        vobj = tenant.get(kind.name, name, ns or None)
+        if vobj is not None:  # EventRecorder.post never raises an API error
+            await tenant.events.post(vobj, type="Warning", reason="FailedSync", message=msg)
 
     async def _downward_worker(self, kind: base.Kind) -> NoReturn:
         queue = self.queues[kind.name]
         while True:
             item = await queue.get()
-            ns, name = item[1]  # type: ignore[misc]
+            ns, name = cast(tuple[str, str], item[1])
             started = trio.current_time()
-
-            def done(code: str, tenant: Tenant) -> None:
-                self.m_dws.inc(resource=kind.name, vc_name=tenant.id.vc_name, code=code)
-                self.m_dws_seconds.observe(
-                    trio.current_time() - started, resource=kind.name, vc_name=tenant.id.vc_name)
-
-            async def report(tenant: Tenant, msg: str, ns: str = ns, name: str = name) -> None:
-                vobj = tenant.get(kind.name, name, ns or None)
-                if vobj is not None:
-                    await tenant.events.post(vobj, type="Warning", reason="FailedSync", message=msg)
-
-            await self._process(
-                queue, item, lambda t: kind.reconcile(self, t, ns, name),
-                what=f"sync {kind.name}", on_result=done, report=report,
+            tenant, code = await self._process(
+                queue, item, functools.partial(kind.reconcile, self, ns=ns, name=name),
+                what=f"sync {kind.name}",
+                report=functools.partial(self._report_sync_failure, kind, ns, name),
             )
+            if tenant is not None:
+                self.m_dws.inc(resource=kind.name, vc_name=tenant.id.vc_name, code=code)
+                self.m_dws_seconds.observe(trio.current_time() - started, resource=kind.name,
+                                           vc_name=tenant.id.vc_name)
+
+    async def _upward_one(self, kind_name: str, ns: str, name: str, tenant: Tenant) -> None:
+        if kind_name == "node":
+            from appliance.syncer import vnode
+
+            await vnode.upward(self, tenant, name)
+        elif kind_name in self.kinds:
+            await self.kinds[kind_name].upward(self, tenant, ns, name)
 
     async def _upward_worker(self) -> NoReturn:
         while True:
             item = await self.upward.get()
-            kind_name, ns, name = item[1]  # type: ignore[misc]
-            kind = self.kinds.get(kind_name) if kind_name != "node" else None
+            kind_name, ns, name = cast(tuple[str, str, str], item[1])
             started = trio.current_time()
-
-            def done(code: str, tenant: Tenant) -> None:
+            tenant, code = await self._process(
+                self.upward, item, functools.partial(self._upward_one, kind_name, ns, name),
+                what=f"back-populate {kind_name}",
+            )
+            if tenant is not None:
                 self.m_uws.inc(resource=kind_name, code=code)
                 self.m_uws_seconds.observe(trio.current_time() - started, resource=kind_name)
-
-            async def run(t: Tenant) -> None:
-                if kind_name == "node":
-                    from appliance.syncer import vnode
-
-                    await vnode.upward(self, t, name)
-                elif kind is not None:
-                    await kind.upward(self, t, ns, name)  # type: ignore[attr-defined]
-
-            await self._process(self.upward, item, run, what=f"back-populate {kind_name}", on_result=done)
 
     # --- run ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:

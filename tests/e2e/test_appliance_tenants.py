@@ -45,7 +45,6 @@ def _alive(pid: int) -> bool:
 async def test_tenant_lifecycle_pod_logs_exec_and_restart_readoption(tmp_path: Path, super_cluster: SuperCluster) -> None:
     """A VC becomes Running; its Pod runs; logs/exec pass the proxy; a restart re-adopts the same processes."""
     sc, run = super_cluster, uuid.uuid4().hex[:8]
-    kubectl = sc.kubectl
     ns, cv = f"e2e-{run}", f"cv-e2e-{run}"
     extra = f'tenant-selector = "e2e={run}"\n'
     data_dir = tmp_path / "data"

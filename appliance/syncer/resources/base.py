@@ -135,6 +135,9 @@ class Kind:
             await sx.super_client.patch(self.resource, name, {"metadata": {"labels": lost}}, namespace=ns)
         raise Retry(f"super {self.name} {ns}/{name} exists but is not in our cache yet")
 
+    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+        """Back-populate super state into the tenant object (kinds with `has_upward`)."""
+
     # --- the reconcile ------------------------------------------------------------------
     async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name, ns)
