@@ -115,3 +115,17 @@ def test_cluster_scoped_keys() -> None:
     store = Store()
     store.replace([obj("node-1", "1", namespace="")])
     assert [("", "node-1")] == store.keys()
+
+
+def test_cache_drops_managed_fields_and_keeps_everything_else() -> None:
+    """The informer cache strips metadata.managedFields (memory) and nothing else."""
+    import msgspec
+
+    from appliance.kube import informer
+
+    obj = {"metadata": {"name": "a", "managedFields": [{"manager": "x"}], "labels": {"k": "v"}},
+           "spec": {"x": 1}, "unknownField": {"kept": True}}
+    out = msgspec.json.decode(informer.compact(msgspec.json.encode(obj)))
+    assert {"metadata": {"name": "a", "labels": {"k": "v"}}, "spec": {"x": 1}, "unknownField": {"kept": True}} == out
+    plain = msgspec.json.encode({"metadata": {"name": "b"}})
+    assert informer.compact(plain) is plain
