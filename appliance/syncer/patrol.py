@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How the original VirtualCluster spells each kind in its checker counter names.
+COUNTER_PLURALS = {
+    "namespace": "Namespaces", "configmap": "ConfigMaps", "secret": "OpaqueSecrets",
+    "serviceaccount": "ServiceAccounts", "service": "Services", "endpoints": "Endpoints",
+    "persistentvolumeclaim": "PVCs", "pod": "Pods",
+}
+
 
 def scan_kind(sx: Syncer, kind: Kind) -> tuple[int, int]:
     """Enqueue drifted and orphaned keys of one kind; returns (requeued, orphans). No I/O."""
@@ -91,10 +98,11 @@ async def run(sx: Syncer) -> NoReturn:
             started = trio.current_time()
             requeued, orphans = scan_kind(sx, kind)
             sx.m_patrol_seconds.observe(trio.current_time() - started, resource=kind.name)
+            plural = COUNTER_PLURALS.get(kind.name, kind.name.capitalize() + "s")
             if requeued:
-                sx.m_remedy.inc(requeued, counter_name=f"RequeuedTenant{kind.name.capitalize()}s")
+                sx.m_remedy.inc(requeued, counter_name=f"RequeuedTenant{plural}")
             if orphans:
-                sx.m_remedy.inc(orphans, counter_name=f"DeletedOrphanSuperControlPlane{kind.name.capitalize()}s")
+                sx.m_remedy.inc(orphans, counter_name=f"DeletedOrphanSuperControlPlane{plural}")
             if requeued or orphans:
                 log.info("patrol %s: %d requeued, %d orphans", kind.name, requeued, orphans)
             await trio.lowlevel.checkpoint()
