@@ -212,6 +212,12 @@ async def _spawn_detached(spec: ProcessSpec) -> _Adopted:
         capture_stdout=True, env=env, cwd=spec.cwd,
     )
     pid = int(done.stdout.decode().strip())
+    # `sh` forks, `setsid` execs, then our program execs: until that has happened the pid
+    # shows another command line and could not be recognised (adopted) later.
+    want = [str(a) for a in spec.argv]
+    with trio.move_on_after(10):
+        while _cmdline(pid) not in (want, []):
+            await trio.sleep(0.01)
     spec.pid_file.write_text(f"{pid} {spec.argv[0]}\n")
     return _Adopted(pid)
 

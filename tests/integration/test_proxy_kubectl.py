@@ -57,7 +57,7 @@ async def slice_env(
                 upstream=upstream, lookup_pod=lookup, task_status=task_status))
             port = listeners[0].socket.getsockname()[1]
             from appliance.metrics import Registry
-            from appliance.syncer import runtime, supervisor
+            from appliance.syncer import runtime
 
             sx = runtime.Syncer(
                 super_client=superc, registry=Registry(),
@@ -67,7 +67,7 @@ async def slice_env(
             )
             holder["sx"] = sx
             await nursery.start(sx.run)
-            await nursery.start(supervisor.run, sx)
+            await syncing.start_supervisor(nursery, sx)
             a = await syncing.synced_tenant(sx, superc, tenant_factory, "pa", stack)
             b = await syncing.synced_tenant(sx, superc, tenant_factory, "pb", stack)
             yield {"sx": sx, "superc": superc, "a": a, "b": b, "port": port, "cas": cas}

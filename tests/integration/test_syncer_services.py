@@ -1,0 +1,120 @@
+"""Syncer on the real test bed: Services get super cluster IPs, and Pods are wired to them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from appliance.kube import resources
+from appliance.util import naming
+from tests.integration import syncing
+from tests.testbed import SuperCluster, TenantFactory
+
+TRANSPARENT_IP = naming.ANNOTATION_TRANSPARENT_CLUSTER_IP
+
+
+@pytest.fixture
+async def env(super_cluster: SuperCluster, tenant_factory: TenantFactory) -> AsyncIterator[syncing.Env]:
+    async with syncing.environment(super_cluster, tenant_factory) as e:
+        yield e
+
+
+def service(name: str, *, selector: dict[str, str], ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": ports}}
+
+
+async def synced_service(env: syncing.Env, t: syncing.SyncedTenant, ns: str, name: str) -> tuple[dict, dict]:
+    """Wait until tenant Service `ns/name` carries its super twin's IP; return (tenant, super)."""
+    sup = await syncing.wait_object(env.superc, resources.SERVICES, name,
+                                    namespace=naming.super_namespace(t.key, ns), what=f"super service {ns}/{name}")
+    ip = sup["spec"]["clusterIP"]
+    ten = await syncing.wait_object(
+        t.client, resources.SERVICES, name, namespace=ns,
+        where=lambda s: (s["metadata"].get("annotations") or {}).get(TRANSPARENT_IP) == ip,
+        what=f"tenant service {ns}/{name} annotated with super IP {ip}",
+    )
+    return ten, sup
+
+
+@syncing.deadline(120)
+async def test_tenant_service_is_annotated_with_the_super_cluster_ip(
+    env: syncing.Env,
+) -> None:
+    """A tenant Service's super twin gets its own cluster IP, which flows back as an annotation."""
+    sx = await env.start()
+    t = await env.tenant(sx, "svc")
+    await syncing.tenant_namespace(t, "shop")
+    await t.client.create(resources.SERVICES, service(
+        "web", selector={"app": "web"}, ports=[{"name": "http", "port": 80, "targetPort": 8080}]), namespace="shop")
+
+    ten, sup = await synced_service(env, t, "shop", "web")
+    assert sup["spec"]["clusterIP"] not in ("", "None")
+    assert sup["spec"]["clusterIP"] != ten["spec"]["clusterIP"]  # the super allocated its own
+    assert sup["metadata"]["annotations"][naming.ANNOTATION_CLUSTER_IP] == ten["spec"]["clusterIP"]
+    assert sup["spec"]["selector"] == {"app": "web"}
+    assert [(p["port"], p["targetPort"]) for p in sup["spec"]["ports"]] == [(80, 8080)]
+    # The tenant's own allocation is left as it was.
+    assert ten["spec"]["clusterIP"] == (await t.client.get(resources.SERVICES, "web", namespace="shop"))["spec"]["clusterIP"]
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env") or ()}
+
+
+@syncing.deadline(120)
+async def test_pods_resolve_dns_env_and_kubernetes_alias_to_super_ips(
+    env: syncing.Env,
+) -> None:
+    """Super Pods get the tenant kube-dns (super IP) as nameserver, service env vars and the
+    `kubernetes` host alias with super IPs; a Pod made before kube-dns exists gets dnsPolicy Default."""
+    sx = await env.start()
+    t = await env.tenant(sx, "dns")
+    await syncing.tenant_namespace(t, "shop")
+    super_shop = naming.super_namespace(t.key, "shop")
+    await t.client.create(resources.SERVICES, service(
+        "web-api", selector={"app": "web"}, ports=[{"name": "http", "port": 80}, {"name": "admin", "port": 9000}],
+    ), namespace="shop")
+    _, sup_web = await synced_service(env, t, "shop", "web-api")
+    _, sup_kubernetes = await synced_service(env, t, "default", "kubernetes")
+
+    await t.client.create(resources.PODS, syncing.pod_manifest("early"), namespace="shop")
+    early = await syncing.wait_object(env.superc, resources.PODS, "early", namespace=super_shop)
+    assert early["spec"]["dnsPolicy"] == "Default"  # no tenant DNS yet: the node's resolver
+
+    await t.client.create(resources.SERVICES, service(
+        "kube-dns", selector={"k8s-app": "kube-dns"},
+        ports=[{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}],
+    ), namespace="kube-system")
+    ten_dns, sup_dns = await synced_service(env, t, "kube-system", "kube-dns")
+    assert sup_dns["spec"]["clusterIP"] != ten_dns["spec"]["clusterIP"]
+
+    user_env = [{"name": "WEB_API_SERVICE_HOST", "value": "mine"}, {"name": "OTHER", "value": "x"}]
+    body = syncing.pod_manifest("client")
+    body["spec"]["containers"].append({"name": "second", "image": "busybox", "env": user_env})
+    await t.client.create(resources.PODS, body, namespace="shop")
+    pod = await syncing.wait_object(env.superc, resources.PODS, "client", namespace=super_shop)
+    spec = pod["spec"]
+
+    assert spec["dnsPolicy"] == "None"
+    assert spec["dnsConfig"]["nameservers"] == [sup_dns["spec"]["clusterIP"]]
+    assert spec["dnsConfig"]["searches"] == ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+    assert {"name": "ndots", "value": "5"} in spec["dnsConfig"]["options"]
+
+    web_ip, api_ip = sup_web["spec"]["clusterIP"], sup_kubernetes["spec"]["clusterIP"]
+    first, second = (_env(c) for c in spec["containers"])
+    assert first["WEB_API_SERVICE_HOST"] == web_ip
+    assert first["WEB_API_SERVICE_PORT"] == "80"
+    assert first["WEB_API_SERVICE_PORT_ADMIN"] == "9000"
+    assert first["WEB_API_PORT"] == f"tcp://{web_ip}:80"
+    assert first["WEB_API_PORT_9000_TCP_ADDR"] == web_ip
+    assert first["KUBERNETES_SERVICE_HOST"] == "kubernetes"  # resolved by the host alias below
+    assert first["KUBERNETES_SERVICE_PORT"] == str(sup_kubernetes["spec"]["ports"][0]["port"])
+    assert first["KUBERNETES_PORT"] == f"tcp://{api_ip}:{sup_kubernetes['spec']['ports'][0]['port']}"
+    assert second["WEB_API_SERVICE_HOST"] == "mine"  # the tenant's own variable wins
+    assert second["OTHER"] == "x"
+    aliases = {a["ip"]: a["hostnames"] for a in spec.get("hostAliases") or ()}
+    assert set(aliases) == {api_ip}
+    assert {"kubernetes", "kubernetes.default", "kubernetes.default.svc"} <= set(aliases[api_ip])
