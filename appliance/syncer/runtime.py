@@ -50,6 +50,7 @@ class SyncerSettings:
     patrol_period: float = 60.0
     vnode_gc_grace: float = 120.0
     health_period: float = 60.0
+    health_timeout: float = 30.0
     opaque_meta_domains: tuple[str, ...] = naming.DEFAULT_OPAQUE_DOMAINS
     disable_service_account_token: bool = True
     disable_service_links: bool = False
@@ -112,6 +113,15 @@ class Syncer:
         registry.gauge(
             "syncer_tenants", "Tenants registered with the syncer.", (),
             callback=lambda: {(): float(len(self.tenants))},
+        )
+        #: tenant key → last health probe result (True = healthy)
+        self.health: dict[str, bool] = {}
+        registry.gauge(
+            "syncer_virtual_cluster_health", "Tenant apiservers by last health probe.", ("status",),
+            callback=lambda: {
+                ("health",): float(sum(self.health.values())),
+                ("unhealth",): float(len(self.health) - sum(self.health.values())),
+            },
         )
 
     # --- caches and queues ----------------------------------------------------------------

@@ -68,19 +68,29 @@ async def run_tenant(
     backoff = Backoff()
     with trio.CancelScope() as scope:
         task_status.started(scope)
-        while True:
-            started = trio.current_time()
-            try:
-                await _serve_tenant(sx, vc, tid)
-            except Exception as exc:  # the sanctioned per-tenant catch-all (STYLE rule 20)
-                if trio.current_time() - started > 120:
-                    backoff.reset()  # it had been healthy: this is a new incident
-                delay = backoff.next_delay()
-                log.warning("tenant %s failed: %s; retrying in %.1f s", tid.key, exc, delay,
-                            exc_info=not isinstance(exc, (errors.KubeError, KubeconfigMissing, kcreds.KubeconfigError)))
-                await vc_events.post(vc, type="Warning", reason="ClusterUnHealth",
-                                     message=f"VirtualCluster {tid.key} unhealthy: {exc}")
-                await trio.sleep(delay)
+        try:
+            await _keep_serving(sx, vc, tid, backoff, vc_events)
+        finally:
+            sx.health.pop(tid.key, None)
+
+
+async def _keep_serving(
+    sx: Syncer, vc: dict[str, Any], tid: TenantId, backoff: Backoff, vc_events: kevents.EventRecorder
+) -> NoReturn:
+    """Serve the tenant; after a failure: Event on the VC, backoff, serve again."""
+    while True:
+        started = trio.current_time()
+        try:
+            await _serve_tenant(sx, vc, tid)
+        except Exception as exc:  # the sanctioned per-tenant catch-all (STYLE rule 20)
+            if trio.current_time() - started > 120:
+                backoff.reset()  # it had been healthy: this is a new incident
+            delay = backoff.next_delay()
+            log.warning("tenant %s failed: %s; retrying in %.1f s", tid.key, exc, delay,
+                        exc_info=not isinstance(exc, (errors.KubeError, KubeconfigMissing, kcreds.KubeconfigError)))
+            await vc_events.post(vc, type="Warning", reason="ClusterUnHealth",
+                                 message=f"VirtualCluster {tid.key} unhealthy: {exc}")
+            await trio.sleep(delay)
 
 
 async def _serve_tenant(sx: Syncer, vc: dict[str, Any], tid: TenantId) -> NoReturn:
@@ -99,11 +109,16 @@ async def _serve_tenant(sx: Syncer, vc: dict[str, Any], tid: TenantId) -> NoRetu
                     for inf in tenant.informers.values():
                         starting.start_soon(nursery.start, inf.run)
             sx.register(tenant)
+            sx.health[tid.key] = True
             try:
                 while True:
                     await trio.sleep(sx.settings.health_period)
-                    with trio.fail_after(30):
-                        await client.server_version()
+                    try:
+                        with trio.fail_after(sx.settings.health_timeout):
+                            await client.server_version()
+                    except BaseException:
+                        sx.health[tid.key] = False  # seen by the gauge until the restart
+                        raise
             finally:
                 sx.unregister(tid.key)
     raise AssertionError("unreachable")
