@@ -122,6 +122,7 @@ async def run(
                         disable_service_account_token=s.disable_service_account_token,
                         disable_service_links=s.disable_service_links,
                         dns_options=tuple(s.dns_options.items()), extra_node_labels=tuple(s.extra_node_labels),
+                        extra_resources=tuple(s.extra_resources),
                         vnode_address=cfg.proxy.advertise_address or cfg.proxy.address,
                         vnode_port=cfg.proxy.port,
                     ),

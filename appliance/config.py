@@ -88,7 +88,7 @@ class SyncerSection(_Section, frozen=True):
     #: super node label keys copied to virtual nodes, beyond os/arch/hostname.
     extra_node_labels: list[str] = msgspec.field(default_factory=list)
     #: opt-in resource kinds: "ingress", "priorityclass".
-    extra_resources: list[str] = msgspec.field(default_factory=list)
+    extra_resources: list[Literal["ingress", "priorityclass"]] = msgspec.field(default_factory=list)
 
 
 class ProxySection(_Section, frozen=True):

@@ -313,6 +313,10 @@ async def _relay_response_body(
         log.debug("streamed response aborted: %s", [type(e).__name__ for e in group.exceptions])
 
 
+#: Seconds the other direction may go on after one side ended cleanly (see `splice`).
+DRAIN_GRACE = 2.0
+
+
 async def splice(
     a: trio.abc.Stream,
     b: trio.abc.Stream,
@@ -343,8 +347,13 @@ async def splice(
                     await dst.send_eof()
                     return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            cancel.cancel()
+                cancel.cancel()
+                return
+            # A clean EOF we cannot pass on (TLS has no half-close). Keep the other direction
+            # running a little: closing a socket whose peer still sends makes the kernel answer
+            # with RST, and an RST makes the peer drop the last bytes we just forwarded to it
+            # (seen as an exec whose final output vanished). The peer normally closes first.
+            cancel.deadline = min(cancel.deadline, trio.current_time() + DRAIN_GRACE)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, b, a, initial_a, nursery.cancel_scope)

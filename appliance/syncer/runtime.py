@@ -3,7 +3,8 @@
 Task tree (all inside `Syncer.run`'s nursery):
 
     Syncer.run
-    ├── super informers (one per kind, label-filtered to tenancy objects; nodes unfiltered)
+    ├── super informers (one per kind, filtered by `Kind.super_selector`; nodes unfiltered)
+    ├── super Event watch (`resources.events`: no cache, only keys of registered tenants' events)
     ├── downward workers: `workers` per kind (`pod_workers` for pods), one fair queue per kind
     ├── upward workers: one fair queue for every kind's back-population
     └── patrol (periodic drift scan; enqueues keys, never writes itself)
@@ -20,7 +21,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import trio
 
@@ -35,6 +36,9 @@ from appliance.syncer.fairqueue import TrioFairQueue
 from appliance.syncer.resources import base
 from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming
+
+if TYPE_CHECKING:
+    from appliance.syncer.resources.sourced import SuperSourcedKind
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ class SyncerSettings:
     #: lifetime of the tenant service-account tokens handed to super Pods
     token_expiration_seconds: int = 3600
     reconcile_timeout: float = 60.0
+    #: opt-in kinds by the original's plugin IDs (`priorityclass`, `ingress`)
+    extra_resources: tuple[str, ...] = ()
 
 
 class Syncer:
@@ -76,11 +82,17 @@ class Syncer:
         on_unregister: Callable[[str], None] | None = None,
     ) -> None:
         """`on_register`/`on_unregister` tell others (the proxy) which tenants exist."""
-        from appliance.syncer.resources import all_kinds
+        from appliance.syncer.resources import all_kinds, events
 
         self.super_client = super_client
         self.settings = settings
-        self.kinds: dict[str, base.Kind] = {k.name: k for k in (kinds or all_kinds())}
+        self.kinds: dict[str, base.Kind] = {k.name: k for k in (kinds or all_kinds(settings.extra_resources))}
+        #: super Events → tenants; needs the namespace cache and a Pod or Service kind
+        self.event_upward: events.EventUpward | None = (
+            events.EventUpward(self)
+            if "namespace" in self.kinds and any(k in self.kinds for k in events.INVOLVED_KINDS.values())
+            else None
+        )
         self.tenants: dict[str, Tenant] = {}
         self.queues = {name: TrioFairQueue() for name in self.kinds}
         self.upward = TrioFairQueue()
@@ -157,6 +169,13 @@ class Syncer:
 
     def _super_handler(self, kind: str) -> kinformer.Handler:
         k = self.kinds[kind]
+        if k.super_sourced:  # no tenancy back-trace: the kind knows which tenants care
+            sourced = cast("SuperSourcedKind", k)
+
+            def handle_sourced(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+                sourced.on_super_event(self, event_type, new, old)
+
+            return handle_sourced
 
         def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
             obj = new if new is not None else old
@@ -182,6 +201,9 @@ class Syncer:
                 for key in inf.keys():  # initial sync: every object once
                     ns, name = key
                     self.enqueue(kind, tenant.key, ("", name) if kind == "namespace" else (ns, name))
+                if self.kinds[kind].super_sourced:  # and what the super cluster has for it
+                    for key in cast("SuperSourcedKind", self.kinds[kind]).initial_keys(self, tenant):
+                        self.enqueue(kind, tenant.key, key)
         if self._on_register is not None:
             self._on_register(tenant.id, tenant.client.creds)
         log.info("tenant %s registered (%d kinds)", tenant.key, len(tenant.informers))
@@ -283,6 +305,8 @@ class Syncer:
             from appliance.syncer import vnode
 
             await vnode.upward(self, tenant, name)
+        elif kind_name == "event" and self.event_upward is not None:
+            await self.event_upward.upward(tenant, ns, name)
         elif kind_name in self.kinds:
             await self.kinds[kind_name].upward(self, tenant, ns, name)
 
@@ -306,7 +330,7 @@ class Syncer:
         async with trio.open_nursery() as nursery:
             for name, kind in self.kinds.items():
                 inf = kinformer.Informer(
-                    self.super_client, kind.resource, label_selector=SUPER_SELECTOR,
+                    self.super_client, kind.resource, label_selector=kind.super_selector,
                     name=f"super/{name}",
                 )
                 inf.add_handler(self._super_handler(name))
@@ -315,6 +339,8 @@ class Syncer:
             self._node_informer = kinformer.Informer(self.super_client, resources.NODES, name="super/nodes")
             self._node_informer.add_handler(vnode.super_node_handler(self))
             await nursery.start(self._node_informer.run)
+            if self.event_upward is not None:
+                await nursery.start(self.event_upward.run)
             for kind in self.kinds.values():
                 for _ in range(getattr(self.settings, kind.workers_setting)):
                     nursery.start_soon(self._downward_worker, kind)

@@ -46,6 +46,18 @@ def uid_of(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid", ""))
 
 
+def namespace_owner(sx: Syncer, super_ns: str) -> tuple[str, str] | None:
+    """(cluster key, tenant namespace) of super namespace `super_ns` if a registered tenant owns it."""
+    if not super_ns or "namespace" not in sx.kinds:
+        return None
+    ns_obj = sx.super_cache("namespace").get(super_ns)
+    annotations = ((ns_obj or {}).get("metadata") or {}).get("annotations") or {}
+    cluster, tenant_ns = annotations.get(naming.ANNOTATION_CLUSTER), annotations.get(naming.ANNOTATION_NAMESPACE)
+    if not cluster or not tenant_ns or cluster not in sx.tenants:
+        return None
+    return cluster, tenant_ns
+
+
 class Kind:
     """A namespaced kind copied from tenants to the super cluster."""
 
@@ -53,6 +65,11 @@ class Kind:
     resource: ClassVar[resources.Resource]
     #: the settings attribute holding this kind's downward worker count
     workers_setting: ClassVar[str] = "workers"
+    #: label selector of the kind's super informer (None: every object)
+    super_selector: ClassVar[str | None] = naming.LABEL_VC_NAME
+    #: the super cluster is the source of truth (`SuperSourcedKind`): super events and
+    #: the patrol go through the kind's own hooks instead of the tenancy back-trace
+    super_sourced: ClassVar[bool] = False
 
     # --- hooks -------------------------------------------------------------------------
     def wanted(self, tenant: Tenant, vobj: dict[str, Any]) -> bool:
