@@ -102,3 +102,26 @@ def append_pod_log(path: Path, line: str) -> None:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with open(path, "a") as f:
         f.write(f"{stamp} stdout F {line}\n")
+
+
+async def assert_logs_follow(kubectl: Path, kubeconfig: Path, pod: str, *, kwok_log: Path, seen_line: str) -> None:
+    """`kubectl logs -f pod` shows `seen_line` (already written), then a line written later."""
+    later = f"{seen_line}-later"
+    proc = await trio.lowlevel.open_process(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", "logs", "-f", pod], stdout=-1)
+    assert proc.stdout is not None
+    try:
+        seen = b""
+        with trio.fail_after(30):
+            while seen_line.encode() not in seen:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, "kubectl logs -f ended before the existing line arrived"
+                seen += chunk
+            append_pod_log(kwok_log, later)
+            while later.encode() not in seen:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, "kubectl logs -f ended before the new line arrived"
+                seen += chunk
+    finally:
+        proc.kill()
+        await proc.wait()

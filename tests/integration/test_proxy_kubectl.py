@@ -23,7 +23,14 @@ from appliance.app import proxy_serving_cert
 from appliance.kube import resources
 from appliance.proxy import forward, server
 from tests.integration import syncing
-from tests.testbed import SuperCluster, TenantFactory, append_pod_log, run_kubectl, wait_for
+from tests.testbed import (
+    SuperCluster,
+    TenantFactory,
+    append_pod_log,
+    assert_logs_follow,
+    run_kubectl,
+    wait_for,
+)
 
 POD = """
 apiVersion: v1
@@ -103,24 +110,9 @@ async def test_kubectl_logs_and_follow_through_the_proxy(super_cluster: SuperClu
     out = await run_kubectl(super_cluster.kubectl, a.kubeconfig, "logs", name)
     assert f"{marker}-1" in out.stdout
 
-    proc = await trio.lowlevel.open_process(
-        [str(super_cluster.kubectl), f"--kubeconfig={a.kubeconfig}", "logs", "-f", name], stdout=-1)
-    assert proc.stdout is not None
-    try:
-        seen = b""
-        with trio.fail_after(30):
-            while f"{marker}-1".encode() not in seen:
-                seen += await proc.stdout.receive_some(65536)
-            append_pod_log(super_cluster.kwok_log, f"{marker}-2")
-            while f"{marker}-2".encode() not in seen:
-                chunk = await proc.stdout.receive_some(65536)
-                assert chunk, "logs -f ended before the new line arrived"
-                seen += chunk
-    finally:
-        proc.kill()
-        await proc.wait()
-    stats = slice_env["sx"]  # the proxy saw the tenant: its CA was registered by the syncer
-    assert a.key in slice_env["cas"].cluster_keys() and stats is not None
+    await assert_logs_follow(super_cluster.kubectl, a.kubeconfig, name,
+                             kwok_log=super_cluster.kwok_log, seen_line=f"{marker}-1")
+    assert a.key in slice_env["cas"].cluster_keys()  # the syncer registered the tenant's CA
 
 
 async def test_kubectl_exec_websocket_and_spdy_through_the_proxy(super_cluster: SuperCluster, slice_env: dict) -> None:

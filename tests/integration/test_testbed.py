@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import uuid
 
-import trio
-
-from tests.testbed import SuperCluster, TenantFactory, append_pod_log, run_kubectl, wait_for
+from tests.testbed import (
+    SuperCluster,
+    TenantFactory,
+    append_pod_log,
+    assert_logs_follow,
+    run_kubectl,
+    wait_for,
+)
 
 POD = """
 apiVersion: v1
@@ -50,24 +55,8 @@ async def test_kubectl_logs_and_follow_reach_kwok(super_cluster: SuperCluster) -
     out = await run_kubectl(super_cluster.kubectl, super_cluster.kubeconfig, "logs", name)
     assert f"{marker}-before" in out.stdout
 
-    proc = await trio.lowlevel.open_process(
-        [str(super_cluster.kubectl), f"--kubeconfig={super_cluster.kubeconfig}",
-         "logs", "-f", name], stdout=-1,
-    )
-    assert proc.stdout is not None
-    try:
-        seen = b""
-        with trio.fail_after(30):
-            while f"{marker}-before".encode() not in seen:
-                seen += await proc.stdout.receive_some(65536)
-            append_pod_log(super_cluster.kwok_log, f"{marker}-after")
-            while f"{marker}-after".encode() not in seen:
-                chunk = await proc.stdout.receive_some(65536)
-                assert chunk, "kubectl logs -f ended before the new line arrived"
-                seen += chunk
-    finally:
-        proc.kill()
-        await proc.wait()
+    await assert_logs_follow(super_cluster.kubectl, super_cluster.kubeconfig, name,
+                             kwok_log=super_cluster.kwok_log, seen_line=f"{marker}-before")
 
 
 async def test_kubectl_exec_reaches_kwok(super_cluster: SuperCluster) -> None:
