@@ -436,7 +436,7 @@ class SyncerHost:
         self.log_summary: dict[str, int] = {}
 
     @classmethod
-    async def start(cls, bed: Bed, *, proxy: bool = False, tracemalloc: bool = False,
+    async def start(cls, bed: Bed, *, proxy: bool = False, tracemalloc: bool = False, trace: bool = True,
                     settings: dict[str, Any] | None = None, name: str = "host",
                     timeout: float = 180) -> SyncerHost:
         log_path = bed.state_dir / f"{name}.log"
@@ -447,6 +447,8 @@ class SyncerHost:
             argv.append("--proxy")
         if tracemalloc:
             argv.append("--tracemalloc")
+        if not trace:
+            argv.append("--no-trace")
         spawned = time.time()
         proc = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                 stderr=logf, cwd=ROOT)

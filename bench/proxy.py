@@ -176,9 +176,13 @@ async def run(args: argparse.Namespace) -> int:
             "tenant": (tenant_admin_ctx, f"{t.cp.url}/api/v1/namespaces/{NS}/pods/{POD}/log?container=main"),
         }
         logs: dict[str, list[tuple[int, float]]] = {k: [] for k in paths}
+        log_cpu: dict[str, dict[str, float]] = {k: {} for k in paths}
         for _ in range(args.repeat):
             for name, (ctx, url) in paths.items():
+                before = common.cpu_snapshot(bed)
                 logs[name].append(await download(ctx, url))
+                for comp, v in common.cpu_delta(before, common.cpu_snapshot(bed)).items():
+                    log_cpu[name][comp] = log_cpu[name].get(comp, 0.0) + v
         sizes = {name: sorted({n for n, _ in runs}) for name, runs in logs.items()}
         if len({tuple(v) for v in sizes.values()}) != 1 or len(sizes["direct"]) != 1:
             problems.append(f"log paths delivered different byte counts: {sizes}")
@@ -221,6 +225,7 @@ async def run(args: argparse.Namespace) -> int:
     ex = {k: statistics.median(v) * 1000 for k, v in execs.items()}
     echo = {k: statistics.median(v) * 1000 for k, v in echoes.items()}
     rows = []
+    rows_cpu: list[str] = []
     for k in paths:
         r = mbps(logs[k])
         rows.append([k, sizes[k][0] / 2**20, rate[k], min(r), max(r), ex[k], common.percentile(execs[k], 90) * 1000,
@@ -228,8 +233,15 @@ async def run(args: argparse.Namespace) -> int:
     text = common.table(["path", "log_MiB", "log_MB/s", "min", "max", "exec_ms_p50", "exec_ms_p90",
                          "echo_ms_p50", "echo_ms_p90"], rows)
     ratio = rate["proxy"] / rate["direct"]
+    for k in paths:
+        total_mb = sum(n for n, _ in logs[k]) / 1e6
+        secs = sum(x for _, x in logs[k])
+        parts = ", ".join(f"{c} {v / total_mb * 1000:.1f}" for c, v in sorted(log_cpu[k].items(), key=lambda kv: -kv[1]))
+        text_cpu = f"\n{k} logs: CPU ms per MB: {parts} ({sum(log_cpu[k].values()) / secs:.2f} cores busy)"
+        rows_cpu.append(text_cpu)
     text += (f"\nproxy/direct log throughput {ratio:.3f}; exec overhead {ex['proxy'] - ex['direct']:.1f} ms; "
              f"echo overhead {echo['proxy'] - echo['direct']:.2f} ms")
+    text += "".join(rows_cpu)
     return common.finish(
         "proxy", args=args, started=started, problems=problems,
         sizes={"log_mib": round(file_bytes / 2**20, 1), "line_bytes": args.line_bytes, "repeat": args.repeat,
@@ -238,7 +250,7 @@ async def run(args: argparse.Namespace) -> int:
                   "exec_msg_overhead_ms": echo["proxy"] - echo["direct"],
                   "direct_log_mb_s": rate["direct"], "proxy_log_mb_s": rate["proxy"],
                   "tenant_log_mb_s": rate["tenant"]},
-        details={"host_logs": bed.host_logs(), "logs": {k: [{"bytes": n, "s": s} for n, s in v] for k, v in logs.items()},
+        details={"host_logs": bed.host_logs(), "log_cpu_s": log_cpu, "logs": {k: [{"bytes": n, "s": s} for n, s in v] for k, v in logs.items()},
                  "exec_ms": {k: [x * 1000 for x in v] for k, v in execs.items()},
                  "echo_ms": {k: [x * 1000 for x in v] for k, v in echoes.items()}, "syncer": stats},
         text=text)
