@@ -72,15 +72,7 @@ async def run(args: argparse.Namespace) -> int:
         host = await bed.start_host()
         async with trio.open_nursery() as watchers:
             sup, ten = await common.start_clocks(watchers, bed, tenants)
-            async with trio.open_nursery() as n:
-                for t in tenants:
-                    n.start_soon(bed.tenant_namespace, t, NS)
-                n.start_soon(bed.super_namespace, DIRECT_NS)
-            q = await host.call("wait_quiet", tenants=len(tenants), stable=0.5, timeout=300)
-            if not q["ok"]:
-                raise common.Misbehaved(f"the syncer did not register all tenants: {q}")
-            await bed.warm_up(tenants, NS)
-            await host.call("wait_quiet", tenants=len(tenants), stable=1.0, timeout=300)
+            await bed.prepare(host, tenants, NS, direct_ns=DIRECT_NS)
 
             def synced_jobs(prefix: str, n: int) -> list[common.Job]:
                 out = []
