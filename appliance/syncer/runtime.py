@@ -98,6 +98,7 @@ class Syncer:
         self.upward = TrioFairQueue()
         self._super: dict[str, kinformer.Informer] = {}
         self._node_informer: kinformer.Informer | None = None
+        self._tenants_changed = trio.Event()
         self._on_register = on_register
         self._on_unregister = on_unregister
         self._metrics(registry)
@@ -206,15 +207,26 @@ class Syncer:
                         self.enqueue(kind, tenant.key, key)
         if self._on_register is not None:
             self._on_register(tenant.id, tenant.client.creds)
+        self._notify_tenants_changed()
         log.info("tenant %s registered (%d kinds)", tenant.key, len(tenant.informers))
 
     def unregister(self, tenant_key: str) -> None:
         self.tenants.pop(tenant_key, None)
         if self._on_unregister is not None:
             self._on_unregister(tenant_key)
+        self._notify_tenants_changed()
         for q in (*self.queues.values(), self.upward):
             q.remove_tenant(tenant_key)
         log.info("tenant %s unregistered", tenant_key)
+
+    def _notify_tenants_changed(self) -> None:
+        self._tenants_changed.set()
+        self._tenants_changed = trio.Event()
+
+    async def wait_registered(self, tenant_key: str) -> None:
+        """Return once `tenant_key` is registered (its caches synced). The caller sets the deadline."""
+        while tenant_key not in self.tenants:
+            await self._tenants_changed.wait()
 
     # --- workers ------------------------------------------------------------------------
     async def _process(

@@ -140,8 +140,7 @@ async def synced_tenant(
 async def wait_registered(sx: runtime.Syncer, key: str, *, timeout: float = 60) -> None:
     """Wait until the supervisor has registered tenant `key` (its caches are synced)."""
     with trio.fail_after(timeout):
-        while key not in sx.tenants:
-            await trio.sleep(0.05)  # registration is in-process state with no event to wait on
+        await sx.wait_registered(key)
 
 
 @dataclass(frozen=True, slots=True)
