@@ -5,10 +5,12 @@ Task tree:
     main(config)                      signals → graceful stop; sd_notify READY/STOPPING/WATCHDOG
     └── run(config)
         ├── health.serve              /healthz /readyz /metrics
+        ├── Coordinator.run           (scale-out) tenant Leases shared with other replicas
         ├── manager.run               VirtualCluster/ClusterVersion → tenant control planes
         ├── Syncer.run                super caches, fair queues, workers, patrol
         ├── supervisor.run            one nursery per Running tenant (inside: informers)
-        └── proxy serve               the vn-agent: kubelet API for tenants
+        ├── proxy serve               the vn-agent: kubelet API for tenants
+        └── tenantcas.follow          (scale-out) every tenant's CA for the proxy
 
 Readiness (`/readyz`, READY=1) means every component's `nursery.start` returned. The
 components never import each other: the syncer tells the proxy which tenant CAs exist
@@ -21,7 +23,9 @@ import dataclasses
 import functools
 import logging
 import os
+import secrets
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient, open_client
 from appliance.metrics import Registry
 from appliance.pki import certs
+from appliance.replicas.ownership import Ownership
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,11 @@ async def check_super(client: ApiClient, *, timeout: float) -> str:
     except (errors.KubeError, trio.TooSlowError) as exc:
         raise StartupError(f"cannot reach the super cluster at {client.creds.server}: {exc!r}") from None
     return str(version.get("gitVersion", "?"))
+
+
+def replica_identity(cfg: cfgmod.Config) -> str:
+    """The Lease holder identity: configured, or `<hostname>-<random>` as client-go does."""
+    return cfg.leases.identity or f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
 def proxy_serving_cert(data_dir: Path) -> tuple[bytes, bytes]:
@@ -94,8 +104,12 @@ async def run(
     data_dir = Path(cfg.data_dir).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     creds = await super_credentials(cfg)
+    identity = replica_identity(cfg)
+    # the API server names an object's field manager after the user agent: with several
+    # replicas, managedFields then tell which replica wrote what
+    agent = f"vc-appliance@{identity}" if cfg.leases.enabled else "vc-appliance"
     async with open_client(creds, qps=cfg.super.qps, burst=cfg.super.burst,
-                           timeout=cfg.super.request_timeout, user_agent="vc-appliance") as superc:
+                           timeout=cfg.super.request_timeout, user_agent=agent) as superc:
         async with trio.open_nursery() as nursery:
             http_port = await nursery.start(lambda task_status: health.serve(
                 address=cfg.http.address, port=cfg.http.port, readiness=readiness,
@@ -127,18 +141,36 @@ async def run(
                         vnode_port=cfg.proxy.port,
                     ),
                     on_register=(lambda tid, tcreds: cas.set(tid.key, tcreds.ca_pem)
-                                 if cas is not None and tcreds.ca_pem else None),
-                    on_unregister=(lambda key: cas.remove(key) if cas is not None else None),
+                                 if cas is not None and tcreds.ca_pem and not cfg.leases.enabled else None),
+                    on_unregister=(lambda key: cas.remove(key)
+                                   if cas is not None and not cfg.leases.enabled else None),
                 )
+            ownership = Ownership()
+            if cfg.leases.enabled:
+                from appliance.replicas import coordinator
+
+                lc = cfg.leases
+                ownership = coordinator.Coordinator(superc, coordinator.LeaseSettings(
+                    namespace=lc.namespace, identity=identity,
+                    placement=lc.placement or f"{socket.gethostname()}:{data_dir.resolve()}",
+                    lease_duration=lc.lease_duration, renew_deadline=lc.renew_deadline,
+                    retry_period=lc.retry_period, label_selector=cfg.tenant_selector or None))
+                await nursery.start(ownership.run)
+                info["identity"] = identity
             if cfg.manager.enabled:
-                await nursery.start(_run_manager, cfg, superc, data_dir)
+                await nursery.start(_run_manager, cfg, superc, data_dir, ownership)
             readiness.mark("manager")
             if sx is not None:
                 await nursery.start(sx.run)
                 await nursery.start(functools.partial(
-                    supervisor.run, sx, label_selector=cfg.tenant_selector or None))
+                    supervisor.run, sx, label_selector=cfg.tenant_selector or None, ownership=ownership))
             readiness.mark("syncer")
             if cas is not None:
+                if cfg.leases.enabled:  # virtual nodes may point at any replica: trust every tenant
+                    from appliance import tenantcas
+
+                    await nursery.start(functools.partial(
+                        tenantcas.follow, superc, cas, label_selector=cfg.tenant_selector or None))
                 info["proxy_port"] = await nursery.start(_run_proxy, cfg, superc, data_dir, cas, sx)
             readiness.mark("proxy")
             log.info("vc-appliance ready (http :%d)", http_port)
@@ -146,7 +178,8 @@ async def run(
 
 
 async def _run_manager(
-    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, *, task_status: trio.TaskStatus[None]
+    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, ownership: Ownership,
+    *, task_status: trio.TaskStatus[None],
 ) -> None:
     from appliance.manager import controller
 
@@ -163,7 +196,7 @@ async def _run_manager(
         tenant_bind_address=cfg.manager.tenant_bind_address, shared_etcd=cfg.manager.shared_etcd,
         label_selector=cfg.tenant_selector or None,
     )
-    await controller.run(super_client=superc, settings=settings, task_status=task_status)
+    await controller.run(super_client=superc, settings=settings, ownership=ownership, task_status=task_status)
 
 
 async def _run_proxy(

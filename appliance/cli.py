@@ -2,6 +2,7 @@
 
     vc-appliance run --config PATH          run the appliance (manager, syncer, proxy, http)
     vc-appliance kubeconfig NS/NAME         print a tenant's admin kubeconfig
+    vc-appliance status --config PATH       which replica holds which tenant (Leases)
     vc-appliance dev up|down|status         the embedded local default (see `dev --help`)
     vc-appliance version
 
@@ -66,6 +67,30 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from appliance import app
+    from appliance.kube import errors
+    from appliance.kube.client import open_client
+    from appliance.replicas import status
+
+    cfg = _load_config(args.config)
+    logsetup.configure(level="WARNING", fmt="console")
+
+    async def fetch() -> str:
+        creds = await app.super_credentials(cfg)
+        async with open_client(creds) as superc:
+            return await status.fetch(superc, namespace=cfg.leases.namespace,
+                                      label_selector=cfg.tenant_selector or None)
+
+    try:
+        text = trio.run(fetch)
+    except (app.StartupError, errors.KubeError) as exc:
+        print(f"vc-appliance: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from appliance.controlplane import build
 
@@ -103,6 +128,12 @@ def parser() -> argparse.ArgumentParser:
     kc.add_argument("ref", metavar="NAMESPACE/NAME")
     kc.add_argument("--config", type=Path, help="the appliance config naming the super cluster")
     kc.set_defaults(fn=cmd_kubeconfig)
+
+    st = sub.add_parser("status", help="show which replica holds which tenant",
+                        description="Read the replica and tenant Leases in the super cluster and print "
+                                    "which appliance replica serves each VirtualCluster.")
+    st.add_argument("--config", type=Path, help="the appliance config naming the super cluster")
+    st.set_defaults(fn=cmd_status)
 
     ver = sub.add_parser("version", help="print the version", description="Print the version.")
     ver.set_defaults(fn=cmd_version)

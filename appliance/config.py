@@ -109,6 +109,28 @@ class ProxySection(_Section, frozen=True):
     max_connections: PositiveInt = 1000
 
 
+class LeasesSection(_Section, frozen=True):
+    """Several replicas share the tenants through coordination.k8s.io Leases (see README)."""
+
+    enabled: bool = False
+    #: namespace of the replica heartbeat and tenant Leases (created if missing).
+    namespace: str = "vc-appliance-system"
+    #: this replica's holder identity; empty = `<hostname>-<random>` (new on every start).
+    identity: str = ""
+    #: where this replica's process-mode control planes live; empty = `<hostname>:<data-dir>`.
+    placement: str = ""
+    #: seconds a Lease stays valid without renewal (Kubernetes leader election: 15 / 10 / 2).
+    lease_duration: Positive = 15.0
+    #: seconds a holder keeps serving while renewals fail; must be below `lease-duration`.
+    renew_deadline: Positive = 10.0
+    #: seconds between renewals and balancing steps; must be below `renew-deadline`.
+    retry_period: Positive = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("leases: expected retry-period < renew-deadline < lease-duration")
+
+
 class Config(_Section, frozen=True):
     #: tenant data (PKI, etcd, logs) lives here; created 0700.
     data_dir: str = "/var/lib/vc-appliance"
@@ -124,6 +146,7 @@ class Config(_Section, frozen=True):
     manager: ManagerSection = msgspec.field(default_factory=ManagerSection)
     syncer: SyncerSection = msgspec.field(default_factory=SyncerSection)
     proxy: ProxySection = msgspec.field(default_factory=ProxySection)
+    leases: LeasesSection = msgspec.field(default_factory=LeasesSection)
 
 
 ENV_PREFIX = "VCA_"

@@ -39,6 +39,7 @@ from appliance.manager.provision import process as process_provisioner
 from appliance.manager.provision.base import Context, Provisioner
 from appliance.manager.settings import ManagerSettings
 from appliance.manager.worker import Worker
+from appliance.replicas.ownership import Ownership
 from appliance.util import naming
 
 __all__ = ["ManagerSettings", "admin_kubeconfig", "ensure_crds", "run"]
@@ -59,10 +60,11 @@ async def admin_kubeconfig(super_client: ApiClient, namespace: str, name: str) -
 class Controller:
     """Keeps one `Worker` per VirtualCluster and the ClusterVersion finalizers."""
 
-    def __init__(self, ctx: Context, *, tenants: trio.Nursery) -> None:
+    def __init__(self, ctx: Context, *, tenants: trio.Nursery, ownership: Ownership | None = None) -> None:
         settings = ctx.settings
         self._ctx = ctx
         self._tenants = tenants
+        self._ownership = ownership or Ownership()
         self.vcs = Informer(ctx.super, resources.VIRTUALCLUSTERS, label_selector=settings.label_selector,
                             name="manager/virtualclusters")
         self.cvs = Informer(ctx.super, resources.CLUSTERVERSIONS, name="manager/clusterversions")
@@ -77,6 +79,7 @@ class Controller:
         self._cv_dirty: set[str] = set()
         self.vcs.add_handler(self._on_vc)
         self.cvs.add_handler(self._on_cv)
+        self._ownership.subscribe(self._on_ownership)
 
     # -- handlers (synchronous: they only record and poke) ---------------------------------
 
@@ -106,9 +109,18 @@ class Controller:
             except trio.WouldBlock:
                 pass
 
+    def _on_ownership(self) -> None:
+        """Leases changed hands: start workers for tenants this replica now holds."""
+        for vc in self.vcs.list():
+            key = (vc["metadata"]["namespace"], vc["metadata"]["name"])
+            if key not in self.workers:
+                self._spawn_or_poke(key)
+
     def _spawn_or_poke(self, key: tuple[str, str]) -> None:
         worker = self.workers.get(key)
         if worker is None:
+            if not self._ownership.holds(key):
+                return  # another replica serves it
             worker = Worker(key, ctx=self._ctx, vcs=self.vcs, cvs=self.cvs,
                             provisioners=self._provisioners, limiter=self._limiter)
             self.workers[key] = worker
@@ -116,7 +128,8 @@ class Controller:
         worker.poke()
 
     async def _run_worker(self, worker: Worker) -> None:
-        await worker.run()
+        with self._ownership.guard(worker.key):  # cancelled when this replica loses the tenant
+            await worker.run()
         if self.workers.get(worker.key) is worker:
             del self.workers[worker.key]
         if self.vcs.get(worker.key[1], worker.key[0]) is not None:
@@ -200,6 +213,7 @@ async def run(
     *,
     super_client: ApiClient,
     settings: ManagerSettings,
+    ownership: Ownership | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run the vc-manager until cancelled; started once the CRDs and caches are ready.
@@ -219,7 +233,7 @@ async def run(
         recorder = EventRecorder(super_client, component=model.COMPONENT)
         ctx = Context(super=super_client, settings=settings, etcd=shared_etcd, recorder=recorder)
         async with trio.open_nursery() as tenants:
-            controller = Controller(ctx, tenants=tenants)
+            controller = Controller(ctx, tenants=tenants, ownership=ownership)
             await nursery.start(controller.cvs.run)
             await nursery.start(controller.vcs.run)
             nursery.start_soon(controller.run_cv_finalizers)

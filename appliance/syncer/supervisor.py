@@ -14,7 +14,6 @@ VC and retried with backoff; it never reaches other tenants or the process.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 from typing import Any, NoReturn
 
@@ -27,6 +26,7 @@ from appliance.kube import events as kevents
 from appliance.kube import informer as kinformer
 from appliance.kube.backoff import Backoff
 from appliance.kube.client import open_client
+from appliance.replicas.ownership import Ownership
 from appliance.syncer.runtime import Syncer
 from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming
@@ -129,20 +129,36 @@ def desired(vc: dict[str, Any]) -> bool:
 
 
 async def run(
-    sx: Syncer, *, label_selector: str | None = None,
+    sx: Syncer, *, label_selector: str | None = None, ownership: Ownership | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Watch VirtualClusters (those matching `label_selector`) and keep one tenant task per Running VC."""
+    """Watch VirtualClusters (those matching `label_selector`) and keep one tenant task per
+    Running VC that `ownership` grants this replica; a tenant task runs inside its guard."""
+    owner = ownership or Ownership()
     vcs = kinformer.Informer(sx.super_client, resources.VIRTUALCLUSTERS, label_selector=label_selector,
                              name="super/virtualclusters")
     vc_events = kevents.EventRecorder(sx.super_client, component="vc-syncer")
     changed = trio.Event()
     running: dict[tuple[str, str], tuple[str, trio.CancelScope]] = {}
 
-    def poke(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+    def poke(*_: object) -> None:
         changed.set()
 
+    ended: set[trio.CancelScope] = set()
+
+    async def guarded(ref: tuple[str, str], vc: dict[str, Any],
+                      task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            try:
+                with owner.guard(ref):  # fires when this replica loses the tenant's Lease
+                    await run_tenant(sx, vc, vc_events=vc_events)
+            finally:
+                ended.add(scope)  # decide again: the guard (not we) may have ended it
+                changed.set()
+
     vcs.add_handler(poke)
+    owner.subscribe(poke)
     async with trio.open_nursery() as nursery:
         await nursery.start(vcs.run)
         task_status.started()
@@ -152,16 +168,21 @@ async def run(
                 (vc["metadata"]["namespace"], vc["metadata"]["name"]): vc
                 for vc in vcs.list() if desired(vc)
             }
+            want = {ref: vc for ref, vc in want.items() if owner.holds(ref)}
             for ref, (uid, scope) in list(running.items()):  # stop before start
                 vc = want.get(ref)
-                if vc is None or vc["metadata"]["uid"] != uid:
+                if scope in ended:
+                    ended.discard(scope)
+                    del running[ref]
+                elif vc is None or vc["metadata"]["uid"] != uid:
                     log.info("tenant %s/%s: stopping", *ref)
                     scope.cancel()
                     del running[ref]
+            ended.intersection_update(scope for _, scope in running.values())
             for ref, vc in want.items():
                 if ref not in running:
                     log.info("tenant %s/%s: starting", *ref)
-                    scope = await nursery.start(functools.partial(run_tenant, sx, vc, vc_events=vc_events))
+                    scope = await nursery.start(guarded, ref, vc)
                     running[ref] = (vc["metadata"]["uid"], scope)
             await changed.wait()
     raise AssertionError("unreachable")
