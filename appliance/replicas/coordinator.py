@@ -189,7 +189,8 @@ class Coordinator(Ownership):
         except (errors.Conflict, errors.AlreadyExists, errors.NotFound):
             self._heartbeat = None  # re-read from the cache next time
         except (errors.KubeError, trio.TooSlowError) as exc:
-            log.warning("replica %s: heartbeat Lease %s/%s not renewed: %s", s.identity, s.namespace, name, exc)
+            log.warning("replica %s: heartbeat Lease %s/%s not renewed: %s", s.identity, s.namespace, name,
+                        exc or f"no answer within {s.renew_deadline:g} s")
 
     def _live_replicas(self, now: float) -> tuple[int, set[str]]:
         """(live replicas, their placements); this replica always counts itself."""
@@ -302,7 +303,8 @@ class Coordinator(Ownership):
         except (errors.Conflict, errors.AlreadyExists):
             return False  # another replica was faster
         except (errors.KubeError, trio.TooSlowError) as exc:
-            log.warning("tenant %s/%s: cannot take its Lease: %s", ref[0], ref[1], exc)
+            log.warning("tenant %s/%s: cannot take its Lease: %s", ref[0], ref[1],
+                        exc or f"no answer within {s.renew_deadline:g} s")
             return False
         self._held[ref] = _Held(obj=obj, valid_until=started + s.renew_deadline)
         log.info("tenant %s/%s: Lease taken by %s", ref[0], ref[1], s.identity)
