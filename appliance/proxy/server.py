@@ -328,6 +328,10 @@ class _ConnectionHandler:
         self, client: h11io.H11Stream, request: h11.Request, tenant: routes.TenantIdentity | None
     ) -> tuple[str, int]:
         """Answer one request; return (action, status) for the statistics."""
+        if _ambiguous_framing(request):
+            # RFC 9112 §6.3: a request with both framings may be a smuggling attempt; an
+            # intermediary must not forward it as is, so it is refused outright.
+            return "other", await _refuse(client, 400, "bad request")
         if tenant is None:
             self.stats.failures[("-", "other", "unknown_tenant")] += 1
             return "other", await _refuse(client, 403, "forbidden")
@@ -392,6 +396,12 @@ class _ConnectionHandler:
             status,
         )
         return action, status
+
+
+def _ambiguous_framing(request: h11.Request) -> bool:
+    """True when the request carries both Transfer-Encoding and Content-Length."""
+    names = {name for name, _ in request.headers}
+    return b"transfer-encoding" in names and b"content-length" in names
 
 
 async def _refuse(client: h11io.H11Stream, status: int, reason: str) -> int:
