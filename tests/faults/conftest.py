@@ -1,0 +1,74 @@
+"""The fault suite's own test bed and its summary table.
+
+Faults here are destructive (the super apiserver is restarted, etcd is compacted, tenant
+apiservers are stopped), so the suite never touches the session super cluster: `fault_bed`
+is a private one (etcd, kube-apiserver, KCM, scheduler, 3 kwok nodes) in its own process,
+started once for this package and stopped afterwards, with every leftover child killed.
+`VC_FAULT_BED_STATE=<dir>` reuses a private bed already running there (fast local loops;
+it must be one nobody else uses).
+
+Each test records what it did through the `fault_log` fixture; `pytest_terminal_summary`
+prints the records as one table at the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.controlplane import build, process
+from tests.conftest import ROOT, _wait_for_state
+from tests.faults.report import FaultLog, summary_lines
+from tests.testbed import SuperCluster
+
+
+@pytest.fixture(scope="package")
+def fault_bed(testbed_bins: build.Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperCluster]:
+    """A private super cluster for destructive faults (see the module docstring)."""
+    reuse = os.environ.get("VC_FAULT_BED_STATE")
+    if reuse:
+        yield SuperCluster(_wait_for_state(Path(reuse), None, Path(reuse) / "run.log"), testbed_bins)
+        return
+    state = tmp_path_factory.mktemp("faultbed")
+    log = state / "run.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.controlplane.localcluster", "--state-dir", str(state), "--nodes", "3"],
+            stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=dict(os.environ, VC_TESTBIN_DIR=str(testbed_bins.bin_dir)),
+        )
+    try:
+        yield SuperCluster(_wait_for_state(state, proc, log), testbed_bins)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        process.kill_leftovers(state / "logs")
+
+
+_RECORDS = pytest.StashKey[list[FaultLog]]()
+
+
+@pytest.fixture
+def fault_log(request: pytest.FixtureRequest) -> FaultLog:
+    """Where a test records its faults, checked objects and convergence times."""
+    log = FaultLog(test=request.node.name)
+    request.config.stash.setdefault(_RECORDS, []).append(log)
+    return log
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = summary_lines(config.stash.get(_RECORDS, []))
+    if lines:
+        terminalreporter.section("fault injection summary")
+        for line in lines:
+            terminalreporter.write_line(line)
