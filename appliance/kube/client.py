@@ -62,12 +62,15 @@ _T = TypeVar("_T")
 # One GET with watch=true&allowWatchBookmarks=true, with no read timeout (the server ends
 # the stream after timeoutSeconds) but with an inactivity deadline that restarts whenever
 # bytes arrive, so a half-open connection surfaces as a TransportError instead of a silent
-# stall. The deadline scope wraps only the wait for the next chunk, never a `yield`: a
-# cancel scope must not stay open across a yield to the consumer. `wire.LineSplitter` cuts
-# the body into newline-terminated JSON envelopes; `wire.decode_event` decodes them and
-# raises errors.Gone for an ERROR 410. However the stream stops (end, error, the consumer
-# closing the generator), `_discard` ends httpx's body iterator, so no half-consumed httpx
-# generator is left to the garbage collector (trio warns about those).
+# stall. The response head must arrive within the client's ordinary timeout (an apiserver
+# sends it as soon as the watch is set up): without that bound, a watch request that is
+# never answered would hang forever. The deadline scope wraps only the wait for the next
+# chunk, never a `yield`: a cancel scope must not stay open across a yield to the consumer.
+# `wire.LineSplitter` cuts the body into newline-terminated JSON envelopes;
+# `wire.decode_event` decodes them and raises errors.Gone for an ERROR 410. However the
+# stream stops (end, error, the consumer closing the generator), `_discard` ends httpx's
+# body iterator, so no half-consumed httpx generator is left to the garbage collector
+# (trio warns about those).
 
 
 class _BearerToken(httpx.Auth):
@@ -136,6 +139,7 @@ class ApiClient:
         self._limiter = limiter
         # httpx wants every field or a default; read=None because watches are long polls.
         self._watch_timeout = httpx.Timeout(connect_timeout, read=None)
+        self._watch_head_timeout = connect_timeout
         self._extensions: dict[str, Any] = {}
         if creds.tls_server_name:
             self._extensions["sni_hostname"] = creds.tls_server_name
@@ -485,7 +489,8 @@ class ApiClient:
         Use it as `async with contextlib.aclosing(client.watch_raw(...)) as events:` so the
         connection is released as soon as the caller stops. Raises errors.Gone when
         `resource_version` is too old (HTTP 410 or an ERROR event with code 410), other
-        ApiErrors as mapped, and TransportError if nothing arrives for `idle_timeout` s.
+        ApiErrors as mapped, and TransportError if the response head does not come within
+        the client's timeout or nothing arrives for `idle_timeout` s.
         """
         path = res.path(namespace=namespace)
         params = _params(
@@ -498,9 +503,16 @@ class ApiClient:
         )
         await self._limiter.acquire()
         with errors.map_exceptions():
-            async with self._http.stream(
-                "GET", path, params=params, timeout=self._watch_timeout, extensions=self._extensions
-            ) as response:
+            async with contextlib.AsyncExitStack() as stack:
+                response: httpx.Response | None = None
+                with trio.move_on_after(self._watch_head_timeout):
+                    response = await stack.enter_async_context(self._http.stream(
+                        "GET", path, params=params, timeout=self._watch_timeout, extensions=self._extensions
+                    ))
+                if response is None:
+                    raise errors.TransportError(
+                        f"watch of {res}: no response within {self._watch_head_timeout:g} s"
+                    )
                 if response.status_code >= 400:
                     body = await response.aread()
                     raise errors.from_response(response.status_code, body, response.headers)
