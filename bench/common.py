@@ -364,6 +364,11 @@ class Bed:
         await wait_exists(t.client, resources.SERVICEACCOUNTS, "default", ns, timeout=120)
         await wait_exists(t.client, resources.CONFIGMAPS, "kube-root-ca.crt", ns, timeout=120)
 
+    async def tenant_namespaces(self, tenants: Sequence[Tenant], ns: str) -> None:
+        async with trio.open_nursery() as n:
+            for t in tenants:
+                n.start_soon(self.tenant_namespace, t, ns)
+
     async def super_namespace(self, ns: str) -> None:
         await self.superc.create(resources.NAMESPACES, {"metadata": {"name": ns}})
         await wait_exists(self.superc, resources.SERVICEACCOUNTS, "default", ns, timeout=120)
@@ -371,9 +376,12 @@ class Bed:
     async def warm_up(self, tenants: Sequence[Tenant], ns: str, *, timeout: float = 300) -> None:
         """One Running pod per tenant in `ns`: its super namespace, SA and a vnode exist before
         measuring. The pods (named `warm-up`) stay; the final comparison expects them."""
+        await self.warm_up_named(tenants, ns, "warm-up", timeout=timeout)
+
+    async def warm_up_named(self, tenants: Sequence[Tenant], ns: str, name: str, *, timeout: float = 300) -> None:
         async def one(t: Tenant) -> None:
-            await create_one(t.client, ns, pod_body("warm-up"))
-            await wait_exists(t.client, PODS, "warm-up", ns, timeout=timeout,
+            await create_one(t.client, ns, pod_body(name))
+            await wait_exists(t.client, PODS, name, ns, timeout=timeout,
                               where=lambda p: (p.get("status") or {}).get("phase") == "Running")
 
         async with trio.open_nursery() as n:
@@ -900,6 +908,8 @@ def _component(cmd: list[str]) -> str:
         return "syncer"
     if any("bench.load" in c for c in cmd):
         return "load generator"
+    if "appliance" in cmd and "run" in cmd:
+        return "appliance replicas"
     name = Path(cmd[0]).name if cmd else "?"
     if name in ("kube-apiserver", "kube-controller-manager"):
         short = "apiserver" if name == "kube-apiserver" else "kcm"

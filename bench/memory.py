@@ -65,9 +65,7 @@ async def run(args: argparse.Namespace) -> int:
         tenants = await bed.add_tenants([f"t{i:02d}" for i in range(args.tenants)])
         async with trio.open_nursery() as watchers:
             sup, ten = await common.start_clocks(watchers, bed, tenants)
-            async with trio.open_nursery() as n:
-                for t in tenants:
-                    n.start_soon(bed.tenant_namespace, t, NS)
+            await bed.tenant_namespaces(tenants, NS)
             q = await host.call("wait_quiet", tenants=len(tenants), stable=2.0, timeout=300)
             if not q["ok"]:
                 raise common.Misbehaved(f"the syncer did not register all tenants: {q}")

@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 import trio
+import yaml
 
+from appliance import config
 from appliance.controlplane import cluster
 from appliance.kube import creds as kcreds
 from appliance.kube import errors, resources
@@ -30,10 +32,11 @@ from appliance.replicas import lease
 from appliance.util import naming
 from tests.e2e.appliance_proc import Appliance, running
 from tests.integration.syncing import super_client
-from tests.testbed import SuperCluster, TenantFactory, wait_for
+from tests.testbed import SuperCluster, TenantFactory, run_kubectl, wait_for
 
 pytestmark = pytest.mark.scaleout
 
+MANIFEST = Path(__file__).resolve().parents[2] / "configs" / "deployment.yaml"
 TENANTS = 6
 LEASE_DURATION, RETRY_PERIOD = 15.0, 2.0
 #: scheduling slack on a loaded 2-core machine, on top of what the protocol allows
@@ -237,3 +240,21 @@ async def _cleanup(superc: ApiClient, ns: str, lease_ns: str, cv: str) -> None:
         for sns in (await superc.list(resources.NAMESPACES, label_selector=selector)).items:
             with contextlib.suppress(errors.NotFound):
                 await superc.delete(resources.NAMESPACES, sns["metadata"]["name"])
+
+
+async def test_deployment_manifest_is_accepted_and_configures_leases(super_cluster: SuperCluster) -> None:
+    """configs/deployment.yaml passes the real apiserver's validation, and its env is a valid config."""
+    sc = super_cluster
+    manifest = MANIFEST
+    docs = list(yaml.safe_load_all(await trio.Path(manifest).read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value", "pod-name-0") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    cfg = config.load(None, env=env)
+    assert cfg.leases.enabled and cfg.leases.identity == "pod-name-0" and cfg.manager.provisioner != "process"
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert cfg.proxy.advertise_address == service["spec"]["clusterIP"]
+    async with super_client(sc) as superc:
+        with contextlib.suppress(errors.AlreadyExists):  # server-side dry-run needs the namespace
+            await superc.create(resources.NAMESPACES, {"metadata": {"name": "vc-appliance-system"}})
+    out = await run_kubectl(sc.kubectl, sc.kubeconfig, "apply", "--dry-run=server", "-f", str(manifest))
+    assert "deployment.apps/vc-appliance created (server dry run)" in out.stdout, out.stdout
