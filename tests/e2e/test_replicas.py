@@ -13,12 +13,14 @@ import base64
 import contextlib
 import os
 import signal
+import ssl
 import sys
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import yaml
@@ -52,6 +54,7 @@ class Bed:
     def __init__(self, superc: ApiClient, ns: str, lease_ns: str) -> None:
         self.superc, self.ns, self.lease_ns = superc, ns, lease_ns
         self.tenants: dict[str, ApiClient] = {}  # VC name → tenant client
+        self.pki: dict[str, Path] = {}  # VC name → its control plane's PKI directory
 
     async def holders(self) -> dict[str, str]:
         """VC name → holder of its tenant Lease ("" if free or missing)."""
@@ -125,6 +128,7 @@ async def test_three_replicas_share_tenants_and_hand_over(
             with contextlib.suppress(errors.AlreadyExists):  # no KCM in these tenants
                 await client.create(resources.SERVICEACCOUNTS, {"metadata": {"name": "default"}}, namespace="default")
             bed.tenants[f"t{i}"] = client
+            bed.pki[f"t{i}"] = cp.pki_dir
             await superc.create(resources.VIRTUALCLUSTERS, {
                 "apiVersion": "tenancy.x-k8s.io/v1alpha1", "kind": "VirtualCluster",
                 "metadata": {"name": f"t{i}", "namespace": ns, "labels": {"e2e": run}, "annotations": {
@@ -160,6 +164,7 @@ async def test_three_replicas_share_tenants_and_hand_over(
             managers = await wait_for(lambda vc=vc: bed.synced_by(vc, "before"), timeout=90, what=f"{vc}/before")
             assert managers == {f"vc-appliance@{holder}"}, (vc, managers)
         await _status_shows(apps["replica-a"], ns, lease_ns, holders)
+        await _every_proxy_serves_every_tenant(apps, bed)
 
         # SIGKILL: the others take its tenants once the Leases expire.
         victim = "replica-a"
@@ -207,6 +212,24 @@ async def test_three_replicas_share_tenants_and_hand_over(
         checked = await bed.full_comparison()
         print(f"full comparison: {checked} tenant Pods, each with exactly one super copy")
         assert checked == TENANTS + len(orphaned) + len(handed)
+
+
+async def _every_proxy_serves_every_tenant(apps: dict[str, Appliance], bed: Bed) -> None:
+    """A tenant apiserver's kubelet client reaches its Pod's logs through any replica's proxy."""
+    for vc, pki in bed.pki.items():
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the proxy's cert is self-made
+        ctx.load_cert_chain(pki / "kubelet-client.crt", pki / "kubelet-client.key")
+        async with httpx.AsyncClient(verify=ctx, trust_env=False, timeout=20) as c:
+            for ident, app in apps.items():
+                url = f"https://127.0.0.1:{app.proxy_port}/containerLogs/default/before/c"
+
+                async def answered(url: str = url) -> httpx.Response | None:
+                    r = await c.get(url)
+                    return r if r.status_code != 404 else None  # the CA is read a moment after Running
+
+                r = await wait_for(answered, timeout=30, what=f"{vc} via {ident}")
+                assert r.status_code == 200 and b"hello from kwok" in r.content, (vc, ident, r.status_code, r.text)
 
 
 async def _status_shows(app: Appliance, ns: str, lease_ns: str, holders: dict[str, str]) -> None:
