@@ -155,7 +155,10 @@ async def run(
                     placement=lc.placement or f"{socket.gethostname()}:{data_dir.resolve()}",
                     lease_duration=lc.lease_duration, renew_deadline=lc.renew_deadline,
                     retry_period=lc.retry_period, label_selector=cfg.tenant_selector or None))
-                await nursery.start(ownership.run)
+                try:
+                    await nursery.start(ownership.run)
+                except errors.KubeError as exc:  # e.g. Forbidden: the RBAC lacks leases/namespaces
+                    raise StartupError(f"leases in namespace {lc.namespace}: {exc}") from None
                 info["identity"] = identity
             if cfg.manager.enabled:
                 await nursery.start(_run_manager, cfg, superc, data_dir, ownership)
