@@ -125,3 +125,12 @@ async def assert_logs_follow(kubectl: Path, kubeconfig: Path, pod: str, *, kwok_
     finally:
         proc.kill()
         await proc.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process (e.g. a kept tenant control-plane process) still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -235,6 +235,25 @@ def from_files(found: Mapping[str, bytes]) -> TenantPKI | None:
     return TenantPKI(service_account_key_pem=sa, **parts)
 
 
+def usable(pki: TenantPKI) -> bool:
+    """Every certificate parses and matches its key (a truncated or edited file does not)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        for pair in (pki.root_ca, pki.apiserver, pki.etcd, pki.front_proxy, pki.controller_manager,
+                     pki.admin, pki.kubelet_client):
+            cert = x509.load_pem_x509_certificate(pair.cert_pem)
+            key = serialization.load_pem_private_key(pair.key_pem, password=None)
+            fmt = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
+                return False
+        serialization.load_pem_private_key(pki.service_account_key_pem, password=None)
+    except ValueError:
+        return False
+    return True
+
+
 FILE_NAMES = tuple(
     [f"{stem}.{ext}" for stem in _FILES.values() for ext in ("crt", "key")]
     + ["sa.key", "sa.pub", "admin.kubeconfig", "controller-manager.kubeconfig"]

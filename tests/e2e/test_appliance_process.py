@@ -48,6 +48,20 @@ async def test_unreachable_super_cluster_exits_2_with_its_address(tmp_path: Path
     assert "cannot reach the super cluster at https://127.0.0.1:1" in out
 
 
+async def test_truncated_super_kubeconfig_exits_2_naming_it(tmp_path: Path, super_cluster: SuperCluster) -> None:
+    """A kubeconfig cut short (a torn copy) is refused with its path and the parse problem, no traceback."""
+    kc = tmp_path / "torn.kubeconfig"
+    text = super_cluster.kubeconfig.read_text()
+    kc.write_text(text[: len(text) // 2])
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'data-dir = "{tmp_path / "d"}"\n[super]\nkubeconfig = "{kc}"\n'
+                   f'[http]\nport = 0\n[manager]\nenabled = false\n[proxy]\nport = 0\n')
+    with trio.fail_after(60):
+        code, out = await _run_cli("run", "--config", str(cfg))
+    assert code == 2, out
+    assert f"super cluster credentials ({kc})" in out and "Traceback" not in out, out
+
+
 async def test_ready_metrics_and_clean_sigterm(tmp_path: Path, super_cluster: SuperCluster) -> None:
     """The process becomes ready, serves parseable metrics, and exits 0 on SIGTERM in time."""
     async with running(super_cluster, tmp_path) as app:

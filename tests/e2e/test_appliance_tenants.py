@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -13,7 +12,7 @@ import trio
 
 from appliance.controlplane import process
 from tests.e2e.appliance_proc import running
-from tests.testbed import SuperCluster, append_pod_log, run_kubectl, wait_for
+from tests.testbed import SuperCluster, append_pod_log, pid_alive, run_kubectl, wait_for
 
 CV = """
 apiVersion: tenancy.x-k8s.io/v1alpha1
@@ -32,14 +31,6 @@ spec: {{clusterDomain: cluster.local, clusterVersionName: {cv}, pkiExpireDays: 3
 
 def _pids(data_dir: Path) -> dict[str, int]:
     return {p.stem: int(p.read_text().split()[0]) for p in data_dir.rglob("*.pid")}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_tenant_lifecycle_pod_logs_exec_and_restart_readoption(tmp_path: Path, super_cluster: SuperCluster) -> None:
@@ -101,7 +92,7 @@ async def _lifecycle(sc: SuperCluster, tmp_path: Path, *, run: str, ns: str, cv:
         before = _pids(data_dir / "tenants")
         assert before, "the process provisioner left no pid files"
         assert await app.stop() == 0
-    assert all(_alive(pid) for pid in before.values()), "tenant processes must survive an appliance stop"
+    assert all(pid_alive(pid) for pid in before.values()), "tenant processes must survive an appliance stop"
     rv_before = json.loads((await run_kubectl(kubectl, sc.kubeconfig, "get", "secret", "apiserver-ca",
                                               "-n", str(key), "-o", "json")).stdout)["metadata"]["resourceVersion"]
 
@@ -116,6 +107,6 @@ async def _lifecycle(sc: SuperCluster, tmp_path: Path, *, run: str, ns: str, cv:
         assert rv_before == rv_after, "no new certificates on restart"
         # Deleting the VC really deletes: processes, namespaces, data.
         await run_kubectl(kubectl, sc.kubeconfig, "delete", "vc", "shop", "-n", ns, "--timeout=120s")
-    assert not any(_alive(pid) for pid in before.values())
+    assert not any(pid_alive(pid) for pid in before.values())
     left = await run_kubectl(kubectl, sc.kubeconfig, "get", "ns", "-o", "name")
     assert not [n for n in left.stdout.split() if n.startswith(f"namespace/{key}")]

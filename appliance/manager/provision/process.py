@@ -96,7 +96,11 @@ def _read_pki(pki_dir: Path) -> pkisecrets.TenantPKI | None:
             found[name] = (pki_dir / name).read_bytes()
         except OSError:
             return None
-    return pkisecrets.from_files(found)
+    pki = pkisecrets.from_files(found)
+    if pki is not None and not pkisecrets.usable(pki):
+        logger.warning("certificates in %s are damaged; restoring them from the root-namespace secrets", pki_dir)
+        return None
+    return pki
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -198,6 +202,13 @@ class ProcessProvisioner:
         await rootns.ensure_root_namespace(ctx.super, t.vc, t.key)
         t.progress = "preparing the tenant directory and certificates"
         plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
+        if plan is None and await trio.Path(t.dir / "plan.json").exists():
+            # Unreadable (a torn write, a full disk, a hand edit): its processes cannot be
+            # adopted safely, so stop them and plan again; the data stays in etcd and the
+            # certificates come back from the root-namespace secrets.
+            logger.warning("VirtualCluster %s: %s is unreadable; stopping its processes and re-planning",
+                           t.vc.ref, t.dir / "plan.json")
+            await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
         if plan is None or plan.vc_uid != t.vc.metadata.uid:
             if plan is not None:  # left behind by an earlier VirtualCluster with this key
                 await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
