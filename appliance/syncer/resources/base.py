@@ -58,6 +58,27 @@ def namespace_owner(sx: Syncer, super_ns: str) -> tuple[str, str] | None:
     return cluster, tenant_ns
 
 
+def own_super_namespace(sx: Syncer, tenant: Tenant, tenant_ns: str) -> str:
+    """The super namespace of `tenant_ns`, once it exists and is this tenant's copy of it.
+
+    Mapped names can collide (a cluster key may extend another one: keys `k` and `k-x` map
+    namespaces `x-default` and `default` to the same super namespace), so existence is not
+    enough before writing into it: its tenancy annotations must name this tenant and `tenant_ns`.
+    Raises Retry while it does not exist (and queues it), Permanent when someone else owns it.
+    """
+    super_ns = tenant.id.super_namespace(tenant_ns)
+    ns_obj = sx.super_cache("namespace").get(super_ns)
+    if ns_obj is None:
+        sx.enqueue("namespace", tenant.key, ("", tenant_ns))
+        raise Retry(f"super namespace {super_ns} does not exist yet")
+    annotations = (ns_obj.get("metadata") or {}).get("annotations") or {}
+    if (annotations.get(naming.ANNOTATION_CLUSTER), annotations.get(naming.ANNOTATION_NAMESPACE)) != (
+        tenant.key, tenant_ns
+    ):
+        raise Permanent(f"super namespace {super_ns} is not owned by this tenant")
+    return super_ns
+
+
 class Kind:
     """A namespaced kind copied from tenants to the super cluster."""
 
@@ -121,10 +142,7 @@ class Kind:
 
     async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
         body = self.build(sx, tenant, vobj)
-        ns = body["metadata"]["namespace"]
-        if sx.super_cache("namespace").get(ns) is None:
-            sx.enqueue("namespace", tenant.key, ("", vobj["metadata"]["namespace"]))
-            raise Retry(f"super namespace {ns} does not exist yet")
+        ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
         try:
             await sx.super_client.create(self.resource, body, namespace=ns)
         except errors.AlreadyExists:

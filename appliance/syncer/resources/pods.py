@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality, mutation, tokens, vnode
-from appliance.syncer.resources.base import Kind, Retry, uid_of
+from appliance.syncer.resources.base import Kind, Retry, own_super_namespace, uid_of
 from appliance.syncer.tenant import Tenant
 
 if TYPE_CHECKING:
@@ -89,10 +89,7 @@ class PodKind(Kind):
         if reason is not None:
             await tenant.events.post(vobj, type="Warning", reason="NotSupported", message=reason)
             return
-        super_ns = tenant.id.super_namespace(vobj["metadata"]["namespace"])
-        if sx.super_cache("namespace").get(super_ns) is None:
-            sx.enqueue("namespace", tenant.key, ("", vobj["metadata"]["namespace"]))
-            raise Retry(f"super namespace {super_ns} does not exist yet")
+        super_ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
         secret = await tokens.ensure_secret(sx, tenant, vobj) if has_token_volume(vobj) else None
         try:
             body = mutation.mutate_pod(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality
-from appliance.syncer.resources.base import Kind, Permanent, Retry
+from appliance.syncer.resources.base import Kind, Permanent, Retry, own_super_namespace
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
 
@@ -63,6 +63,7 @@ class ServiceAccountKind(Kind):
     async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
         body = self.build(sx, tenant, vobj)
         meta = body["metadata"]
+        own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])  # never adopt in another's
         try:
             await super().create(sx, tenant, vobj)
         except Exception as exc:

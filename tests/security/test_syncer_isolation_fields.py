@@ -1,0 +1,213 @@
+"""The syncer never lets a tenant's own fields reach outside its own super namespaces.
+
+Extends tests/integration/test_syncer_isolation.py (forged tenancy labels and annotations on
+namespaces, ConfigMaps, Services and Pods) with the other fields a tenant controls: namespace
+names that collide with another tenant's after prefixing, owner references, Service selectors,
+Endpoints aimed at another tenant's pod, a PVC naming another tenant's PV, cluster-scoped
+objects, Pod Security labels, and bad input (oversized annotations, names that overflow when
+mapped, non-UTF-8 data, pods the super cluster's policy forbids). Every check compares the real
+super cluster before and after, and looks for the Warning Event the tenant should get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from typing import Any
+
+import pytest
+import trio
+
+from appliance.kube import errors, resources
+from appliance.util import naming
+from tests.integration import syncing
+from tests.security.conftest import Tally, keyed_tenant
+from tests.testbed import run_kubectl, wait_for
+
+pytestmark = [pytest.mark.security, pytest.mark.integration]
+
+
+async def warning(t: syncing.SyncedTenant, ns: str, name: str, *, reason: str, text: str = "") -> dict[str, Any]:
+    """Wait for a Warning Event about tenant object `name` in `ns` whose message contains `text`."""
+
+    async def find() -> dict[str, Any] | None:
+        events = (await t.client.list(resources.EVENTS, namespace=ns)).items
+        return next((e for e in events if e["type"] == "Warning" and e["reason"] == reason
+                     and e["involvedObject"]["name"] == name and text in e.get("message", "")), None)
+
+    return await wait_for(find, timeout=60, what=f"a {reason} Warning Event on {ns}/{name}")  # type: ignore[return-value]
+
+
+async def running_pod(env: syncing.Env, t: syncing.SyncedTenant, name: str, ns: str = "default",
+                      **labels: str) -> dict[str, Any]:
+    """Create a tenant pod and return its Running super copy."""
+    body = syncing.pod_manifest(name)
+    body["metadata"]["labels"] = labels
+    await t.client.create(resources.PODS, body, namespace=ns)
+    return await syncing.wait_object(env.superc, resources.PODS, name, namespace=t.id.super_namespace(ns),
+                                     where=lambda p: p.get("status", {}).get("podIP"), timeout=90)
+
+
+@syncing.deadline(180)
+async def test_colliding_namespace_never_writes_into_another_tenant(env: syncing.Env, tally: Tally) -> None:
+    """Tenant B's key is A's key + `-x`, so A's namespace `x-default` maps onto B's super `default`:
+    A's namespace and every object in it are refused with an Event; B's super objects stay as they were."""
+    sx = await env.start()
+    a = await env.tenant(sx, "fa")
+    b = await keyed_tenant(env, sx, "fb", key=f"{a.key}-x")
+    target = b.id.super_namespace("default")
+    assert a.id.super_namespace("x-default") == target
+    await syncing.wait_object(b.client, resources.SERVICEACCOUNTS, "default", namespace="default")
+    await b.client.create(resources.CONFIGMAPS, {"metadata": {"name": "settings"}, "data": {"who": "b"}},
+                          namespace="default")
+    await running_pod(env, b, "web")
+    await syncing.wait_object(env.superc, resources.CONFIGMAPS, "settings", namespace=target)
+    await syncing.wait_quiet(sx, scans=0)
+    before = await syncing.super_snapshot(env.superc, b)
+
+    await a.client.create(resources.NAMESPACES, {"metadata": {"name": "x-default"}})
+    await syncing.wait_object(a.client, resources.SERVICEACCOUNTS, "default", namespace="x-default")
+    attempts: list[tuple[resources.Resource, dict[str, Any]]] = [
+        (resources.CONFIGMAPS, {"metadata": {"name": "settings"}, "data": {"who": "a"}}),
+        (resources.CONFIGMAPS, {"metadata": {"name": "planted"}, "data": {"who": "a"}}),
+        (resources.SECRETS, {"metadata": {"name": "planted"}, "stringData": {"k": "v"}}),
+        (resources.SERVICES, {"metadata": {"name": "planted"}, "spec": {"ports": [{"port": 80}]}}),
+        (resources.SERVICEACCOUNTS, {"metadata": {"name": "planted"}}),
+        (resources.PVCS, {"metadata": {"name": "planted"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        (resources.PODS, syncing.pod_manifest("planted")),
+    ]
+    for res, body in attempts:
+        await a.client.create(res, body, namespace="x-default")
+    await warning(a, "default", "x-default", reason="FailedSync", text="not owned by this tenant")
+    for _, body in attempts:
+        await warning(a, "x-default", body["metadata"]["name"], reason="FailedSync", text="not owned by this tenant")
+    await syncing.wait_quiet(sx, scans=0)
+    after = await syncing.super_snapshot(env.superc, b)
+    planted = sorted(k for k in after if k[2] == "planted")
+    tally.add("syncer: writes into a colliding namespace (tried / refused)", tried=len(attempts) + 2,
+              held=len(attempts) + 2 - len(planted) - (after != before))
+    assert [] == planted
+    assert before == after
+    sa = await env.superc.get(resources.SERVICEACCOUNTS, "default", namespace=target)
+    assert sa["metadata"]["annotations"][naming.ANNOTATION_CLUSTER] == b.key
+    tally.add("syncer: super objects compared", tried=len(before), held=len(before))
+
+
+def super_pv(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/{name}"}}}
+
+
+def claim(name: str, volume: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": volume,
+        "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+async def endpoint_slices(env: syncing.Env, ns: str) -> dict[str, str]:
+    out = await run_kubectl(env.sc.kubectl, env.sc.kubeconfig, "get", "endpointslices", "-n", ns, "-o", "json")
+    return {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in json.loads(out.stdout)["items"]}
+
+
+async def super_event(env: syncing.Env, ns: str, name: str, reason: str) -> None:
+    async def find() -> bool:
+        events = (await env.superc.list(resources.EVENTS, namespace=ns)).items
+        return any(e["reason"] == reason and e["involvedObject"]["name"] == name for e in events)
+
+    await wait_for(find, timeout=60, what=f"a super {reason} Event on {ns}/{name}")
+
+
+@syncing.deadline(200)
+async def test_references_to_another_tenant_stay_inside(env: syncing.Env, tally: Tally) -> None:
+    """Owner references, selectors, Endpoints, a PVC `volumeName`, cluster-scoped objects and Pod
+    Security labels a tenant sets never reach another tenant's or the super cluster's own objects."""
+    sx = await env.start()
+    a, b = await env.tenant(sx, "ra"), await env.tenant(sx, "rb")
+    b_ns = b.id.super_namespace("default")
+    pv = f"sec-pv-{uuid.uuid4().hex[:8]}"
+    await env.superc.create(resources.PVS, super_pv(pv))
+    env.stack.push_async_callback(_delete_quietly, env, resources.PVS, pv)
+    for t in (a, b):
+        await syncing.wait_object(t.client, resources.SERVICEACCOUNTS, "default", namespace="default")
+    await b.client.create(resources.PVCS, claim("data", pv), namespace="default")
+    victim = await running_pod(env, b, "web", app="shared")
+    b_pvc = await syncing.wait_object(env.superc, resources.PVCS, "data", namespace=b_ns,
+                                      where=lambda c: c.get("status", {}).get("phase") == "Bound")
+    await syncing.wait_object(b.client, resources.PVS, pv, what="B's copy of its bound PV")
+    await syncing.wait_quiet(sx, scans=0)
+    before, slices_before = await syncing.super_snapshot(env.superc, b), await endpoint_slices(env, b_ns)
+    pv_before = await env.superc.get(resources.PVS, pv)
+
+    tag = uuid.uuid4().hex[:8]
+    anchor = await a.client.create(resources.CONFIGMAPS, {"metadata": {"name": "anchor"}}, namespace="default")
+    owners = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "anchor", "uid": anchor["metadata"]["uid"]},
+        {"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": victim["metadata"]["uid"],
+         "controller": True, "blockOwnerDeletion": True},
+    ]
+    await a.client.create(resources.CONFIGMAPS, {"metadata": {"name": "child", "ownerReferences": owners}},
+                          namespace="default")
+    for name, selector in (("grab", {"app": "shared"}), ("grab-stamp", {naming.LABEL_CLUSTER: b.key})):
+        await a.client.create(resources.SERVICES, {"metadata": {"name": name}, "spec": {
+            "selector": selector, "ports": [{"port": 80}]}}, namespace="default")
+    await a.client.create(resources.SERVICES, {"metadata": {"name": "alias"}, "spec": {"ports": [{"port": 80}]}},
+                          namespace="default")
+    await a.client.create(resources.ENDPOINTS, {"metadata": {"name": "alias"}, "subsets": [{
+        "addresses": [{"ip": victim["status"]["podIP"], "targetRef": {
+            "kind": "Pod", "namespace": b_ns, "name": "web", "uid": victim["metadata"]["uid"]}}],
+        "ports": [{"port": 80}]}]}, namespace="default")
+    await a.client.create(resources.PVCS, claim("steal", pv), namespace="default")
+    cluster_scoped = [
+        (resources.PVS, super_pv(f"sec-a-pv-{tag}")),
+        (resources.STORAGECLASSES, {"metadata": {"name": f"sec-a-sc-{tag}"}, "provisioner": "example.com/x"}),
+        (resources.PRIORITYCLASSES, {"metadata": {"name": f"sec-a-pc-{tag}",
+                                                  "labels": {naming.LABEL_SUPER_PUBLIC: "true"}}, "value": 1000}),
+        (resources.CLUSTERROLES, {"metadata": {"name": f"sec-a-cr-{tag}"}, "rules": [
+            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
+    ]
+    for res, body in cluster_scoped:
+        await a.client.create(res, body)
+    lifted = {"pod-security.kubernetes.io/enforce": "privileged",
+              "scheduler.alpha.kubernetes.io/node-selector": "kubernetes.io/hostname=" + env.sc.nodes[0]}
+    await a.client.create(resources.NAMESPACES, {"metadata": {"name": "team", "labels": {
+        "pod-security.kubernetes.io/enforce": "privileged", "team": "a"}, "annotations": lifted}})
+    mine = await running_pod(env, a, "mine", app="shared")
+
+    a_ns = a.id.super_namespace("default")
+    child = await syncing.wait_object(env.superc, resources.CONFIGMAPS, "child", namespace=a_ns)
+    assert "ownerReferences" not in child["metadata"]
+    grab = await syncing.wait_object(env.superc, resources.ENDPOINTS, "grab", namespace=a_ns,
+                                     where=lambda e: e.get("subsets"), what="super endpoints of A's grab")
+    ips = {addr["ip"] for s in grab["subsets"] for addr in s.get("addresses", []) + s.get("notReadyAddresses", [])}
+    assert ips == {mine["status"]["podIP"]}
+    stamp = await syncing.wait_object(env.superc, resources.ENDPOINTS, "grab-stamp", namespace=a_ns)
+    assert not stamp.get("subsets")
+    await syncing.wait_object(env.superc, resources.ENDPOINTS, "alias", namespace=a_ns)
+    await super_event(env, a_ns, "steal", "FailedBinding")
+    team = await syncing.wait_object(env.superc, resources.NAMESPACES, a.id.super_namespace("team"))
+    assert team["metadata"]["labels"]["team"] == "a"
+    assert not set(lifted) & (set(team["metadata"].get("labels") or {}) | set(team["metadata"]["annotations"]))
+    await syncing.wait_quiet(sx, scans=0)
+
+    assert before == await syncing.super_snapshot(env.superc, b)
+    assert slices_before == await endpoint_slices(env, b_ns)
+    pv_after = await env.superc.get(resources.PVS, pv)
+    assert pv_before["spec"]["claimRef"] == pv_after["spec"]["claimRef"]
+    assert pv_after["spec"]["claimRef"]["uid"] == b_pvc["metadata"]["uid"]
+    assert (await env.superc.get(resources.PVCS, "steal", namespace=a_ns))["status"]["phase"] == "Pending"
+    assert await syncing.get_or_none(a.client, resources.PVS, pv) is None
+    leaked = [body["metadata"]["name"] for res, body in cluster_scoped
+              if await syncing.get_or_none(env.superc, res, body["metadata"]["name"]) is not None]
+    assert [] == leaked
+    tried = 2 + 2 + 2 + 1 + len(cluster_scoped) + len(lifted)
+    tally.add("syncer: references to other tenants / super objects (tried / contained)", tried=tried, held=tried)
+    tally.add("syncer: super objects compared", tried=len(before) + len(slices_before) + 1,
+              held=len(before) + len(slices_before) + 1)
+
+
+async def _delete_quietly(env: syncing.Env, res: resources.Resource, name: str) -> None:
+    with trio.move_on_after(10, shield=True), contextlib.suppress(errors.NotFound):
+        await env.superc.delete(res, name)
