@@ -78,6 +78,7 @@ class Coordinator(Ownership):
         self._subscribers: list[Callable[[], None]] = []
         self._unavailable: set[TenantRef] = set()
         self._heartbeat: dict[str, Any] | None = None
+        self._releases: trio.Nursery | None = None
         self._events = EventRecorder(super_client, component="vc-appliance")
         self.leases.add_handler(self._on_lease)
         self.vcs.add_handler(lambda *_: self._notify())
@@ -150,6 +151,7 @@ class Coordinator(Ownership):
         except errors.AlreadyExists:
             pass
         async with trio.open_nursery() as nursery:
+            self._releases = nursery  # hand-overs run beside the tick: a slow stop delays no renewal
             await nursery.start(self.leases.run)
             await nursery.start(self.vcs.run)
             try:
@@ -213,7 +215,7 @@ class Coordinator(Ownership):
                 renewals.start_soon(self._renew, ref, tenants.get(ref))
         for ref in [r for r in self._held if r not in tenants]:
             log.info("tenant %s/%s is gone (or left the selection): giving up its Lease", *ref)
-            await self._give_back(ref, delete=True)
+            self._hand_over(ref, delete=True)
             changed = True
         now = trio.current_time()
         for ref in [r for r in self._held if now >= self._held[r].valid_until]:
@@ -237,7 +239,7 @@ class Coordinator(Ownership):
         for ref in step.release:
             log.info("tenant %s/%s: giving its Lease back (fair share %d of %d tenants, %d replicas)",
                      ref[0], ref[1], step.share, len(tenants), live)
-            await self._give_back(ref, delete=False)
+            self._hand_over(ref, delete=False)
             changed = True
         for ref in step.acquire:
             if await self._acquire(ref):
@@ -310,14 +312,22 @@ class Coordinator(Ownership):
         log.info("tenant %s/%s: Lease taken by %s", ref[0], ref[1], s.identity)
         return True
 
-    async def _give_back(self, ref: TenantRef, *, delete: bool) -> None:
-        """Stop the tenant's tasks, then release (or delete) its Lease so another replica may take it."""
-        s = self.settings
+    def _hand_over(self, ref: TenantRef, *, delete: bool) -> None:
+        """Stop serving `ref` now (`holds` turns false at once) and release its Lease in the background."""
         held = self._held.pop(ref, None)
+        if held is not None:
+            assert self._releases is not None, "hand-overs happen only while run() is active"
+            self._releases.start_soon(self._give_back, ref, held, delete)
+
+    async def _give_back(self, ref: TenantRef, held: _Held, delete: bool) -> None:
+        """Stop the tenant's tasks, then release (or delete) its Lease so another replica may take it.
+
+        Until released the Lease still names us and is not renewed, so no one takes it before
+        it is released or expired; the guards' deadlines cover a stop slower than that.
+        """
+        s = self.settings
         self._notify()
         await self._stop_guards(ref)
-        if held is None:
-            return
         try:
             if delete:
                 await self._super.delete(resources.LEASES, lease.tenant_lease_name(ref), namespace=s.namespace,
@@ -332,8 +342,10 @@ class Coordinator(Ownership):
 
     async def _release_all(self) -> None:
         """Graceful stop: hand every tenant over at once and leave the replica count."""
-        for ref in list(self._held):
-            await self._give_back(ref, delete=False)
+        async with trio.open_nursery() as releasing:
+            while self._held:
+                ref, held = self._held.popitem()
+                releasing.start_soon(self._give_back, ref, held, False)
         if self._heartbeat is not None:
             meta = self._heartbeat["metadata"]
             try:
