@@ -11,6 +11,7 @@ super cluster before and after, and looks for the Warning Event the tenant shoul
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import uuid
@@ -211,3 +212,101 @@ async def test_references_to_another_tenant_stay_inside(env: syncing.Env, tally:
 async def _delete_quietly(env: syncing.Env, res: resources.Resource, name: str) -> None:
     with trio.move_on_after(10, shield=True), contextlib.suppress(errors.NotFound):
         await env.superc.delete(res, name)
+
+
+def pod(name: str, **spec: Any) -> dict[str, Any]:
+    body = syncing.pod_manifest(name)
+    body["spec"].update(spec)
+    return body
+
+
+@syncing.deadline(200)
+async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tally: Tally) -> None:
+    """Annotations that overflow once stamped, names that overflow when mapped, non-UTF-8 data and
+    pods the super cluster's Pod Security policy forbids: each is refused with a Warning Event
+    naming the super cluster's reason (or synced exactly), and both tenants keep syncing."""
+    sx = await env.start()
+    a, b = await env.tenant(sx, "ba"), await env.tenant(sx, "bb")
+    await syncing.wait_object(a.client, resources.SERVICEACCOUNTS, "default", namespace="default")
+    a_default = a.id.super_namespace("default")
+    inputs = 0
+
+    # Annotations: 100 bytes under the 256 KiB limit in the tenant, over it once stamped.
+    fat = {"fat": "a" * (256 * 1024 - len("fat") - 100)}
+    await a.client.create(resources.CONFIGMAPS, {"metadata": {"name": "fat", "annotations": fat}},
+                          namespace="default")
+    fat_pod = pod("fat-pod")
+    fat_pod["metadata"]["annotations"] = fat
+    await a.client.create(resources.PODS, fat_pod, namespace="default")
+    inputs += 2
+
+    # Names: two 63-character namespaces sharing their first 51 characters, a 253-character name.
+    long_ns = ["l" * 50 + "-" + c * 12 for c in "ab"]
+    long_name = "n" * 253
+    for ns in long_ns:
+        await a.client.create(resources.NAMESPACES, {"metadata": {"name": ns}})
+        await a.client.create(resources.CONFIGMAPS, {"metadata": {"name": "same"}, "data": {"ns": ns}}, namespace=ns)
+    await a.client.create(resources.CONFIGMAPS, {"metadata": {"name": long_name}}, namespace="default")
+    inputs += 3
+
+    # Bytes that are not UTF-8, in ConfigMap binaryData and Secret data.
+    blob = base64.b64encode(b"\xff\xfe\x00\x80\xc3\x28 not utf-8 \xed\xa0\x80").decode()
+    await a.client.create(resources.CONFIGMAPS, {"metadata": {"name": "bin"}, "binaryData": {"blob": blob},
+                                                 "data": {"text": "ünïcödé ✓"}}, namespace="default")
+    await a.client.create(resources.SECRETS, {"metadata": {"name": "bin"}, "data": {"blob": blob}}, namespace="default")
+    inputs += 2
+
+    # Pod Security: the super namespace enforces `baseline` (set by the super admin); the tenant's
+    # own `privileged` label on its namespace must not lift it.
+    await a.client.create(resources.NAMESPACES, {"metadata": {"name": "guarded", "labels": {
+        "pod-security.kubernetes.io/enforce": "privileged"}}})
+    guarded = a.id.super_namespace("guarded")
+    await syncing.wait_object(env.superc, resources.NAMESPACES, guarded)
+    await syncing.wait_object(a.client, resources.SERVICEACCOUNTS, "default", namespace="guarded")
+    await run_kubectl(env.sc.kubectl, env.sc.kubeconfig, "label", "namespace", guarded,
+                      "pod-security.kubernetes.io/enforce=baseline", "--overwrite")
+    forbidden = {
+        "hostnet": pod("hostnet", hostNetwork=True),
+        "hostpath": pod("hostpath", volumes=[{"name": "etc", "hostPath": {"path": "/etc"}}]),
+        "privileged": pod("privileged", containers=[{"name": "main", "image": "nginx",
+                                                     "securityContext": {"privileged": True}}]),
+        "hostpid": pod("hostpid", hostPID=True),
+    }
+    for body in forbidden.values():
+        await a.client.create(resources.PODS, body, namespace="guarded")
+    await a.client.create(resources.PODS, pod("plain"), namespace="guarded")
+    inputs += len(forbidden)
+
+    # The refusals, as the tenant sees them.
+    for name in ("fat", "fat-pod"):
+        await warning(a, "default", name, reason="FailedSync", text="refused by the super cluster")
+    for name in forbidden:
+        await warning(a, "guarded", name, reason="FailedSync", text="violates PodSecurity")
+    # What was accepted is exact.
+    for ns in long_ns:
+        sns = a.id.super_namespace(ns)
+        assert len(sns) <= 63 and sns != a.id.super_namespace(long_ns[0] if ns == long_ns[1] else long_ns[1])
+        ns_obj = await syncing.wait_object(env.superc, resources.NAMESPACES, sns)
+        assert ns_obj["metadata"]["annotations"][naming.ANNOTATION_NAMESPACE] == ns
+        same = await syncing.wait_object(env.superc, resources.CONFIGMAPS, "same", namespace=sns)
+        assert same["data"] == {"ns": ns}
+    await syncing.wait_object(env.superc, resources.CONFIGMAPS, long_name, namespace=a_default)
+    cm = await syncing.wait_object(env.superc, resources.CONFIGMAPS, "bin", namespace=a_default)
+    assert (cm["binaryData"], cm["data"]) == ({"blob": blob}, {"text": "ünïcödé ✓"})
+    secret = await syncing.wait_object(env.superc, resources.SECRETS, "bin", namespace=a_default)
+    assert secret["data"] == {"blob": blob}
+    await syncing.wait_object(env.superc, resources.PODS, "plain", namespace=guarded,
+                              where=lambda p: p.get("status", {}).get("phase") == "Running")
+    # Nothing else broke: both tenants still sync new objects.
+    for t in (a, b):
+        await t.client.create(resources.CONFIGMAPS, {"metadata": {"name": "alive"}}, namespace="default")
+        await syncing.wait_object(env.superc, resources.CONFIGMAPS, "alive", namespace=t.id.super_namespace("default"))
+    await syncing.wait_quiet(sx, scans=0)
+    refused = [(res, ns, name) for res, ns, name in (
+        *((resources.CONFIGMAPS, a_default, "fat"), (resources.PODS, a_default, "fat-pod")),
+        *((resources.PODS, guarded, name) for name in forbidden),
+    ) if await syncing.get_or_none(env.superc, res, name, namespace=ns) is not None]
+    assert [] == refused
+    ns_obj = await env.superc.get(resources.NAMESPACES, guarded)
+    assert ns_obj["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    tally.add("syncer: bad inputs (tried / refused with an Event or synced exactly)", tried=inputs, held=inputs)
