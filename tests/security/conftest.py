@@ -9,7 +9,11 @@ and contained, super objects compared, key files and log lines inspected, RBAC d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from _pytest.terminal import TerminalReporter
@@ -17,10 +21,13 @@ from _pytest.terminal import TerminalReporter
 from appliance.kube import creds as kcreds
 from appliance.kube import resources
 from appliance.kube.client import open_client
+from appliance.pki import kubeconfig
 from appliance.syncer import runtime
 from appliance.syncer.tenant import TenantId
 from tests.integration import syncing
 from tests.testbed import SuperCluster, TenantFactory
+
+ROLE = Path(__file__).resolve().parents[2] / "configs" / "rbac.yaml"
 
 
 @dataclasses.dataclass
@@ -75,3 +82,42 @@ async def keyed_tenant(env: syncing.Env, sx: runtime.Syncer, name: str, *, key: 
     assert key == t.key
     await env.serve(sx, t)
     return t
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoleIdentity:
+    """A super-cluster identity bound to nothing but the shipped `vc-appliance` ClusterRole."""
+
+    kubeconfig: Path
+    token: str
+    user: str  # system:serviceaccount:<ns>:<name>
+
+
+@pytest.fixture(scope="session")
+def appliance_identity(super_cluster: SuperCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleIdentity]:
+    """Apply configs/rbac.yaml with real kubectl, bind it to a fresh ServiceAccount, and write a
+    kubeconfig with a TokenRequest token for it and the super cluster's CA (mode 0600)."""
+    sc = super_cluster
+    ns, name = f"vc-appliance-sec-{uuid.uuid4().hex[:6]}", "vc-appliance"
+
+    def kubectl(*args: str, stdin: str | None = None) -> str:
+        return subprocess.run([str(sc.kubectl), f"--kubeconfig={sc.kubeconfig}", *args], input=stdin,
+                              capture_output=True, text=True, check=True, timeout=60).stdout
+
+    kubectl("apply", "-f", str(ROLE))
+    kubectl("create", "namespace", ns)
+    try:
+        kubectl("create", "serviceaccount", name, "-n", ns)
+        kubectl("create", "clusterrolebinding", ns, "--clusterrole=vc-appliance", f"--serviceaccount={ns}:{name}")
+        token = kubectl("create", "token", name, "-n", ns, "--duration=2h").strip()
+        path = tmp_path_factory.mktemp("rbac") / "appliance.kubeconfig"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(kubeconfig.render(cluster_name="super", server=sc.url, ca_pem=(sc.pki_dir / "ca.crt").read_bytes(),
+                                      user=name, token=token))
+        yield RoleIdentity(path, token, f"system:serviceaccount:{ns}:{name}")
+    finally:
+        subprocess.run([str(sc.kubectl), f"--kubeconfig={sc.kubeconfig}", "delete", "clusterrolebinding", ns,
+                        "--ignore-not-found"], capture_output=True, timeout=60, check=False)
+        subprocess.run([str(sc.kubectl), f"--kubeconfig={sc.kubeconfig}", "delete", "namespace", ns, "--wait=false"],
+                       capture_output=True, timeout=60, check=False)
