@@ -225,10 +225,14 @@ async def super_pod_count(superc: ApiClient, keys: Iterable[str]) -> int:
     return total
 
 
-def bed_pid(bed: SuperCluster, component: str) -> int:
-    """The pid of a bed component (`super-kube-apiserver`, `etcd`, ...) from its pid file."""
+def bed_pid(bed: SuperCluster, component: str) -> int | None:
+    """The pid of a bed component (`super-kube-apiserver`, `etcd`, ...) from its pid file;
+    None while there is none (its supervisor removes it between a stop and the restart)."""
     state = Path(str(bed.info["state_dir"]))
-    return int((state / "logs" / f"{component}.pid").read_text().split()[0])
+    try:
+        return int((state / "logs" / f"{component}.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def alive(pid: int) -> bool:
@@ -279,9 +283,40 @@ async def appliance(
 
 async def forget_namespaces(superc: ApiClient, keys: Iterable[str]) -> None:
     """Delete a finished test's super namespaces (not waited for), so later tests list less."""
-    with trio.move_on_after(30, shield=True):
+    with trio.move_on_after(30, shield=True), contextlib.suppress(errors.KubeError):
         for key in keys:
             for ns in (await superc.list(resources.NAMESPACES)).items:
                 if (ns["metadata"].get("annotations") or {}).get(naming.ANNOTATION_CLUSTER) == key:
                     with contextlib.suppress(errors.NotFound, errors.Conflict):
                         await superc.delete(resources.NAMESPACES, ns["metadata"]["name"])
+
+
+async def etcd_call(bed: SuperCluster, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call to the bed etcd's JSON gateway (`/v3/kv/<method>`; keys base64-encoded)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=bed.etcd_url, trust_env=False, timeout=10) as http:
+        response = await http.post(f"/v3/kv/{method}", json=body)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+
+async def etcd_delete(bed: SuperCluster, key: str) -> None:
+    """Delete one key behind every apiserver's back."""
+    done = await etcd_call(bed, "deleterange", {"key": base64.b64encode(key.encode()).decode()})
+    assert done.get("deleted") == "1", (key, done)
+
+
+async def etcd_compact_all(bed: SuperCluster) -> int:
+    """Compact (physically) every revision before the current one; returns that revision."""
+    head = await etcd_call(bed, "range", {"key": base64.b64encode(b"\0").decode()})
+    revision = int(head["header"]["revision"])
+    await etcd_call(bed, "compaction", {"revision": revision, "physical": True})
+    return revision
+
+
+async def wait_apiserver_ready(url: str, pki_dir: Path, *, timeout: float = 90) -> None:
+    """Poll `url`/readyz as the admin until it answers 200."""
+    ctx = await trio.to_thread.run_sync(cluster.admin_ssl_context, pki_dir)
+    await wait_for(cluster.http_probe(f"{url}/readyz", ctx=ctx), timeout=timeout, what=f"{url} ready")
