@@ -20,6 +20,11 @@ from appliance.util import naming
 
 REASON_NOT_SUPPORTED: Final = "NotSupported"
 MESSAGE_NODE_NAME: Final = "The Pod has nodeName set in the spec which is not supported for now"
+MESSAGE_SA_TOKEN_VOLUME: Final = (
+    "The Pod projects a serviceAccountToken into volume {volume!r}, which is not supported: on the "
+    "super cluster it would carry a token of the super cluster; use the automatic token instead"
+)
+TOKEN_VOLUME_PREFIX: Final = "kube-api-access-"
 CONTROL_PLANE_HOSTNAMES: Final = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 ROOT_CA_CONFIGMAP: Final = "kube-root-ca.crt"
 MAX_NAMESERVERS: Final = 3  # Kubernetes validation limit for dnsConfig.nameservers
@@ -82,7 +87,7 @@ class TokenVolume:
     """
 
     secret_name: str
-    volume_prefix: str = "kube-api-access-"
+    volume_prefix: str = TOKEN_VOLUME_PREFIX
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,9 +116,20 @@ class PodContext:
 
 
 def reject_reason(tenant_pod: Mapping[str, Any]) -> str | None:
-    """The `NotSupported` event message if the tenant Pod cannot be synced, else None."""
-    if (tenant_pod.get("spec") or {}).get("nodeName"):
+    """The `NotSupported` event message if the tenant Pod cannot be synced, else None.
+
+    Besides a preset nodeName: a projected `serviceAccountToken` outside the automatic
+    `kube-api-access-*` volume (which becomes a tenant token Secret). The super kubelet would fill
+    it with a token of the super cluster, an identity there that no tenant may hold.
+    """
+    spec = tenant_pod.get("spec") or {}
+    if spec.get("nodeName"):
         return MESSAGE_NODE_NAME
+    for volume in spec.get("volumes") or ():
+        name = str(volume.get("name", ""))
+        sources = (volume.get("projected") or {}).get("sources") or ()
+        if not name.startswith(TOKEN_VOLUME_PREFIX) and any("serviceAccountToken" in s for s in sources):
+            return MESSAGE_SA_TOKEN_VOLUME.format(volume=name)
     return None
 
 

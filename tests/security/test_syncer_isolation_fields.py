@@ -168,6 +168,7 @@ async def test_references_to_another_tenant_stay_inside(env: syncing.Env, tally:
                                                   "labels": {naming.LABEL_SUPER_PUBLIC: "true"}}, "value": 1000}),
         (resources.CLUSTERROLES, {"metadata": {"name": f"sec-a-cr-{tag}"}, "rules": [
             {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
+        (resources.NODES, {"metadata": {"name": f"sec-a-node-{tag}", "labels": {naming.LABEL_VIRTUAL_NODE: "true"}}}),
     ]
     for res, body in cluster_scoped:
         await a.client.create(res, body)
@@ -277,11 +278,17 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
     await a.client.create(resources.PODS, pod("plain"), namespace="guarded")
     inputs += len(forbidden)
 
+    # A projected serviceAccountToken of its own: on a real super node it would hold a super token.
+    await a.client.create(resources.PODS, pod("super-token", volumes=[{"name": "vault", "projected": {"sources": [
+        {"serviceAccountToken": {"audience": "vault", "path": "token"}}]}}]), namespace="default")
+    inputs += 1
+
     # The refusals, as the tenant sees them.
     for name in ("fat", "fat-pod"):
         await warning(a, "default", name, reason="FailedSync", text="refused by the super cluster")
     for name in forbidden:
         await warning(a, "guarded", name, reason="FailedSync", text="violates PodSecurity")
+    await warning(a, "default", "super-token", reason="NotSupported", text="serviceAccountToken")
     # What was accepted is exact.
     for ns in long_ns:
         sns = a.id.super_namespace(ns)
@@ -303,7 +310,8 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
         await syncing.wait_object(env.superc, resources.CONFIGMAPS, "alive", namespace=t.id.super_namespace("default"))
     await syncing.wait_quiet(sx, scans=0)
     refused = [(res, ns, name) for res, ns, name in (
-        *((resources.CONFIGMAPS, a_default, "fat"), (resources.PODS, a_default, "fat-pod")),
+        *((resources.CONFIGMAPS, a_default, "fat"), (resources.PODS, a_default, "fat-pod"),
+          (resources.PODS, a_default, "super-token")),
         *((resources.PODS, guarded, name) for name in forbidden),
     ) if await syncing.get_or_none(env.superc, res, name, namespace=ns) is not None]
     assert [] == refused

@@ -396,16 +396,26 @@ def test_dns_mutation_disabled(labels: dict[str, str], allow: bool, expected: bo
     assert expected == mutation.dns_mutation_disabled({"metadata": {"labels": labels}}, allow_opt_out=allow)
 
 
+def _projected(name: str, source: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "projected": {"sources": [source]}}
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
         pytest.param({"nodeName": "n1"}, mutation.MESSAGE_NODE_NAME, id="node-name-preset"),
         pytest.param({"nodeName": ""}, None, id="empty-node-name"),
         pytest.param({}, None, id="no-node-name"),
+        pytest.param({"volumes": [_projected("kube-api-access-x7k2p", {"serviceAccountToken": {"path": "token"}})]},
+                     None, id="automatic-token-volume"),
+        pytest.param({"volumes": [_projected("vault", {"serviceAccountToken": {"audience": "vault", "path": "t"}})]},
+                     mutation.MESSAGE_SA_TOKEN_VOLUME.format(volume="vault"), id="own-token-projection"),
+        pytest.param({"volumes": [_projected("cfg", {"configMap": {"name": "c"}})]}, None, id="projected-configmap"),
     ],
 )
 def test_reject_reason(spec: dict[str, Any], expected: str | None) -> None:
-    """Pods with a preset nodeName are refused with the NotSupported message."""
+    """Pods with a preset nodeName, or a serviceAccountToken projected outside the automatic
+    token volume (it would hold a super-cluster token), are refused with a NotSupported message."""
     assert expected == mutation.reject_reason({"spec": spec})
     assert "The Pod has nodeName set in the spec which is not supported for now" == mutation.MESSAGE_NODE_NAME
 
