@@ -123,8 +123,9 @@ async def super_event(env: syncing.Env, ns: str, name: str, reason: str) -> None
 
 @syncing.deadline(200)
 async def test_references_to_another_tenant_stay_inside(env: syncing.Env, tally: Tally) -> None:
-    """Owner references, selectors, Endpoints, a PVC `volumeName`, cluster-scoped objects and Pod
-    Security labels a tenant sets never reach another tenant's or the super cluster's own objects."""
+    """Owner references, selectors, Endpoints, a PVC `volumeName`, Service externalIPs,
+    cluster-scoped objects and Pod Security labels a tenant sets never reach another tenant's or
+    the super cluster's own objects."""
     sx = await env.start()
     a, b = await env.tenant(sx, "ra"), await env.tenant(sx, "rb")
     b_ns = b.id.super_namespace("default")
@@ -161,6 +162,12 @@ async def test_references_to_another_tenant_stay_inside(env: syncing.Env, tally:
             "kind": "Pod", "namespace": b_ns, "name": "web", "uid": victim["metadata"]["uid"]}}],
         "ports": [{"port": 80}]}]}, namespace="default")
     await a.client.create(resources.PVCS, claim("steal", pv), namespace="default")
+    # externalIPs would make kube-proxy capture traffic to other Services' addresses (CVE-2020-8554).
+    apiserver_ip = (await env.superc.get(resources.SERVICES, "kubernetes", namespace="default"))["spec"]["clusterIP"]
+    await a.client.create(resources.SERVICES, {"metadata": {"name": "capture"}, "spec": {
+        "ports": [{"port": 443}], "externalIPs": [apiserver_ip]}}, namespace="default")
+    await a.client.create(resources.SERVICES, {"metadata": {"name": "later"}, "spec": {"ports": [{"port": 443}]}},
+                          namespace="default")
     cluster_scoped = [
         (resources.PVS, super_pv(f"sec-a-pv-{tag}")),
         (resources.STORAGECLASSES, {"metadata": {"name": f"sec-a-sc-{tag}"}, "provisioner": "example.com/x"}),
@@ -189,6 +196,10 @@ async def test_references_to_another_tenant_stay_inside(env: syncing.Env, tally:
     assert not stamp.get("subsets")
     await syncing.wait_object(env.superc, resources.ENDPOINTS, "alias", namespace=a_ns)
     await super_event(env, a_ns, "steal", "FailedBinding")
+    await warning(a, "default", "capture", reason="FailedSync", text="externalIPs is not supported")
+    await syncing.wait_object(env.superc, resources.SERVICES, "later", namespace=a_ns)
+    await a.client.patch(resources.SERVICES, "later", {"spec": {"externalIPs": [apiserver_ip]}}, namespace="default")
+    await warning(a, "default", "later", reason="FailedSync", text="externalIPs is not supported")
     team = await syncing.wait_object(env.superc, resources.NAMESPACES, a.id.super_namespace("team"))
     assert team["metadata"]["labels"]["team"] == "a"
     assert not set(lifted) & (set(team["metadata"].get("labels") or {}) | set(team["metadata"]["annotations"]))
@@ -204,7 +215,10 @@ async def test_references_to_another_tenant_stay_inside(env: syncing.Env, tally:
     leaked = [body["metadata"]["name"] for res, body in cluster_scoped
               if await syncing.get_or_none(env.superc, res, body["metadata"]["name"]) is not None]
     assert [] == leaked
-    tried = 2 + 2 + 2 + 1 + len(cluster_scoped) + len(lifted)
+    assert await syncing.get_or_none(env.superc, resources.SERVICES, "capture", namespace=a_ns) is None
+    later = await env.superc.get(resources.SERVICES, "later", namespace=a_ns)
+    assert "externalIPs" not in later["spec"]
+    tried = 2 + 2 + 2 + 1 + 2 + len(cluster_scoped) + len(lifted)
     tally.add("syncer: references to other tenants / super objects (tried / contained)", tried=tried, held=tried)
     tally.add("syncer: super objects compared", tried=len(before) + len(slices_before) + 1,
               held=len(before) + len(slices_before) + 1)

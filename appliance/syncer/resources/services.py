@@ -5,6 +5,10 @@ the tenant Service gets the super cluster IP in annotation
 `transparency.tenancy.x-k8s.io/clusterIP` (what tenant DNS should answer, and how a tenant
 finds the address that works), the transparent labels/annotations, and the load-balancer
 status. Tenant `spec.clusterIP` stays as the tenant apiserver allocated it.
+
+A Service with `spec.externalIPs` is refused (Permanent, so the tenant gets a FailedSync Event):
+on the super cluster, kube-proxy would capture traffic to those addresses on every node, the
+addresses of other tenants' Services or of the super apiserver included (CVE-2020-8554).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kube import resources
 from appliance.syncer import conversion, equality
-from appliance.syncer.resources.base import Kind
+from appliance.syncer.resources.base import Kind, Permanent
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
 
@@ -33,13 +37,30 @@ def upward_patch(tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> 
     return patch
 
 
+MESSAGE_EXTERNAL_IPS = (
+    "spec.externalIPs is not supported: in the super cluster it would capture traffic to those "
+    "addresses on every node, other tenants' included"
+)
+
+
+def has_external_ips(vobj: dict[str, Any]) -> bool:
+    return bool((vobj.get("spec") or {}).get("externalIPs"))
+
+
 class ServiceKind(Kind):
     name = "service"
     resource = resources.SERVICES
     has_upward = True
 
     def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+        if has_external_ips(vobj):
+            raise Permanent(MESSAGE_EXTERNAL_IPS)
         return conversion.adapt_service(super().build(sx, tenant, vobj))
+
+    async def update(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
+        if has_external_ips(vobj):
+            raise Permanent(MESSAGE_EXTERNAL_IPS)
+        await super().update(sx, tenant, vobj, pobj)
 
     def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.merge_patches(
@@ -60,6 +81,8 @@ class ServiceKind(Kind):
                 await tenant.client.patch(self.resource, name, status, namespace=ns, subresource="status")
 
     def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+        if has_external_ips(vobj):
+            return False  # refused with an Event when it changed; the patrol does not repeat it
         if super().drifted(sx, tenant, vobj, pobj):
             return True
         if pobj is not None and upward_patch(tenant, vobj, pobj):
