@@ -67,7 +67,8 @@ def fault_log(request: pytest.FixtureRequest) -> FaultLog:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    lines = summary_lines(config.stash.get(_RECORDS, []))
+    records: list[FaultLog] = config.stash.get(_RECORDS, [])
+    lines = summary_lines(records)
     if lines:
         terminalreporter.section("fault injection summary")
         for line in lines:

@@ -136,11 +136,11 @@ async def compare(superc: ApiClient, t: TenantView) -> Comparison:
         elif node not in vnodes:
             problems.append(f"{t.key}: pod {ns}/{name} runs on {node}, which has no virtual node")
     for (ns, name), uid in sorted(t.pods.items()):
-        pod = tenant_pods.get((ns, name))
-        if pod is None:
+        now = tenant_pods.get((ns, name))
+        if now is None:
             problems.append(f"{t.key}: tenant pod {ns}/{name} lost")
-        elif pod["metadata"]["uid"] != uid:
-            problems.append(f"{t.key}: tenant pod {ns}/{name} replaced (uid {pod['metadata']['uid']}, not {uid})")
+        elif now["metadata"]["uid"] != uid:
+            problems.append(f"{t.key}: tenant pod {ns}/{name} replaced (uid {now['metadata']['uid']}, not {uid})")
     return Comparison(problems, len(want) + len(t.pods))
 
 
