@@ -25,6 +25,9 @@ MESSAGE_SA_TOKEN_VOLUME: Final = (
     "super cluster it would carry a token of the super cluster; use the automatic token instead"
 )
 TOKEN_VOLUME_PREFIX: Final = "kube-api-access-"
+# Built-in PriorityClasses (`system-node-critical`, `system-cluster-critical`); users cannot
+# create classes with this prefix, so it names exactly the classes every apiserver carries.
+SYSTEM_PRIORITY_PREFIX: Final = "system-"
 CONTROL_PLANE_HOSTNAMES: Final = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 ROOT_CA_CONFIGMAP: Final = "kube-root-ca.crt"
 MAX_NAMESERVERS: Final = 3  # Kubernetes validation limit for dnsConfig.nameservers
@@ -165,6 +168,7 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
 
     pod["status"] = {}
     spec.pop("nodeName", None)
+    _drop_system_priority(spec)
     if ctx.control_plane is None and not ctx.services:
         raise ServiceNotReady
     _add_host_aliases(spec, ctx)
@@ -181,6 +185,15 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
 def _containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     for group in ("initContainers", "containers"):
         yield from spec.get(group) or ()
+
+
+def _drop_system_priority(spec: dict[str, Any]) -> None:
+    """A tenant's system-critical Pod is critical in its own cluster only: in the super cluster a
+    built-in class would let it preempt every other tenant's Pods (Kubernetes allows these
+    classes in any namespace), so the super Pod gets the super cluster's default priority."""
+    if str(spec.get("priorityClassName", "")).startswith(SYSTEM_PRIORITY_PREFIX):
+        for field_name in ("priorityClassName", "priority", "preemptionPolicy"):
+            spec.pop(field_name, None)
 
 
 def _replace_token_volume(spec: dict[str, Any], token: TokenVolume) -> None:

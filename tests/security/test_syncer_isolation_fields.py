@@ -297,7 +297,22 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
         {"serviceAccountToken": {"audience": "vault", "path": "token"}}]}}]), namespace="default")
     inputs += 1
 
+    # A ConfigMap named like the super copy of the tenant's root CA (it would replace that copy),
+    # a legacy token Secret (the super token controller would fill its copy with a super token),
+    # and a system-critical Pod (in the super cluster it could preempt every other tenant's Pods).
+    root_ca = await syncing.wait_object(env.superc, resources.CONFIGMAPS, "tenant-kube-root-ca.crt",
+                                        namespace=a_default)
+    await a.client.create(resources.CONFIGMAPS, {"metadata": {"name": "tenant-kube-root-ca.crt"},
+                                                 "data": {"ca.crt": "forged"}}, namespace="default")
+    await a.client.create(resources.SECRETS, {"metadata": {"name": "sa-token", "annotations": {
+        naming.ANNOTATION_SERVICE_ACCOUNT_NAME: "default"}}, "type": naming.SECRET_TYPE_SA_TOKEN},
+        namespace="default")
+    await a.client.create(resources.PODS, pod("critical", priorityClassName="system-node-critical"),
+                          namespace="kube-system")
+    inputs += 3
+
     # The refusals, as the tenant sees them.
+    await warning(a, "default", "tenant-kube-root-ca.crt", reason="FailedSync", text="reserved")
     for name in ("fat", "fat-pod"):
         await warning(a, "default", name, reason="FailedSync", text="refused by the super cluster")
     for name in forbidden:
@@ -318,6 +333,9 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
     assert secret["data"] == {"blob": blob}
     await syncing.wait_object(env.superc, resources.PODS, "plain", namespace=guarded,
                               where=lambda p: p.get("status", {}).get("phase") == "Running")
+    critical = await syncing.wait_object(env.superc, resources.PODS, "critical",
+                                         namespace=a.id.super_namespace("kube-system"))
+    assert "priorityClassName" not in critical["spec"] and not critical["spec"].get("priority")
     # Nothing else broke: both tenants still sync new objects.
     for t in (a, b):
         await t.client.create(resources.CONFIGMAPS, {"metadata": {"name": "alive"}}, namespace="default")
@@ -329,6 +347,9 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
         *((resources.PODS, guarded, name) for name in forbidden),
     ) if await syncing.get_or_none(env.superc, res, name, namespace=ns) is not None]
     assert [] == refused
+    assert root_ca == await env.superc.get(resources.CONFIGMAPS, "tenant-kube-root-ca.crt", namespace=a_default)
+    assert [] == [s["metadata"]["name"] for s in (await env.superc.list(resources.SECRETS, namespace=a_default)).items
+                  if s.get("type") == naming.SECRET_TYPE_SA_TOKEN or s["metadata"]["name"] == "sa-token"]
     ns_obj = await env.superc.get(resources.NAMESPACES, guarded)
     assert ns_obj["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
     tally.add("syncer: bad inputs (tried / refused with an Event or synced exactly)", tried=inputs, held=inputs)

@@ -78,6 +78,24 @@ def test_new_pod() -> None:
     assert "10.96.0.20" == env["WEB_SERVICE_HOST"]
 
 
+@pytest.mark.parametrize(
+    ("tenant_spec", "expected"),
+    [
+        pytest.param({"priorityClassName": "system-node-critical", "priority": 2000001000,
+                      "preemptionPolicy": "PreemptLowerPriority"}, {}, id="system-node-critical"),
+        pytest.param({"priorityClassName": "system-cluster-critical", "priority": 2000000000}, {},
+                     id="system-cluster-critical"),
+        pytest.param({"priorityClassName": "batch", "priority": 10}, {"priorityClassName": "batch", "priority": 10},
+                     id="other-class-kept"),
+    ],
+)
+def test_system_priority_stays_in_the_tenant(tenant_spec: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Built-in system-critical classes are dropped from the super Pod (it would preempt other tenants)."""
+    spec = mutation.mutate_pod(super_pod(**tenant_spec), context())["spec"]
+    fields = ("priorityClassName", "priority", "preemptionPolicy")
+    assert expected == {k: spec[k] for k in fields if k in spec}
+
+
 def test_existing_host_aliases_kept() -> None:
     """Tenant hostAliases are kept; the control-plane alias is appended."""
     pod = mutation.mutate_pod(

@@ -2,9 +2,10 @@
 
 Each differs from the generic `Kind` only in what it compares and a few naming rules:
 the tenant `kube-root-ca.crt` ConfigMap lands as `tenant-kube-root-ca.crt` (the super
-cluster publishes its own); service-account token Secrets are not copied (Pods get
-fresh tenant tokens, see `tokens`); the super cluster's own `default` ServiceAccount
-is adopted rather than duplicated; Endpoints are copied only for selector-less Services.
+cluster publishes its own; a tenant ConfigMap of that name is refused); service-account
+token Secrets are not copied (Pods get fresh tenant tokens, see `tokens`); the super
+cluster's own `default` ServiceAccount is adopted rather than duplicated; Endpoints are
+copied only for selector-less Services.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ class ConfigMapKind(Kind):
 
     def tenant_name(self, super_name: str) -> str:
         return ROOT_CA if super_name == TENANT_ROOT_CA else super_name
+
+    async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+        # A tenant ConfigMap named like the root CA's super copy would map onto that copy: the two
+        # tenant objects would replace each other's super object for ever. The name is reserved.
+        if name == TENANT_ROOT_CA:
+            if tenant.get(self.name, name, ns) is not None:
+                raise Permanent(f"the name {TENANT_ROOT_CA} is reserved for the super copy of {ROOT_CA}")
+            return
+        await super().reconcile(sx, tenant, ns, name)
+
+    def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+        return vobj["metadata"]["name"] != TENANT_ROOT_CA and super().drifted(sx, tenant, vobj, pobj)
 
     def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.merge_patches(
