@@ -122,6 +122,22 @@ def write_pki(pki: ControlPlanePKI, pki_dir: Path, *, server: str, cluster_name:
         _write_private(pki_dir / fname, data)
 
 
+def _point_kubeconfigs_at(pki_dir: Path, server: str) -> None:
+    """Make the kubeconfigs of `write_pki` name `server` (rewritten only when they differ)."""
+    import yaml
+
+    for fname in ("admin.kubeconfig", "controller-manager.kubeconfig", "scheduler.kubeconfig"):
+        path = pki_dir / fname
+        if not path.exists():
+            continue
+        doc = yaml.safe_load(path.read_bytes())
+        if all(c["cluster"]["server"] == server for c in doc["clusters"]):
+            continue
+        for c in doc["clusters"]:
+            c["cluster"]["server"] = server
+        _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
+
+
 def admin_ssl_context(pki_dir: Path) -> ssl.SSLContext:
     """Client TLS for readiness probes, authenticated as the control plane's admin."""
     ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
@@ -256,6 +272,8 @@ async def start_control_plane(
         await trio.to_thread.run_sync(
             lambda: write_pki(fresh, pki_dir, server=url, cluster_name=name)
         )
+    else:  # kept from an earlier start, which may have had another port
+        await trio.to_thread.run_sync(_point_kubeconfigs_at, pki_dir, url)
     ctx = await trio.to_thread.run_sync(admin_ssl_context, pki_dir)
     prefix = etcd_prefix or f"/vc/{name}/registry"
     flags = components.ApiServerFlags(
