@@ -90,7 +90,10 @@ class FaultProxy:
         self.ca_pem = ca_pem
         self.retry_after = retry_after
         self.port = 0
+        #: requests by what they met (`Fault.value`), "forwarded" (response head relayed),
+        #: "cut_open" (connections reset by a CUT), "upstream_unreachable"
         self.counts: collections.Counter[str] = collections.Counter()
+        self._counted = trio.Event()
         self._upstream_ssl = upstream_ssl
         self._server_ssl = server_ssl
         self._admin_kubeconfig = admin_kubeconfig
@@ -117,12 +120,22 @@ class FaultProxy:
         for scope, stream in list(self._connections.items()):
             _reset(stream)
             scope.cancel()
-        self.counts["cut_open"] += len(self._connections)
+        self._count("cut_open", len(self._connections))
         return len(self._connections)
 
     def injected(self) -> int:
         """Requests (and open connections) that met a fault so far."""
-        return sum(v for k, v in self.counts.items() if k not in ("pass", "upstream_unreachable"))
+        return sum(v for k, v in self.counts.items() if k not in ("pass", "forwarded", "upstream_unreachable"))
+
+    async def wait_count(self, key: str, n: int) -> None:
+        """Return once `counts[key]` has reached `n` (the caller sets the deadline)."""
+        while self.counts[key] < n:
+            await self._counted.wait()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+        self._counted.set()
+        self._counted = trio.Event()
 
     def kubeconfig(self, path: Path) -> Path:
         """Write a kubeconfig naming this proxy (its CA) with the admin client certificate."""
@@ -179,7 +192,7 @@ class FaultProxy:
                 if not isinstance(event, h11.Request):
                     return  # ConnectionClosed, or PAUSED after a close-delimited cycle
                 fault = self._decide()
-                self.counts[fault.value] += 1
+                self._count(fault.value)
                 if fault is Fault.CUT:
                     raise _Cut
                 if fault is Fault.STALL:
@@ -217,7 +230,7 @@ class FaultProxy:
         try:
             tcp = await trio.open_tcp_stream(self.upstream_host, self.upstream_port)
         except OSError:
-            self.counts["upstream_unreachable"] += 1
+            self._count("upstream_unreachable")
             return None
         stream = trio.SSLStream(tcp, self._upstream_ssl, server_hostname=self.upstream_host)
         try:
@@ -264,9 +277,9 @@ class FaultProxy:
             response = await up.next_event()
         if not isinstance(response, h11.Response):
             raise _Cut
-        self.counts["pass"] += 1
         await down.send(h11.Response(status_code=response.status_code, headers=response.headers,
                                      reason=response.reason))
+        self._count("forwarded")
         if _is_watch(request):
             # The end-of-stream watch may have been cancelled mid-read: reuse neither side.
             await _relay_watching_client(up, down)

@@ -34,12 +34,13 @@ async def _through_proxy(bed: SuperCluster, nursery: trio.Nursery, tmp: Path) ->
         yield proxy, client
 
 
-async def _first_event(client: ApiClient, ns: str, rv: str) -> str:
+async def _watch_for(client: ApiClient, ns: str, rv: str, name: str) -> str:
+    """Watch ConfigMaps of `ns` from `rv` until `name` shows up; returns the event type."""
     async with contextlib.aclosing(client.watch(resources.CONFIGMAPS, namespace=ns, resource_version=rv)) as events:
         async for event in events:
-            if event.type != "BOOKMARK":
-                return str(event.object["metadata"]["name"])
-    raise AssertionError("the watch ended without an event")
+            if event.type != "BOOKMARK" and event.object["metadata"]["name"] == name:
+                return event.type
+    raise AssertionError("the watch ended without the event")
 
 
 async def test_pass_through_streams_requests_and_watches(
@@ -56,18 +57,18 @@ async def test_pass_through_streams_requests_and_watches(
                     seen: list[str] = []
 
                     async def watch() -> None:
-                        seen.append(await _first_event(client, ns, start.resource_version))
+                        seen.append(await _watch_for(client, ns, start.resource_version, "c1"))
 
                     inner.start_soon(watch)
                     await client.create(resources.CONFIGMAPS, {"metadata": {"name": "c1"}, "data": {"k": "v"}},
                                         namespace=ns)
                 got = await client.get(resources.CONFIGMAPS, "c1", namespace=ns)
                 assert got["data"] == {"k": "v"}
-                assert seen == ["c1"]
+                assert seen == ["ADDED"]
             finally:
                 await client.delete(resources.NAMESPACES, ns)
             assert proxy.injected() == 0
-            assert proxy.counts["pass"] >= 5
+            assert proxy.counts["pass"] == proxy.counts["forwarded"] >= 5
 
 
 async def test_canned_answers_cut_and_every_nth(
@@ -96,11 +97,11 @@ async def test_canned_answers_cut_and_every_nth(
                 async def watch(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                     task_status.started()
                     with pytest.raises(errors.TransportError):
-                        await _first_event(client, "default", rv)
+                        await _watch_for(client, "default", rv, "never-made")
 
+                forwarded = proxy.counts["forwarded"]
                 await inner.start(watch)
-                while proxy.counts["pass"] < 6:  # the watch's request is through: its stream is open
-                    await trio.sleep(0.05)
+                await proxy.wait_count("forwarded", forwarded + 1)  # the watch stream is open
                 proxy.inject(Fault.CUT)
             with pytest.raises(errors.TransportError):
                 await client.get(resources.NAMESPACES, "default")
@@ -121,7 +122,7 @@ async def test_stalled_requests_and_watches_time_out(
             with pytest.raises(errors.TransportError):
                 await client.get(resources.NAMESPACES, "default")
             with pytest.raises(errors.TransportError):
-                await _first_event(client, "default", rv)
+                await _watch_for(client, "default", rv, "never-made")
             took = trio.current_time() - started
             assert 2 * TIMEOUT <= took < 2 * TIMEOUT + 5, took
             assert proxy.counts["stall"] == 2
