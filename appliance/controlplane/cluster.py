@@ -189,14 +189,18 @@ async def start_etcd(
     client_port: int | None = None,
     peer_port: int | None = None,
     keep_on_cancel: bool = False,
+    fsync: bool = True,
 ) -> Etcd:
-    """Start etcd with its data in `state_dir/etcd`; fixed ports allow re-adoption."""
+    """Start etcd with its data in `state_dir/etcd`; fixed ports allow re-adoption.
+
+    Tenant data is durable (fsync) unless `fsync=False`, which only test beds may use.
+    """
     client_port, peer_port = client_port or free_port(), peer_port or free_port()
     data_dir = state_dir / "etcd"
     spec = process.ProcessSpec(
         name="etcd",
         argv=components.etcd_argv(
-            bins, name="vc", data_dir=data_dir, client_port=client_port, peer_port=peer_port
+            bins, name="vc", data_dir=data_dir, client_port=client_port, peer_port=peer_port, fsync=fsync
         ),
         log_path=state_dir / "logs" / "etcd.log",
         ready=http_probe(f"http://{LOOPBACK}:{client_port}/health"),

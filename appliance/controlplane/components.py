@@ -18,8 +18,9 @@ LOOPBACK = "127.0.0.1"
 
 
 def etcd_argv(
-    bins: Binaries, *, name: str, data_dir: Path, client_port: int, peer_port: int
+    bins: Binaries, *, name: str, data_dir: Path, client_port: int, peer_port: int, fsync: bool = True
 ) -> list[str]:
+    """`fsync=False` only for throw-away test beds: without it a power loss can corrupt the data."""
     client = f"http://{LOOPBACK}:{client_port}"
     peer = f"http://{LOOPBACK}:{peer_port}"
     return [
@@ -32,7 +33,7 @@ def etcd_argv(
         f"--initial-advertise-peer-urls={peer}",
         f"--initial-cluster={name}={peer}",
         "--initial-cluster-state=new",
-        "--unsafe-no-fsync=true",
+        *([] if fsync else ["--unsafe-no-fsync=true"]),
         "--quota-backend-bytes=4294967296",
         "--log-level=warn",
     ]

@@ -40,7 +40,7 @@ async def run(
     state_file = state_dir / STATE_FILE
     state_file.unlink(missing_ok=True)
     async with trio.open_nursery() as nursery:
-        etcd = await cluster.start_etcd(nursery, bins, state_dir=state_dir)
+        etcd = await cluster.start_etcd(nursery, bins, state_dir=state_dir, fsync=False)  # a test bed
         cp = await cluster.start_control_plane(
             nursery, bins, name="super", etcd_url=etcd.url, state_dir=state_dir,
             etcd_prefix="/registry", scheduler=True, service_cidr="10.96.0.0/16",
