@@ -263,15 +263,7 @@ class FaultProxy:
         host = f"{self.upstream_host}:{self.upstream_port}".encode()
         await up.send(h11.Request(method=request.method, target=request.target,
                                   headers=[(b"host", host), *headers]))
-        while True:  # the request body, as it comes
-            event = await down.next_event()
-            if isinstance(event, h11.Data):
-                await up.send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                await up.send(h11.EndOfMessage())
-                break
-            else:
-                raise _Cut
+        await _relay(down, up)  # the request body, as it comes
         response = await up.next_event()
         while isinstance(response, h11.InformationalResponse):
             response = await up.next_event()
@@ -302,16 +294,17 @@ async def _drain_request(down: h11io.H11Stream) -> None:
         pass
 
 
-async def _relay(up: h11io.H11Stream, down: h11io.H11Stream) -> None:
+async def _relay(source: h11io.H11Stream, sink: h11io.H11Stream) -> None:
+    """Copy one message body as it arrives; a source that breaks off cuts the client."""
     while True:
-        event = await up.next_event()
+        event = await source.next_event()
         if isinstance(event, h11.Data):
-            await down.send(h11.Data(data=event.data))
+            await sink.send(h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
-            await down.send(h11.EndOfMessage())
+            await sink.send(h11.EndOfMessage())
             return
         else:
-            raise _Cut  # upstream closed mid-response: so does the client connection
+            raise _Cut
 
 
 async def _relay_watching_client(up: h11io.H11Stream, down: h11io.H11Stream) -> None:

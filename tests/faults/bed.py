@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import math
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -235,19 +235,13 @@ def bed_pid(bed: SuperCluster, component: str) -> int | None:
         return None
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @dataclass(slots=True)
 class Run:
-    """One test's run: its label, its tenants and their keys once imported."""
+    """One test's run: its label, the super client, its tenants (and their clients, cluster keys
+    once imported, and the Pods made in each: (namespace, name) → UID)."""
 
     run: str
+    superc: ApiClient
     tenants: list[StoppableTenant]
     clients: list[ApiClient]
     keys: list[str] = field(default_factory=list)
@@ -257,10 +251,10 @@ class Run:
         return [TenantView(key, client, pods) for key, client, pods in zip(self.keys, self.clients, self.made, strict=True)]
 
 
-async def import_all(superc: ApiClient, run: Run) -> None:
+async def import_all(run: Run) -> None:
     """Import every tenant of `run` and wait until each is Running with a ready namespace `NS`."""
-    refs = [await import_vc(superc, t, run=run.run) for t in run.tenants]
-    run.keys = [await wait_vc_running(superc, ns, name) for ns, name in refs]
+    refs = [await import_vc(run.superc, t, run=run.run) for t in run.tenants]
+    run.keys = [await wait_vc_running(run.superc, ns, name) for ns, name in refs]
     run.made = [{} for _ in run.tenants]
     for c in run.clients:
         await tenant_namespace(c)
@@ -279,6 +273,36 @@ async def appliance(
         bed = SuperCluster(info, bed.bins)
     async with running(bed, tmp, extra=selector(run), data_dir=data_dir, env=env) as app:
         yield app
+
+
+@contextlib.asynccontextmanager
+async def open_run(
+    fault_bed: SuperCluster, nursery: trio.Nursery, tmp: Path, *, names: Iterable[str] = ("a", "b"),
+    env: dict[str, str] | None = None, super_kubeconfig: Path | None = None,
+) -> AsyncIterator[tuple[Run, Appliance]]:
+    """Tenants `names` started, the appliance running, every tenant imported and ready for Pods.
+
+    On exit the appliance stops and the run's super namespaces are deleted (not waited for);
+    the tenants stop with `nursery`.
+    """
+    tenants = await start_tenants(nursery, fault_bed, tmp, names)
+    async with open_clients(fault_bed.kubeconfig, *(t.kubeconfig for t in tenants)) as clients:
+        run = Run(new_run(), clients[0], tenants, clients[1:])
+        try:
+            async with appliance(fault_bed, tmp, run=run.run, data_dir=tmp / "data", env=env,
+                                 super_kubeconfig=super_kubeconfig) as app:
+                await import_all(run)
+                yield run, app
+        finally:
+            await forget_namespaces(run.superc, run.keys)
+
+
+async def create_in_all(run: Run, prefix: str, n: int) -> None:
+    """`n` Pods named `<prefix>-NNN` in every tenant of `run`, all tenants at once."""
+    async with trio.open_nursery() as nursery:
+        for client, made in zip(run.clients, run.made, strict=True):
+            nursery.start_soon(functools.partial(
+                create_pods, client, [f"{prefix}-{i:03d}" for i in range(n)], made=made))
 
 
 async def forget_namespaces(superc: ApiClient, keys: Iterable[str]) -> None:

@@ -9,23 +9,12 @@ Running on the same node in tenant and super, no Pod lost, duplicated or orphane
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.faults.bed import (
-    Run,
-    appliance,
-    create_pods,
-    forget_namespaces,
-    import_all,
-    new_run,
-    open_clients,
-    start_tenants,
-    super_pod_count,
-)
+from tests.faults import bed
 from tests.faults.convergence import wait_converged
 from tests.faults.report import FaultLog
 from tests.testbed import SuperCluster, wait_for
@@ -43,36 +32,25 @@ async def test_sigkill_during_a_1000_pod_sync_then_restart_converges(
 ) -> None:
     """A SIGKILLed appliance restarted on its data dir converges: 1,000 Pods exactly once, all Running."""
     with trio.fail_after(DEADLINE):
-        tenants = await start_tenants(nursery, fault_bed, tmp_path, ["a", "b"])
-        async with open_clients(fault_bed.kubeconfig, *(t.kubeconfig for t in tenants)) as clients:
-            superc, run = clients[0], Run(new_run(), tenants, clients[1:])
-            data_dir = tmp_path / "data"
-            try:
-                async with appliance(fault_bed, tmp_path, run=run.run, data_dir=data_dir) as app:
-                    await import_all(superc, run)
-                    started = trio.current_time()
-                    async with trio.open_nursery() as load:
-                        for client, made in zip(run.clients, run.made, strict=True):
-                            names = [f"p-{i:04d}" for i in range(PODS_PER_TENANT)]
-                            load.start_soon(functools.partial(create_pods, client, names, made=made))
+        async with bed.open_run(fault_bed, nursery, tmp_path) as (run, app):
+            started = trio.current_time()
+            async with trio.open_nursery() as load:
+                load.start_soon(bed.create_in_all, run, "p", PODS_PER_TENANT)
 
-                        async def enough() -> int | None:
-                            n = await super_pod_count(superc, run.keys)
-                            return n if n >= KILL_AT else None
+                async def enough() -> int | None:
+                    n = await bed.super_pod_count(run.superc, run.keys)
+                    return n if n >= KILL_AT else None
 
-                        synced = await wait_for(enough, timeout=180, what=f"{KILL_AT} super pods", interval=0.5)
-                        app.proc.kill()
-                        await app.proc.wait()
-                        killed_after = trio.current_time() - started
-                    created = sum(len(m) for m in run.made)
-                    assert created == 2 * PODS_PER_TENANT
-                    at_kill = await super_pod_count(superc, run.keys)
-                restarted = trio.current_time()
-                async with appliance(fault_bed, tmp_path, run=run.run, data_dir=data_dir):
-                    _, result = await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    converge_s = trio.current_time() - restarted
-            finally:
-                await forget_namespaces(superc, run.keys)
+                synced = await wait_for(enough, timeout=180, what=f"{KILL_AT} super pods", interval=0.5)
+                app.proc.kill()
+                await app.proc.wait()
+                killed_after = trio.current_time() - started
+            assert sum(len(m) for m in run.made) == 2 * PODS_PER_TENANT
+            at_kill = await bed.super_pod_count(run.superc, run.keys)
+            restarted = trio.current_time()
+            async with bed.appliance(fault_bed, tmp_path, run=run.run, data_dir=app.data_dir):
+                _, result = await wait_converged(run.superc, run.views(), timeout=CONVERGE)
+                converge_s = trio.current_time() - restarted
     fault_log.record(
         "SIGKILL appliance mid-sync (1,000 pods, 2 tenants)", injected=1, objects=result.objects,
         converge_s=converge_s,

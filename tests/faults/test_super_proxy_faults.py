@@ -11,23 +11,13 @@ expected objects.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import trio
 
 from tests.faultproxy import Fault, open_fault_proxy
-from tests.faults.bed import (
-    Run,
-    appliance,
-    create_pods,
-    forget_namespaces,
-    import_all,
-    new_run,
-    open_clients,
-    start_tenants,
-)
+from tests.faults import bed
 from tests.faults.convergence import wait_converged
 from tests.faults.report import FaultLog
 from tests.testbed import SuperCluster
@@ -47,29 +37,21 @@ async def test_super_429_500_cuts_and_stalls_then_converges(
     """After 429s, 500s, cut connections and unanswered requests from the super side, every
     Pod created meanwhile is synced exactly once and Running on both sides."""
     with trio.fail_after(DEADLINE):
-        tenants = await start_tenants(nursery, fault_bed, tmp_path, ["a", "b"])
         proxy = await open_fault_proxy(nursery, upstream_url=fault_bed.url, pki_dir=fault_bed.pki_dir)
         via_proxy = proxy.kubeconfig(tmp_path / "proxy.kubeconfig")
-        async with open_clients(fault_bed.kubeconfig, *(t.kubeconfig for t in tenants)) as clients:
-            superc, run = clients[0], Run(new_run(), tenants, clients[1:])
-            try:
-                async with appliance(fault_bed, tmp_path, run=run.run, data_dir=tmp_path / "data",
-                                     super_kubeconfig=via_proxy) as app:
-                    await import_all(superc, run)
-                    await _create(run, "warm", PODS_PER_PHASE)
-                    await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    injected = {}
-                    for fault, seconds in PHASES:
-                        before = proxy.injected()
-                        proxy.inject(fault)
-                        await _create(run, fault.name.lower().replace("_", "-"), PODS_PER_PHASE)
-                        await trio.sleep(seconds)  # the fault's duration (the only timed wait)
-                        injected[fault] = proxy.injected() - before
-                    proxy.inject(Fault.PASS)
-                    converge_s, result = await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    assert app.proc.returncode is None and await app.ready()
-            finally:
-                await forget_namespaces(superc, run.keys)
+        async with bed.open_run(fault_bed, nursery, tmp_path, super_kubeconfig=via_proxy) as (run, app):
+            await bed.create_in_all(run, "warm", PODS_PER_PHASE)
+            await wait_converged(run.superc, run.views(), timeout=CONVERGE)
+            injected = {}
+            for fault, seconds in PHASES:
+                before = proxy.injected()
+                proxy.inject(fault)
+                await bed.create_in_all(run, fault.name.lower().replace("_", "-"), PODS_PER_PHASE)
+                await trio.sleep(seconds)  # the fault's duration (the only timed wait)
+                injected[fault] = proxy.injected() - before
+            proxy.inject(Fault.PASS)
+            converge_s, result = await wait_converged(run.superc, run.views(), timeout=CONVERGE)
+            assert app.proc.returncode is None and await app.ready()
     assert all(injected.values()), injected
     fault_log.record(
         "super 429, 500, cut, stall via the proxy, 10 s each", injected=sum(injected.values()),
@@ -78,9 +60,3 @@ async def test_super_429_500_cuts_and_stalls_then_converges(
         + f" requests; {len(PHASES) * PODS_PER_PHASE * 2} pods created meanwhile; converged = faults end to clean",
     )
 
-
-async def _create(run: Run, prefix: str, n: int) -> None:
-    async with trio.open_nursery() as nursery:
-        for client, made in zip(run.clients, run.made, strict=True):
-            nursery.start_soon(functools.partial(
-                create_pods, client, [f"{prefix}-{i:03d}" for i in range(n)], made=made))

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
@@ -26,22 +25,7 @@ import trio
 
 from appliance.syncer.resources import all_kinds
 from appliance.util import naming
-from tests.faults.bed import (
-    NS,
-    Run,
-    appliance,
-    bed_pid,
-    create_pods,
-    etcd_compact_all,
-    etcd_delete,
-    forget_namespaces,
-    import_all,
-    new_run,
-    open_clients,
-    start_tenants,
-    super_pod_count,
-    wait_apiserver_ready,
-)
+from tests.faults import bed
 from tests.faults.convergence import wait_converged
 from tests.faults.report import FaultLog
 from tests.testbed import SuperCluster, wait_for
@@ -53,46 +37,32 @@ CONVERGE = 180.0
 SUPER_APISERVER = "super-kube-apiserver"
 
 
-async def _pods(run: Run, prefix: str, n: int) -> None:
-    async with trio.open_nursery() as nursery:
-        for client, made in zip(run.clients, run.made, strict=True):
-            nursery.start_soon(functools.partial(
-                create_pods, client, [f"{prefix}-{i:03d}" for i in range(n)], made=made))
-
-
 async def test_super_apiserver_restart_mid_sync_converges(
     fault_bed: SuperCluster, nursery: trio.Nursery, tmp_path: Path, fault_log: FaultLog,
 ) -> None:
-    """A restart of the super kube-apiserver while 300 Pods are being synced loses nothing."""
+    """A crash and restart of the super kube-apiserver while 300 Pods are being synced loses nothing."""
     with trio.fail_after(DEADLINE):
-        tenants = await start_tenants(nursery, fault_bed, tmp_path, ["a", "b"])
-        async with open_clients(fault_bed.kubeconfig, *(t.kubeconfig for t in tenants)) as clients:
-            superc, run = clients[0], Run(new_run(), tenants, clients[1:])
-            try:
-                async with appliance(fault_bed, tmp_path, run=run.run, data_dir=tmp_path / "data") as app:
-                    await import_all(superc, run)
-                    async with trio.open_nursery() as load:
-                        load.start_soon(_pods, run, "p", 150)
+        async with bed.open_run(fault_bed, nursery, tmp_path) as (run, app):
+            async with trio.open_nursery() as load:
+                load.start_soon(bed.create_in_all, run, "p", 150)
 
-                        async def started() -> bool:
-                            return await super_pod_count(superc, run.keys) >= 60
+                async def started() -> bool:
+                    return await bed.super_pod_count(run.superc, run.keys) >= 60
 
-                        await wait_for(started, timeout=120, what="60 super pods", interval=0.5)
-                        old = bed_pid(fault_bed, SUPER_APISERVER)
-                        assert old is not None
-                        os.kill(old, signal.SIGKILL)  # a crash; SIGTERM: see the module docstring
+                await wait_for(started, timeout=120, what="60 super pods", interval=0.5)
+                old = bed.bed_pid(fault_bed, SUPER_APISERVER)
+                assert old is not None
+                os.kill(old, signal.SIGKILL)  # a crash; SIGTERM: see the module docstring
 
-                        async def replaced() -> bool:
-                            return bed_pid(fault_bed, SUPER_APISERVER) not in (None, old)
+                async def replaced() -> bool:
+                    return bed.bed_pid(fault_bed, SUPER_APISERVER) not in (None, old)
 
-                        await wait_for(replaced, timeout=60, what="a new super apiserver process")
-                        await wait_apiserver_ready(fault_bed.url, fault_bed.pki_dir)
-                        back = trio.current_time()
-                    _, result = await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    converge_s = trio.current_time() - back
-                    assert app.proc.returncode is None
-            finally:
-                await forget_namespaces(superc, run.keys)
+                await wait_for(replaced, timeout=60, what="a new super apiserver process")
+                await bed.wait_apiserver_ready(fault_bed.url, fault_bed.pki_dir)
+                back = trio.current_time()
+            _, result = await wait_converged(run.superc, run.views(), timeout=CONVERGE)
+            converge_s = trio.current_time() - back
+            assert app.proc.returncode is None
     fault_log.record("super kube-apiserver crash+restart mid-sync (300 pods)", injected=1, objects=result.objects,
                      converge_s=converge_s, note="converged = apiserver ready again to clean")
 
@@ -103,40 +73,32 @@ async def test_compaction_forces_410_on_every_watch_and_relists_converge(
     """After compaction every appliance watch gets 410 and relists; changes hidden behind the
     compaction (a tenant Pod and a super Pod deleted in etcd) are still carried out."""
     with trio.fail_after(DEADLINE):
-        tenants = await start_tenants(nursery, fault_bed, tmp_path, ["a", "b"])
-        async with open_clients(fault_bed.kubeconfig, *(t.kubeconfig for t in tenants)) as clients:
-            superc, run = clients[0], Run(new_run(), tenants, clients[1:])
+        async with bed.open_run(fault_bed, nursery, tmp_path) as (run, app):
+            await bed.create_in_all(run, "base", 40)
+            await wait_converged(run.superc, run.views(), timeout=CONVERGE)
+            frozen = [bed.bed_pid(fault_bed, SUPER_APISERVER), *(t.apiserver.pid for t in run.tenants)]
+            assert all(frozen), frozen
+            for pid in frozen:
+                os.kill(pid or 0, signal.SIGSTOP)
             try:
-                async with appliance(fault_bed, tmp_path, run=run.run, data_dir=tmp_path / "data") as app:
-                    await import_all(superc, run)
-                    await _pods(run, "base", 40)
-                    await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    a = run.tenants[0]
-                    frozen = [bed_pid(fault_bed, SUPER_APISERVER), *(t.apiserver.pid for t in run.tenants)]
-                    assert all(frozen), frozen
-                    for pid in frozen:
-                        os.kill(pid or 0, signal.SIGSTOP)
-                    try:
-                        # Tenant a's Pod base-000 vanishes; tenant b's Pod base-001 loses its super Pod.
-                        await etcd_delete(fault_bed, f"{a.prefix}/pods/{NS}/base-000")
-                        await etcd_delete(fault_bed, f"/registry/pods/{naming.super_namespace(run.keys[1], NS)}/base-001")
-                        revision = await etcd_compact_all(fault_bed)
-                    finally:
-                        for pid in frozen:
-                            os.kill(pid or 0, signal.SIGKILL)
-                    del run.made[0][(NS, "base-000")]
-                    del run.made[1][(NS, "base-001")]
-                    await wait_apiserver_ready(fault_bed.url, fault_bed.pki_dir)
-                    for t in run.tenants:
-                        assert t.cp is not None
-                        await wait_apiserver_ready(t.cp.url, t.cp.pki_dir)
-                    back = trio.current_time()
-                    await _pods(run, "after", 20)
-                    _, result = await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    converge_s = trio.current_time() - back
-                    relisted = _relisted(app.log)
+                # Tenant a's Pod base-000 vanishes; tenant b's Pod base-001 loses its super Pod.
+                await bed.etcd_delete(fault_bed, f"{run.tenants[0].prefix}/pods/{bed.NS}/base-000")
+                await bed.etcd_delete(fault_bed, f"/registry/pods/{naming.super_namespace(run.keys[1], bed.NS)}/base-001")
+                revision = await bed.etcd_compact_all(fault_bed)
             finally:
-                await forget_namespaces(superc, run.keys)
+                for pid in frozen:
+                    os.kill(pid or 0, signal.SIGKILL)
+            del run.made[0][(bed.NS, "base-000")]
+            del run.made[1][(bed.NS, "base-001")]
+            await bed.wait_apiserver_ready(fault_bed.url, fault_bed.pki_dir)
+            for t in run.tenants:
+                assert t.cp is not None
+                await bed.wait_apiserver_ready(t.cp.url, t.cp.pki_dir)
+            back = trio.current_time()
+            await bed.create_in_all(run, "after", 20)
+            _, result = await wait_converged(run.superc, run.views(), timeout=CONVERGE)
+            converge_s = trio.current_time() - back
+            relisted = _relisted(app.log)
     kinds = [k.name for k in all_kinds()]
     want = {f"super/{k}" for k in kinds} | {"super/nodes", "super/virtualclusters", "manager/clusterversions"}
     want |= {f"{key}/{k}" for key in run.keys for k in [*kinds, "node"]}

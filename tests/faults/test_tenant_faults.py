@@ -26,24 +26,10 @@ import trio
 from appliance.controlplane import process
 from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient
-from tests.faults.bed import (
-    RUN_LABEL,
-    Run,
-    alive,
-    appliance,
-    create_pods,
-    forget_namespaces,
-    import_all,
-    new_run,
-    open_clients,
-    start_tenants,
-    tenant_namespace,
-    wait_apiserver_ready,
-    wait_vc_running,
-)
+from tests.faults import bed
 from tests.faults.convergence import TenantView, wait_converged
 from tests.faults.report import FaultLog
-from tests.testbed import SuperCluster, wait_for
+from tests.testbed import SuperCluster, pid_alive, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -71,43 +57,34 @@ async def test_tenant_apiserver_down_60s_others_keep_syncing_then_it_recovers(
     """While tenant a's apiserver is stopped for 60 s, tenant b's new Pods sync; a is reported
     unhealthy, and after its restart it converges without any of its super Pods replaced."""
     with trio.fail_after(OUTAGE + 300):
-        tenants = await start_tenants(nursery, fault_bed, tmp_path, ["a", "b"])
-        async with open_clients(fault_bed.kubeconfig, *(t.kubeconfig for t in tenants)) as clients:
-            superc, run = clients[0], Run(new_run(), tenants, clients[1:])
-            ns = f"f{run.run}"
-            try:
-                async with appliance(fault_bed, tmp_path, run=run.run, data_dir=tmp_path / "data",
-                                     env={"VCA_SYNCER_HEALTH_PERIOD": str(HEALTH_PERIOD)}):
-                    await import_all(superc, run)
-                    a = run.tenants[0]
-                    for client, made in zip(run.clients, run.made, strict=True):
-                        await create_pods(client, [f"before-{i:02d}" for i in range(20)], made=made)
-                    await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    a_supers = await _super_pod_uids(superc, run.keys[0])
+        env = {"VCA_SYNCER_HEALTH_PERIOD": str(HEALTH_PERIOD)}
+        async with bed.open_run(fault_bed, nursery, tmp_path, env=env) as (run, _):
+            superc, ns, a = run.superc, f"f{run.run}", run.tenants[0]
+            await bed.create_in_all(run, "before", 20)
+            await wait_converged(superc, run.views(), timeout=CONVERGE)
+            a_supers = await _super_pod_uids(superc, run.keys[0])
 
-                    await a.stop()
-                    down = trio.current_time()
-                    await create_pods(run.clients[1], [f"during-{i:02d}" for i in range(30)], made=run.made[1])
-                    await wait_converged(superc, run.views()[1:], timeout=OUTAGE)
-                    b_converge = trio.current_time() - down
+            await a.stop()
+            down = trio.current_time()
+            await bed.create_pods(run.clients[1], [f"during-{i:02d}" for i in range(30)], made=run.made[1])
+            await wait_converged(superc, run.views()[1:], timeout=OUTAGE)
+            b_converge = trio.current_time() - down
 
-                    async def unhealthy() -> bool:
-                        return bool(await _vc_events(superc, ns, "a", "ClusterUnHealth"))
+            async def unhealthy() -> bool:
+                return bool(await _vc_events(superc, ns, "a", "ClusterUnHealth"))
 
-                    await wait_for(unhealthy, timeout=down + OUTAGE - trio.current_time(),
-                                   what="a ClusterUnHealth Event on VirtualCluster a", interval=1.0)
-                    assert trio.current_time() - down < OUTAGE, "all of that must happen during the outage"
-                    await trio.sleep(down + OUTAGE - trio.current_time())  # the rest of the outage
-                    await a.start(nursery)
-                    up = trio.current_time()
-                    await create_pods(run.clients[0], [f"after-{i:02d}" for i in range(20)], made=run.made[0])
-                    _, result = await wait_converged(superc, run.views(), timeout=CONVERGE)
-                    converge_s = trio.current_time() - up
-                    after = await _super_pod_uids(superc, run.keys[0])
-                    assert {n: u for n, u in after.items() if n.startswith("before-")} == a_supers
-                    assert not await _vc_events(superc, ns, "b", "ClusterUnHealth")
-            finally:
-                await forget_namespaces(superc, run.keys)
+            await wait_for(unhealthy, timeout=down + OUTAGE - trio.current_time(),
+                           what="a ClusterUnHealth Event on VirtualCluster a", interval=1.0)
+            assert trio.current_time() - down < OUTAGE, "all of that must happen during the outage"
+            await trio.sleep(down + OUTAGE - trio.current_time())  # the rest of the outage
+            await a.start(nursery)
+            up = trio.current_time()
+            await bed.create_pods(run.clients[0], [f"after-{i:02d}" for i in range(20)], made=run.made[0])
+            _, result = await wait_converged(superc, run.views(), timeout=CONVERGE)
+            converge_s = trio.current_time() - up
+            after = await _super_pod_uids(superc, run.keys[0])
+            assert {n: u for n, u in after.items() if n.startswith("before-")} == a_supers
+            assert not await _vc_events(superc, ns, "b", "ClusterUnHealth")
     fault_log.record(
         f"tenant apiserver+KCM stopped {OUTAGE:.0f} s", injected=1, objects=result.objects, converge_s=converge_s,
         note=f"other tenant's 30 new pods converged {b_converge:.1f} s into the outage; "
@@ -121,7 +98,7 @@ CV = {"apiVersion": "tenancy.x-k8s.io/v1alpha1", "kind": "ClusterVersion", "spec
 async def _process_vc(superc: ApiClient, ns: str, name: str, *, run: str, cv: str) -> None:
     await superc.create(resources.VIRTUALCLUSTERS, {
         "apiVersion": "tenancy.x-k8s.io/v1alpha1", "kind": "VirtualCluster",
-        "metadata": {"name": name, "namespace": ns, "labels": {RUN_LABEL: run}},
+        "metadata": {"name": name, "namespace": ns, "labels": {bed.RUN_LABEL: run}},
         "spec": {"clusterDomain": "cluster.local", "clusterVersionName": cv, "pkiExpireDays": 30},
     }, namespace=ns)
 
@@ -143,13 +120,13 @@ async def _crash_loop(pid_file: Path, kills: int) -> list[float]:
     gaps = []
     for _ in range(kills):
         pid = _pid(pid_file)
-        assert pid is not None and alive(pid)
+        assert pid is not None and pid_alive(pid)
         os.kill(pid, signal.SIGKILL)
         killed = trio.current_time()
 
         async def respawned(old: int = pid) -> bool:
             new = _pid(pid_file)
-            return new is not None and new != old and alive(new)
+            return new is not None and new != old and pid_alive(new)
 
         await wait_for(respawned, timeout=60, what="the supervisor to start a new kube-apiserver", interval=0.05)
         gaps.append(trio.current_time() - killed)
@@ -161,24 +138,24 @@ async def test_tenant_child_process_crash_loop_backs_off_and_is_reported(
 ) -> None:
     """Four crashes of a process-mode tenant apiserver: restarted with growing backoff, shown in
     status and Events; the other tenant syncs on, untouched; both converge."""
-    run = new_run()
+    run = bed.new_run()
     ns, cv = f"f{run}", f"cv-faults-{run}"
     data_dir = tmp_path / "data"
     try:
         with trio.fail_after(420):
-            async with open_clients(fault_bed.kubeconfig) as (superc,):
+            async with bed.open_clients(fault_bed.kubeconfig) as (superc,):
                 keys: list[str] = []
                 try:
-                    async with appliance(fault_bed, tmp_path, run=run, data_dir=data_dir) as app:
+                    async with bed.appliance(fault_bed, tmp_path, run=run, data_dir=data_dir) as app:
                         await superc.create(resources.NAMESPACES, {"metadata": {"name": ns}})
                         with contextlib.suppress(errors.AlreadyExists):
                             await superc.create(resources.CLUSTERVERSIONS, {**CV, "metadata": {"name": cv}})
                         for name in ("crashy", "steady"):
                             await _process_vc(superc, ns, name, run=run, cv=cv)
-                        keys = [await wait_vc_running(superc, ns, name, timeout=240) for name in ("crashy", "steady")]
+                        keys = [await bed.wait_vc_running(superc, ns, name, timeout=240) for name in ("crashy", "steady")]
                         await _crash_loop_and_converge(superc, fault_log, app.log, data_dir, ns, keys)
                 finally:
-                    await forget_namespaces(superc, keys)
+                    await bed.forget_namespaces(superc, keys)
     finally:  # process-mode tenants (and their etcd) outlive the appliance by design
         for d in {p.parent for p in data_dir.rglob("*.pid")}:
             process.kill_leftovers(d)
@@ -193,12 +170,12 @@ async def _crash_loop_and_converge(
         path = data_dir.parent / f"{key}.kubeconfig"
         path.write_bytes(base64.b64decode(secret["data"]["admin-kubeconfig"]))
         kubeconfigs.append(path)
-    async with open_clients(*kubeconfigs) as clients:
+    async with bed.open_clients(*kubeconfigs) as clients:
         made: list[dict[tuple[str, str], str]] = [{}, {}]
         views = [TenantView(key, c, m) for key, c, m in zip(keys, clients, made, strict=True)]
         for v, m in zip(views, made, strict=True):
-            await tenant_namespace(v.client)
-            await create_pods(v.client, [f"before-{i}" for i in range(5)], made=m)
+            await bed.tenant_namespace(v.client)
+            await bed.create_pods(v.client, [f"before-{i}" for i in range(5)], made=m)
         await wait_converged(superc, views, timeout=CONVERGE)
         crashy, steady = (data_dir / "tenants" / key / "logs" for key in keys)
         steady_pids = _pids(steady)
@@ -211,12 +188,12 @@ async def _crash_loop_and_converge(
                 gaps.extend(await _crash_loop(crashy / "kube-apiserver.pid", KILLS))
 
             both.start_soon(crash)
-            await create_pods(views[1].client, [f"during-{i}" for i in range(10)], made=made[1])
+            await bed.create_pods(views[1].client, [f"during-{i}" for i in range(10)], made=made[1])
             await wait_converged(superc, views[1:], timeout=CONVERGE)
             steady_s = trio.current_time() - loop_started
         loop_ended = trio.current_time()
-        await wait_apiserver_ready(_server(kubeconfigs[0]), crashy.parent / "pki")
-        await create_pods(views[0].client, [f"after-{i}" for i in range(5)], made=made[0])
+        await bed.wait_apiserver_ready(_server(kubeconfigs[0]), crashy.parent / "pki")
+        await bed.create_pods(views[0].client, [f"after-{i}" for i in range(5)], made=made[0])
         _, result = await wait_converged(superc, views, timeout=CONVERGE)
         converge_s = trio.current_time() - loop_ended
         assert _pids(steady) == steady_pids, "the other tenant's processes must not be restarted"
