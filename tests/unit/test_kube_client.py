@@ -460,6 +460,20 @@ async def test_watch_idle_deadline(autojump_clock: trio.testing.MockClock) -> No
     assert 7 == pytest.approx(trio.current_time() - start)
 
 
+async def test_watch_without_response_head_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    """A watch request that is never answered fails after the client's timeout (not never)."""
+
+    async def never(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+
+    client = make_client(never)  # type: ignore[arg-type]  # MockTransport takes async handlers too
+    start = trio.current_time()
+    with pytest.raises(errors.TransportError, match="no response within 30 s"):
+        async for _ in client.watch_raw(resources.PODS, resource_version="5", idle_timeout=300):
+            pass
+    assert 30 == pytest.approx(trio.current_time() - start)
+
+
 async def test_token_file_reread(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """A token file is re-read once a minute so rotated service-account tokens are picked up."""
     token_file = tmp_path / "token"
