@@ -56,26 +56,21 @@ def _wait_for_state(state: Path, proc: subprocess.Popen[bytes] | None, log: Path
     raise RuntimeError(f"local cluster not ready within 240 s; see {log}")
 
 
-@pytest.fixture(scope="session")
-def super_cluster(
-    testbed_bins: build.Binaries, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SuperCluster]:
-    """etcd + kube-apiserver + KCM + scheduler + kwok (3 nodes) on loopback."""
-    reuse = os.environ.get("VC_TESTBED_STATE")
+def local_cluster(bins: build.Binaries, state: Path, *, reuse: str | None) -> Iterator[SuperCluster]:
+    """Start a local cluster process in `state` (or reuse one running in `reuse`); stop it after."""
     if reuse:
-        yield SuperCluster(_wait_for_state(Path(reuse), None, Path(reuse) / "run.log"), testbed_bins)
+        yield SuperCluster(_wait_for_state(Path(reuse), None, Path(reuse) / "run.log"), bins)
         return
-    state = tmp_path_factory.mktemp("supercluster")
     log = state / "run.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.controlplane.localcluster",
              "--state-dir", str(state), "--nodes", "3"],
             stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(os.environ, VC_TESTBIN_DIR=str(testbed_bins.bin_dir)),
+            env=dict(os.environ, VC_TESTBIN_DIR=str(bins.bin_dir)),
         )
     try:
-        yield SuperCluster(_wait_for_state(state, proc, log), testbed_bins)
+        yield SuperCluster(_wait_for_state(state, proc, log), bins)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -84,6 +79,16 @@ def super_cluster(
             proc.kill()
             proc.wait()
         process.kill_leftovers(state / "logs")
+
+
+@pytest.fixture(scope="session")
+def super_cluster(
+    testbed_bins: build.Binaries, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SuperCluster]:
+    """etcd + kube-apiserver + KCM + scheduler + kwok (3 nodes) on loopback."""
+    reuse = os.environ.get("VC_TESTBED_STATE")
+    state = Path("/nonexistent") if reuse else tmp_path_factory.mktemp("supercluster")
+    yield from local_cluster(testbed_bins, state, reuse=reuse)
 
 
 @pytest.fixture

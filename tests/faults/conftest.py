@@ -14,16 +14,13 @@ prints the records as one table at the end of the run.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from appliance.controlplane import build, process
-from tests.conftest import ROOT, _wait_for_state
+from appliance.controlplane import build
+from tests.conftest import local_cluster
 from tests.faults.report import FaultLog, summary_lines
 from tests.testbed import SuperCluster
 
@@ -32,27 +29,8 @@ from tests.testbed import SuperCluster
 def fault_bed(testbed_bins: build.Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperCluster]:
     """A private super cluster for destructive faults (see the module docstring)."""
     reuse = os.environ.get("VC_FAULT_BED_STATE")
-    if reuse:
-        yield SuperCluster(_wait_for_state(Path(reuse), None, Path(reuse) / "run.log"), testbed_bins)
-        return
-    state = tmp_path_factory.mktemp("faultbed")
-    log = state / "run.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.controlplane.localcluster", "--state-dir", str(state), "--nodes", "3"],
-            stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(os.environ, VC_TESTBIN_DIR=str(testbed_bins.bin_dir)),
-        )
-    try:
-        yield SuperCluster(_wait_for_state(state, proc, log), testbed_bins)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        process.kill_leftovers(state / "logs")
+    state = Path("/nonexistent") if reuse else tmp_path_factory.mktemp("faultbed")
+    yield from local_cluster(testbed_bins, state, reuse=reuse)
 
 
 _RECORDS = pytest.StashKey[list[FaultLog]]()
