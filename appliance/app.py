@@ -125,6 +125,8 @@ async def run(
                 from appliance.proxy import server as proxy_server
 
                 cas = proxy_server.TenantCAs()
+            # with Leases, tenantcas.follow tells the proxy every tenant's CA, not just ours
+            syncer_cas = None if cfg.leases.enabled else cas
             if cfg.syncer.enabled:
                 s = cfg.syncer
                 sx = runtime.Syncer(
@@ -140,10 +142,9 @@ async def run(
                         vnode_address=cfg.proxy.advertise_address or cfg.proxy.address,
                         vnode_port=cfg.proxy.port,
                     ),
-                    on_register=(lambda tid, tcreds: cas.set(tid.key, tcreds.ca_pem)
-                                 if cas is not None and tcreds.ca_pem and not cfg.leases.enabled else None),
-                    on_unregister=(lambda key: cas.remove(key)
-                                   if cas is not None and not cfg.leases.enabled else None),
+                    on_register=(lambda tid, tcreds: syncer_cas.set(tid.key, tcreds.ca_pem)
+                                 if syncer_cas is not None and tcreds.ca_pem else None),
+                    on_unregister=(lambda key: syncer_cas.remove(key) if syncer_cas is not None else None),
                 )
             ownership = Ownership()
             if cfg.leases.enabled:

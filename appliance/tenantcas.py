@@ -41,21 +41,24 @@ async def follow(super_client: ApiClient, cas: CAStore, *, label_selector: str |
         changed.set()
 
     vcs.add_handler(poke)
-    known: dict[str, str] = {}  # tenant key → VC uid
+    known: dict[str, str] = {}  # tenant key → resourceVersion of the VirtualCluster its CA came from
+    refresh = False
     async with trio.open_nursery() as nursery:
         await nursery.start(vcs.run)
         task_status.started()
         while True:
             changed = trio.Event()
-            current: dict[str, dict[str, Any]] = {}
-            for vc in vcs.list():
-                if supervisor.desired(vc):
-                    current[TenantId.from_vc(vc).key] = vc
+            current: dict[str, tuple[TenantId, dict[str, Any]]] = {}
+            for vc in filter(supervisor.desired, vcs.list()):
+                tid = TenantId.from_vc(vc)
+                current[tid.key] = (tid, vc)
             for key in set(known) - set(current):
                 cas.remove(key)
                 del known[key]
-            for key, vc in current.items():
-                tid = TenantId.from_vc(vc)
+            for key, (tid, vc) in current.items():
+                version = vc["metadata"].get("resourceVersion", "")
+                if not refresh and known.get(key) == version:
+                    continue  # read already, and its VirtualCluster has not changed since
                 try:
                     tcreds = await supervisor.tenant_credentials(super_client, vc, tid)
                 except (errors.KubeError, supervisor.KubeconfigMissing, kcreds.KubeconfigError, ValueError) as exc:
@@ -64,7 +67,8 @@ async def follow(super_client: ApiClient, cas: CAStore, *, label_selector: str |
                     continue
                 if tcreds.ca_pem:
                     cas.set(key, tcreds.ca_pem)
-                    known[key] = tid.vc_uid
-            with trio.move_on_after(REFRESH_SECONDS):
+                    known[key] = version
+            with trio.move_on_after(REFRESH_SECONDS) as timer:
                 await changed.wait()
+            refresh = timer.cancelled_caught  # periodically re-read every CA (rotated secrets)
     raise AssertionError("unreachable")

@@ -33,7 +33,8 @@ from appliance.kube.client import ApiClient
 from appliance.kube.events import EventRecorder
 from appliance.kube.informer import Informer
 from appliance.replicas import lease
-from appliance.replicas.ownership import Ownership, TenantRef
+from appliance.replicas.lease import TenantRef
+from appliance.replicas.ownership import Ownership
 
 log = logging.getLogger(__name__)
 
@@ -359,17 +360,12 @@ class Coordinator(Ownership):
                                   records: dict[TenantRef, lease.Record | None],
                                   free: set[TenantRef], placements: set[str]) -> None:
         """Process-mode tenants whose placement has no live replica: say so once per incident."""
-        now_unavailable = set()
-        for ref in free:
-            rec = records.get(ref)
-            bound = rec.annotations.get(lease.ANNOTATION_BOUND_TO, "") if rec is not None else ""
-            if bound and bound not in placements:
-                now_unavailable.add(ref)
+        bound_to = {ref: rec.annotations.get(lease.ANNOTATION_BOUND_TO, "")
+                    for ref in free if (rec := records.get(ref)) is not None}
+        now_unavailable = {ref for ref, bound in bound_to.items() if bound and bound not in placements}
         for ref in sorted(now_unavailable - self._unavailable):
-            rec = records[ref]
-            bound = rec.annotations.get(lease.ANNOTATION_BOUND_TO, "") if rec is not None else ""
             message = (f"VirtualCluster {ref[0]}/{ref[1]} is unavailable: its control plane runs as processes "
-                       f"on {bound}, where no appliance replica is live")
+                       f"on {bound_to[ref]}, where no appliance replica is live")
             log.warning("%s", message)
             await self._events.post(tenants[ref], type="Warning", reason="TenantUnavailable", message=message)
         self._unavailable = now_unavailable

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-TenantRef = tuple[str, str]  # (VirtualCluster namespace, name)
+from appliance.replicas.lease import TenantRef
 
 
 class Ownership:

@@ -164,11 +164,8 @@ async def run(
         task_status.started()
         while True:
             changed = trio.Event()  # before reading: a change from now on wakes us again
-            want = {
-                (vc["metadata"]["namespace"], vc["metadata"]["name"]): vc
-                for vc in vcs.list() if desired(vc)
-            }
-            want = {ref: vc for ref, vc in want.items() if owner.holds(ref)}
+            refs = {(vc["metadata"]["namespace"], vc["metadata"]["name"]): vc for vc in vcs.list() if desired(vc)}
+            want = {ref: vc for ref, vc in refs.items() if owner.holds(ref)}
             for ref, (uid, scope) in list(running.items()):  # stop before start
                 vc = want.get(ref)
                 if scope in ended:

@@ -23,7 +23,7 @@ from appliance.kube.client import ApiClient, open_client
 from appliance.manager import pkisecrets
 from appliance.pki import certs
 from tests.e2e.appliance_proc import running
-from tests.integration.syncing import super_client
+from tests.integration.syncing import apply_crds, super_client
 from tests.testbed import SuperCluster, pid_alive, run_kubectl, wait_for
 
 pytestmark = pytest.mark.security
@@ -58,6 +58,7 @@ async def test_torn_plan_and_truncated_key_are_recovered_without_losing_data(
 async def _scenario(sc: SuperCluster, superc: ApiClient, tmp_path: Path, data_dir: Path, *,
                     ns: str, cv: str, run: str, extra: str) -> None:
     kubectl = sc.kubectl
+    await apply_crds(sc)  # the objects are created before the appliance would install the CRDs
     await run_kubectl(kubectl, sc.kubeconfig, "create", "namespace", ns)
     await run_kubectl(kubectl, sc.kubeconfig, "apply", "-f", "-", stdin=(
         f"apiVersion: tenancy.x-k8s.io/v1alpha1\nkind: ClusterVersion\nmetadata: {{name: {cv}}}\nspec: {{}}\n"

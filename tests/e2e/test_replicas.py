@@ -33,7 +33,7 @@ from appliance.kube.client import ApiClient, open_client
 from appliance.replicas import lease
 from appliance.util import naming
 from tests.e2e.appliance_proc import Appliance, running
-from tests.integration.syncing import super_client
+from tests.integration.syncing import apply_crds, super_client
 from tests.testbed import SuperCluster, TenantFactory, run_kubectl, wait_for
 
 pytestmark = pytest.mark.scaleout
@@ -114,6 +114,7 @@ async def test_three_replicas_share_tenants_and_hand_over(
 ) -> None:
     sc, run = super_cluster, uuid.uuid4().hex[:8]
     ns, lease_ns, cv = f"rep-{run}", f"leases-{run}", f"cv-rep-{run}"
+    await apply_crds(sc)  # the VirtualClusters exist before any appliance would install the CRDs
     async with super_client(sc) as superc, contextlib.AsyncExitStack() as stack:
         bed = Bed(superc, ns, lease_ns)
         await superc.create(resources.NAMESPACES, {"metadata": {"name": ns}})

@@ -179,6 +179,14 @@ def pod_body(name: str) -> dict[str, Any]:
                      "automountServiceAccountToken": False}}
 
 
+async def _answers(client: ApiClient) -> bool:
+    try:
+        await client.server_version()
+    except errors.KubeError:
+        return False
+    return True
+
+
 async def create_pods(
     client: ApiClient, names: Iterable[str], *, ns: str = NS, concurrency: int = 20,
     made: dict[tuple[str, str], str] | None = None,
@@ -206,7 +214,9 @@ async def create_pods(
                     pod = await client.get(resources.PODS, name, namespace=ns)
                     break
                 except (errors.TransportError, errors.ServerError, errors.TooManyRequests):
-                    await trio.sleep(0.5)  # the tenant apiserver is overloaded: back off, try again
+                    # the tenant apiserver is overloaded or restarting: retry once it answers
+                    await wait_for(functools.partial(_answers, client), timeout=60,
+                                   what=f"{client.creds.server} answering")
             else:
                 raise AssertionError(f"could not create pod {ns}/{name}")
             made[(ns, name)] = pod["metadata"]["uid"]
