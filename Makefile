@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= $(CURDIR)/state
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev dev-down test unit lint testbin venv
+.PHONY: dev dev-down test unit lint testbin venv hostdeps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-testbin: $(STAMP)
+hostdeps: $(STAMP)
+	$(PY) -m appliance.controlplane.hostdeps
+
+testbin: hostdeps
 	$(PY) -m appliance.controlplane.build
 
 dev: testbin

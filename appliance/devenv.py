@@ -116,7 +116,8 @@ def _http_port(config_path: Path) -> int:
     return int(tomllib.loads(config_path.read_text())["http"]["port"])
 
 
-def _ready(port: int) -> bool:
+def readyz(port: int) -> bool:
+    """Whether the appliance whose health server listens on `port` says it is ready."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
             return bool(r.status == 200)
@@ -179,7 +180,7 @@ def up(state: Path, *, tenants: int = 1) -> int:
         _spawn([sys.executable, "-m", "appliance", "run", "--config", str(cfg)],
                log=app_log, pid_file=app_pid, env=env)
     port = _http_port(cfg)
-    _wait("vc-appliance", lambda: _ready(port), timeout=120, log=app_log, pid_file=app_pid)
+    _wait("vc-appliance", lambda: readyz(port), timeout=120, log=app_log, pid_file=app_pid)
 
     _kubectl(state, super_kubeconfig, "apply", "-f", "-", stdin=SAMPLES.format(cv=SAMPLE_CV).encode())
     names = [f"tenant-{i + 1}" for i in range(tenants)]
@@ -265,7 +266,7 @@ def status(state: Path) -> int:
         print(f"{what:22} {f'running (pid {pid})' if pid else 'stopped'}")
     cfg = state / "appliance.toml"
     if cfg.exists() and _alive(state / "appliance.pid"):
-        print(f"{'readiness':22} {'ready' if _ready(_http_port(cfg)) else 'not ready'}")
+        print(f"{'readiness':22} {'ready' if readyz(_http_port(cfg)) else 'not ready'}")
     for kc in sorted((state / "tenants").glob("*.kubeconfig")) if (state / "tenants").exists() else ():
         print(f"{'tenant':22} {kc.stem}: {kc}")
     return 0 if all(_alive(p) for _, p in rows) else 3

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 import trio
 
 from appliance.controlplane import build, cluster, process
-from tests.testbed import SuperCluster, TenantFactory
+from tests.testbed import SuperCluster, TenantFactory, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+        if "realnode" in parts:
+            item.add_marker(pytest.mark.realnode)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,10 @@ def _wait_for_state(state: Path, proc: subprocess.Popen[bytes] | None, log: Path
     raise RuntimeError(f"local cluster not ready within 240 s; see {log}")
 
 
-def local_cluster(bins: build.Binaries, state: Path, *, reuse: str | None) -> Iterator[SuperCluster]:
+def local_cluster(
+    bins: build.Binaries, state: Path, *, reuse: str | None, args: tuple[str, ...] = ("--nodes", "3"),
+    env: dict[str, str] | None = None,
+) -> Iterator[SuperCluster]:
     """Start a local cluster process in `state` (or reuse one running in `reuse`); stop it after."""
     if reuse:
         yield SuperCluster(_wait_for_state(Path(reuse), None, Path(reuse) / "run.log"), bins)
@@ -65,19 +69,14 @@ def local_cluster(bins: build.Binaries, state: Path, *, reuse: str | None) -> It
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.controlplane.localcluster",
-             "--state-dir", str(state), "--nodes", "3"],
+             "--state-dir", str(state), *args],
             stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(os.environ, VC_TESTBIN_DIR=str(bins.bin_dir)),
+            env=dict(os.environ, VC_TESTBIN_DIR=str(bins.bin_dir), **(env or {})),
         )
     try:
         yield SuperCluster(_wait_for_state(state, proc, log), bins)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=60)
         process.kill_leftovers(state / "logs")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,13 @@ class SuperCluster:
     @property
     def kubectl(self) -> Path:
         return self.bins.path("kubectl")
+
+    @property
+    def real_node(self) -> dict[str, object]:
+        """The real node's record (name, node_ip, host_ip, ...); fails if the bed has none."""
+        node = self.info.get("real_node")
+        assert isinstance(node, dict), "this test bed has no real node"
+        return node
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,16 @@ async def assert_logs_follow(kubectl: Path, kubeconfig: Path, pod: str, *, kwok_
     finally:
         proc.kill()
         await proc.wait()
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM a helper process a fixture started; SIGKILL it if it takes longer than `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,11 +1,14 @@
 """Build the upstream Kubernetes binaries from the Go module proxy, once, into a cache.
 
 `k8s-testbin` is a multi-call binary (kube-apiserver, kube-controller-manager,
-kube-scheduler, etcd, kubectl) built from the Go module in `testbin/`; `kwok` (fake
-nodes that serve the kubelet API) comes from `go install`. Outputs live under
-`$XDG_CACHE_HOME/vc-appliance/testbin-<hash>` where the hash covers the Go sources and
-the Go version, so an unchanged checkout never rebuilds and nothing lands in the repo.
-A file lock serialises concurrent builds (two test sessions, `dev up` during a test run).
+kube-scheduler, etcd, kubectl, kubelet, kube-proxy) built from the Go module in
+`testbin/`; `kwok` (fake nodes that serve the kubelet API) comes from `go install`.
+The real node's own tools are a second set (`ensure_node_binaries`): containerd, its runc
+shim and `ctr` from `go install`, and CoreDNS with the tenantip plugin from the Go module
+in `coredns/`. Outputs live under `$XDG_CACHE_HOME/vc-appliance/{testbin,node}-<hash>`
+where the hash covers the Go sources, the versions and the Go version, so an unchanged
+checkout never rebuilds and nothing lands in the repo. A file lock serialises concurrent
+builds (two test sessions, `dev up` during a test run).
 
 Run as `python -m appliance.controlplane.build` (prints the bin directory). This module
 blocks; trio code calls it through `trio.to_thread.run_sync`.
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +34,13 @@ log = logging.getLogger(__name__)
 
 KUBERNETES_VERSION = "v1.37.2"
 KWOK_VERSION = "v0.8.0"
-APPLETS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kubectl")
+CONTAINERD_VERSION = "v2.4.2"
+CONTAINERD_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr")
+APPLETS = (
+    "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kubectl", "kubelet", "kube-proxy",
+)
 SOURCE_DIR = Path(__file__).parent / "testbin"
+COREDNS_DIR = Path(__file__).parent / "coredns"
 #: kwok's default node and pod stages, copied from its module at build time.
 _KWOK_STAGES = (
     "kustomize/stage/node/fast/node-initialize.yaml",
@@ -64,6 +73,20 @@ class Binaries:
         return self.bin_dir / "kwok-stages.yaml"
 
 
+@dataclass(frozen=True, slots=True)
+class NodeBinaries:
+    """containerd, its shim, ctr and CoreDNS for the test bed's real node."""
+
+    bin_dir: Path
+
+    def path(self, tool: str) -> Path:
+        return self.bin_dir / tool
+
+    @property
+    def coredns(self) -> Path:
+        return self.bin_dir / "coredns"
+
+
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "vc-appliance"
@@ -83,16 +106,28 @@ def _run(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def _go_version() -> str:
+    return subprocess.run(
+        ["go", "env", "GOVERSION"], capture_output=True, text=True, check=False, env=_go_env()
+    ).stdout.strip()
+
+
 def source_hash() -> str:
     """Hash of everything that determines the binaries' content."""
     h = hashlib.sha256()
     for name in ("go.mod", "go.sum", "main.go"):
         h.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
     h.update(KWOK_VERSION.encode())
-    go_version = subprocess.run(
-        ["go", "env", "GOVERSION"], capture_output=True, text=True, check=False, env=_go_env()
-    ).stdout.strip()
-    h.update(go_version.encode())
+    h.update(_go_version().encode())
+    return h.hexdigest()[:16]
+
+
+def node_source_hash() -> str:
+    """Hash of what determines the node tools: containerd's version and the CoreDNS module."""
+    h = hashlib.sha256(CONTAINERD_VERSION.encode())
+    for path in sorted(p for p in COREDNS_DIR.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(COREDNS_DIR)).encode() + b"\0" + path.read_bytes())
+    h.update(_go_version().encode())
     return h.hexdigest()[:16]
 
 
@@ -134,6 +169,69 @@ def _build_kwok(out: Path, env: dict[str, str]) -> None:
     (out / "kwok-stages.yaml").write_text("\n---\n".join(docs) + "\n")
 
 
+def _build_containerd(out: Path, env: dict[str, str]) -> None:
+    env = dict(env, GOBIN=str(out), GOFLAGS="")
+    pkgs = [f"github.com/containerd/containerd/v2/cmd/{t}@{CONTAINERD_VERSION}" for t in CONTAINERD_TOOLS]
+    _run(["go", "install", "-trimpath", "-ldflags", "-s -w", *pkgs], cwd=out, env=env)
+
+
+def _build_coredns(out: Path, env: dict[str, str]) -> None:
+    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."],
+         cwd=COREDNS_DIR, env=env)
+
+
+def _cached_build(
+    name: str, what: str, cold: str, steps: Callable[[Path, dict[str, str]], None],
+    complete: Callable[[Path], bool], *, quiet: bool,
+) -> Path:
+    """Run `steps(tmp_dir, env)` once into `cache_root()/name`, under the build lock."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    bin_dir = root / name
+    if complete(bin_dir):
+        return bin_dir
+    with open(root / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete(bin_dir):
+            return bin_dir
+        if shutil.which("go") is None:
+            raise BuildError("the Go toolchain (go) is not on PATH; install Go 1.26")
+        tmp = root / f".building-{bin_dir.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        started = time.monotonic()
+        if not quiet:
+            print(f"building {what} into {bin_dir} (cold: {cold} on 2 cores)", file=sys.stderr, flush=True)
+        steps(tmp, _go_env())
+        shutil.rmtree(bin_dir, ignore_errors=True)
+        tmp.rename(bin_dir)
+        if not quiet:
+            print(f"built in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return bin_dir
+
+
+def ensure_node_binaries(*, quiet: bool = False) -> NodeBinaries:
+    """containerd (+ shim, ctr) and CoreDNS for the real node, built once; `VC_NODEBIN_DIR` overrides.
+
+    Raises BuildError with the failing command's output.
+    """
+    override = os.environ.get("VC_NODEBIN_DIR")
+    if override:
+        return NodeBinaries(Path(override))
+
+    def steps(tmp: Path, env: dict[str, str]) -> None:
+        _build_containerd(tmp, env)
+        _build_coredns(tmp, env)
+
+    def complete(d: Path) -> bool:
+        return all((d / n).exists() for n in (*CONTAINERD_TOOLS, "coredns"))
+
+    return NodeBinaries(_cached_build(
+        f"node-{node_source_hash()}", f"containerd {CONTAINERD_VERSION} and CoreDNS", "~8 min",
+        steps, complete, quiet=quiet,
+    ))
+
+
 def ensure_binaries(*, quiet: bool = False) -> Binaries:
     """Return the cached binaries, building whatever is missing.
 
@@ -143,32 +241,15 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
     override = os.environ.get("VC_TESTBIN_DIR")
     if override:
         return Binaries(Path(override))
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    bin_dir = root / f"testbin-{source_hash()}"
-    if _complete(bin_dir):
-        return Binaries(bin_dir)
-    with open(root / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _complete(bin_dir):
-            return Binaries(bin_dir)
-        if shutil.which("go") is None:
-            raise BuildError("the Go toolchain (go) is not on PATH; install Go 1.26")
-        tmp = root / f".building-{bin_dir.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        env = _go_env()
-        started = time.monotonic()
-        if not quiet:
-            print(f"building Kubernetes {KUBERNETES_VERSION} test binaries into {bin_dir} "
-                  "(cold: ~20-30 min on 2 cores)", file=sys.stderr, flush=True)
+
+    def steps(tmp: Path, env: dict[str, str]) -> None:
         _build_testbin(tmp, env)
         _build_kwok(tmp, env)
-        shutil.rmtree(bin_dir, ignore_errors=True)
-        tmp.rename(bin_dir)
-        if not quiet:
-            print(f"built in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    return Binaries(bin_dir)
+
+    return Binaries(_cached_build(
+        f"testbin-{source_hash()}", f"Kubernetes {KUBERNETES_VERSION} test binaries", "~15 min",
+        steps, _complete, quiet=quiet,
+    ))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,14 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m appliance.controlplane.build",
         description="Build (once) the Kubernetes binaries used by tests and `vc-appliance dev`.",
     )
-    parser.add_argument("--quiet", action="store_true", help="print only the bin directory")
+    parser.add_argument("--quiet", action="store_true", help="print only the bin directories")
+    parser.add_argument("--no-node", action="store_true",
+                        help="skip the real node's tools (containerd, CoreDNS)")
     args = parser.parse_args(argv)
     try:
         bins = ensure_binaries(quiet=args.quiet)
+        print(bins.bin_dir)
+        if not args.no_node:
+            print(ensure_node_binaries(quiet=args.quiet).bin_dir)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(bins.bin_dir)
     return 0
 
 

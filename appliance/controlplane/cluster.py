@@ -9,6 +9,7 @@ ready. Whoever owns the nursery owns the processes: cancelling it stops them.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -255,8 +256,12 @@ async def start_control_plane(
     pki: ControlPlanePKI | None = None,
     port: int | None = None,
     keep_on_cancel: bool = False,
+    address: str = LOOPBACK,
 ) -> ControlPlane:
     """Start kube-apiserver (and optionally KCM and scheduler) for one cluster and wait ready.
+
+    `address` is where the apiserver listens and what it advertises: loopback, or an address
+    that Pods of a real node reach (then the `kubernetes` Service has it as endpoint).
 
     With `keep_on_cancel`, the processes outlive the nursery and a later call with the
     same arguments (same port, PKI on disk) adopts them instead of starting new ones;
@@ -266,13 +271,16 @@ async def start_control_plane(
     cp_dir = state_dir / name
     pki_dir = cp_dir / "pki"
     port = port or free_port()
-    url = f"https://{LOOPBACK}:{port}"
+    url = kubeconfig.server_url(address, port)
     if pki is not None:
         await trio.to_thread.run_sync(
             lambda: write_pki(pki, pki_dir, server=url, cluster_name=name)
         )
     elif not (pki_dir / "admin.kubeconfig").exists():
-        fresh = await trio.to_thread.run_sync(lambda: generate_pki(name=name))
+        # In-cluster clients dial the `kubernetes` Service's ClusterIP (the range's first address).
+        service_ip = str(next(ipaddress.ip_network(service_cidr).hosts()))
+        ips = tuple(dict.fromkeys((LOOPBACK, address, service_ip)))
+        fresh = await trio.to_thread.run_sync(lambda: generate_pki(name=name, ip_addresses=ips))
         await trio.to_thread.run_sync(
             lambda: write_pki(fresh, pki_dir, server=url, cluster_name=name)
         )
@@ -282,7 +290,7 @@ async def start_control_plane(
     prefix = etcd_prefix or f"/vc/{name}/registry"
     flags = components.ApiServerFlags(
         etcd_servers=etcd_url, etcd_prefix=prefix, port=port, pki_dir=pki_dir,
-        service_cidr=service_cidr,
+        service_cidr=service_cidr, bind_address=address, advertise_address=address,
     )
     logs = state_dir / "logs"
     handles = [

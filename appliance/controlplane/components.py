@@ -54,6 +54,10 @@ class ApiServerFlags:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+def _is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "localhost")
+
+
 def apiserver_argv(bins: Binaries, f: ApiServerFlags) -> list[str]:
     d = f.pki_dir
     flags = {
@@ -62,8 +66,9 @@ def apiserver_argv(bins: Binaries, f: ApiServerFlags) -> list[str]:
         "bind-address": f.bind_address,
         "secure-port": str(f.port),
         "advertise-address": f.advertise_address,
-        # Loopback cannot be a `kubernetes` Service endpoint; nothing here needs one.
-        "endpoint-reconciler-type": "none",
+        # Loopback cannot be a `kubernetes` Service endpoint: then there is none. Any other
+        # address is what Pods reach the apiserver at, through the `kubernetes` Service.
+        "endpoint-reconciler-type": "none" if _is_loopback(f.advertise_address) else "lease",
         "tls-cert-file": str(d / "apiserver.crt"),
         "tls-private-key-file": str(d / "apiserver.key"),
         "client-ca-file": str(d / "ca.crt"),

@@ -1,6 +1,7 @@
 // Command k8s-testbin is a multi-call binary carrying the upstream Kubernetes
-// control-plane components and etcd, so vc-appliance tests and the local
-// development cluster run real servers built from the Go module proxy.
+// control-plane components, the node components (kubelet, kube-proxy) and etcd,
+// so vc-appliance tests and the local development cluster run real servers and a
+// real node built from the Go module proxy.
 //
 // The applet is chosen by the program name (symlinks) or by the first
 // argument: k8s-testbin kube-apiserver --secure-port=... . Only the chosen
@@ -9,6 +10,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,7 +27,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
 	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // commands builds the cobra command of a Kubernetes component on demand.
@@ -33,6 +37,8 @@ var commands = map[string]func() *cobra.Command{
 	"kube-apiserver":          apiserverapp.NewAPIServerCommand,
 	"kube-controller-manager": kcmapp.NewControllerManagerCommand,
 	"kube-scheduler":          func() *cobra.Command { return schedulerapp.NewSchedulerCommand() },
+	"kubelet":                 func() *cobra.Command { return kubeletapp.NewKubeletCommand(context.Background()) },
+	"kube-proxy":              proxyapp.NewProxyCommand,
 }
 
 func isApplet(name string) bool {
