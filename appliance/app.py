@@ -213,13 +213,14 @@ async def _run_proxy(
     cert, key = await trio.to_thread.run_sync(proxy_serving_cert, data_dir)
     if p.upstream == "kubelet":
         kubelet = kcreds.Credentials(
-            server=f"https://127.0.0.1:{p.kubelet_port}",
+            server=f"https://{p.kubelet_address or '127.0.0.1'}:{p.kubelet_port}",
             client_cert_pem=Path(p.kubelet_client_certificate).read_bytes() if p.kubelet_client_certificate else None,
             client_key_pem=Path(p.kubelet_client_key).read_bytes() if p.kubelet_client_key else None,
             insecure_skip_tls_verify=True,  # kubelets serve self-signed certificates
         )
         upstream = await trio.to_thread.run_sync(
             lambda: forward.upstream_from_credentials(kubelet, mode="kubelet"))
+        upstream = dataclasses.replace(upstream, host_from_pod=not p.kubelet_address)
     else:
         upstream = await trio.to_thread.run_sync(
             lambda: forward.upstream_from_credentials(superc.creds, mode="super-apiserver"))

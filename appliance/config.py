@@ -99,6 +99,8 @@ class ProxySection(_Section, frozen=True):
     advertise_address: str = ""
     #: where requests go: the super apiserver's pod subresources, or the node's kubelet.
     upstream: Literal["super-apiserver", "kubelet"] = "super-apiserver"
+    #: kubelet mode: the kubelet's address; empty = the node of each Pod (its status.hostIP).
+    kubelet_address: str = ""
     kubelet_port: Port = 10250
     kubelet_client_certificate: str = ""
     kubelet_client_key: str = ""

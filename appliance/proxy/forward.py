@@ -23,13 +23,15 @@ Exceptions::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import ssl
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h11
 import trio
@@ -104,6 +106,19 @@ class UpstreamConfig:
     response_timeout: float = 60.0  # request sent → response head received
     idle_timeout: float = 4 * 3600.0  # no bytes either way while streaming (kubelet default 4h)
     total_timeout: float = math.inf  # the whole exchange, including streams
+    #: kubelet mode: dial the kubelet of the Pod's node (its ``status.hostIP``) instead of ``host``,
+    #: so one appliance serves every node of the super cluster.
+    host_from_pod: bool = False
+
+    def for_pod(self, pod: Mapping[str, Any]) -> UpstreamConfig:
+        """The config for one request about ``pod``; raises UpstreamError if it has no node yet."""
+        if not self.host_from_pod:
+            return self
+        status = pod.get("status")
+        host = status.get("hostIP") if isinstance(status, Mapping) else None
+        if not isinstance(host, str) or not host:
+            raise UpstreamError("the pod has no node address yet")
+        return dataclasses.replace(self, host=host, server_hostname=None)
 
     @property
     def host_header(self) -> bytes:

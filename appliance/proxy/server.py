@@ -377,7 +377,7 @@ class _ConnectionHandler:
 
         try:
             status = await forward.forward(
-                client=client, request=request, route=decision, config=self.upstream
+                client=client, request=request, route=decision, config=self.upstream.for_pod(pod)
             )
         except forward.UpstreamError as exc:
             self.stats.failures[(key, action, "error_proxying_request")] += 1

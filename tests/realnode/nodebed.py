@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ spec:
 
 @contextlib.contextmanager
 def appliance(bed: SuperCluster, tmp: Path, *, upstream: str, tenants: tuple[str, ...]) -> Iterator[NodeEnv]:
-    selector = tmp.name.replace("_", "-").lower()[-40:].strip("-")
+    selector = uuid.uuid4().hex[:8]  # also in the names: a reused bed may still hold older ones
+    names = {base: f"{base}-{selector}" for base in tenants}
     config, http = _config(bed, tmp, upstream=upstream, selector=selector)
     log = tmp / "appliance.log"
     with open(log, "wb") as logf:
@@ -138,11 +140,11 @@ def appliance(bed: SuperCluster, tmp: Path, *, upstream: str, tenants: tuple[str
         _kubectl(bed, "apply", "-f", "-", stdin=json.dumps({
             "apiVersion": "tenancy.x-k8s.io/v1alpha1", "kind": "ClusterVersion",
             "metadata": {"name": CLUSTER_VERSION}, "spec": {}}))
-        for name in tenants:
+        for name in names.values():
             _kubectl(bed, "apply", "-f", "-", stdin=VC.format(
                 name=name, label=SELECTOR_LABEL, selector=selector, cv=CLUSTER_VERSION))
         out: dict[str, Tenant] = {}
-        for name in tenants:
+        for base, name in names.items():
             def running(name: str = name) -> bool:
                 phase = _kubectl(bed, "get", "vc", name, "-n", "default", "-o", "jsonpath={.status.phase}")
                 if phase == "Error":
@@ -157,12 +159,11 @@ def appliance(bed: SuperCluster, tmp: Path, *, upstream: str, tenants: tuple[str
             kubeconfig = tmp / f"{name}.kubeconfig"
             kubeconfig.write_bytes(base64.b64decode(data))
             os.chmod(kubeconfig, 0o600)
-            out[name] = Tenant(name, kubeconfig, ns)
+            out[base] = Tenant(name, kubeconfig, ns)
         yield NodeEnv(bed=bed, upstream=upstream, tenants=out, log=log)
     finally:
-        for name in tenants:
-            subprocess.run([str(bed.kubectl), f"--kubeconfig={bed.kubeconfig}", "delete", "vc", name,
-                            "-n", "default", "--wait=false", "--ignore-not-found"], capture_output=True, check=False)
+        subprocess.run([str(bed.kubectl), f"--kubeconfig={bed.kubeconfig}", "delete", "vc", *names.values(),
+                        "-n", "default", "--timeout=60s", "--ignore-not-found"], capture_output=True, check=False)
         stop_process(proc, timeout=60)
 
 

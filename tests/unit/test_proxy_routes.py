@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import urllib.parse
 
@@ -529,3 +530,21 @@ def test_authorize_pod(
 ) -> None:
     """Only a super pod stamped with the caller's cluster key and tenant namespace is allowed."""
     assert allowed is routes.authorize_pod(meta, tenant, route=_route())
+
+
+def test_kubelet_mode_dials_the_node_of_each_pod() -> None:
+    """With `host_from_pod`, a request goes to the Pod's node (status.hostIP); a Pod without a
+    node yet is an upstream error; a fixed kubelet address is kept as configured."""
+    import ssl
+
+    from appliance.proxy import forward
+
+    base = forward.UpstreamConfig(mode="kubelet", host="127.0.0.1", port=10250,
+                                  ssl_context=ssl.create_default_context(), server_hostname="kubelet")
+    assert base.for_pod({"status": {"hostIP": "10.0.0.7"}}) is base
+    per_pod = dataclasses.replace(base, host_from_pod=True)
+    dialed = per_pod.for_pod({"status": {"hostIP": "10.0.0.7"}})
+    assert (dialed.host, dialed.port, dialed.server_hostname) == ("10.0.0.7", 10250, None)
+    assert dialed.host_header == b"10.0.0.7:10250"
+    with pytest.raises(forward.UpstreamError, match="no node address"):
+        per_pod.for_pod({"status": {}})
