@@ -20,10 +20,9 @@ from appliance.util import naming
 
 REASON_NOT_SUPPORTED: Final = "NotSupported"
 MESSAGE_NODE_NAME: Final = "The Pod has nodeName set in the spec which is not supported for now"
-MESSAGE_SA_TOKEN_VOLUME: Final = (
-    "The Pod projects a serviceAccountToken into volume {volume!r}, which is not supported: on the "
-    "super cluster it would carry a token of the super cluster; use the automatic token instead"
-)
+#: Secret keys of projected tokens outside the automatic volume: `projected.<volume>.<source index>`.
+PROJECTED_TOKEN_KEY_PREFIX: Final = "projected."
+DEFAULT_TOKEN_EXPIRATION: Final = 3600  # the API default of a serviceAccountToken projection
 TOKEN_VOLUME_PREFIX: Final = "kube-api-access-"
 # Built-in PriorityClasses (`system-node-critical`, `system-cluster-critical`); users cannot
 # create classes with this prefix, so it names exactly the classes every apiserver carries.
@@ -42,6 +41,14 @@ class ServiceNotReady(MutationError):
 
     def __init__(self) -> None:
         super().__init__("service is not ready")
+
+
+class TokenNotReady(MutationError):
+    """A serviceAccountToken projection has no tenant token yet; the super kubelet must never
+    fill one (it would put a token of the super cluster into a tenant's Pod)."""
+
+    def __init__(self, volume: str) -> None:
+        super().__init__(f"no tenant token for the serviceAccountToken projection in volume {volume!r} yet")
 
 
 class SecretNotReady(MutationError):
@@ -82,11 +89,43 @@ class ServiceInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenProjection:
+    """A `serviceAccountToken` projection outside the automatic volume, as a key of the token Secret."""
+
+    key: str
+    audience: str | None
+    expiration_seconds: int
+
+
+def token_projections(tenant_pod: Mapping[str, Any]) -> list[TokenProjection]:
+    """Every serviceAccountToken projection the Pod asks for besides the automatic one.
+
+    Each gets its own tenant token (TokenRequest with the projection's audience and expiry),
+    stored under its key in the Pod's token Secret; `mutate_pod` mounts it in its place.
+    """
+    found = []
+    for volume in (tenant_pod.get("spec") or {}).get("volumes") or ():
+        name = str(volume.get("name", ""))
+        if name.startswith(TOKEN_VOLUME_PREFIX):
+            continue
+        for index, source in enumerate((volume.get("projected") or {}).get("sources") or ()):
+            sat = source.get("serviceAccountToken")
+            if sat is not None:
+                found.append(TokenProjection(
+                    key=f"{PROJECTED_TOKEN_KEY_PREFIX}{name}.{index}",
+                    audience=sat.get("audience") or None,
+                    expiration_seconds=int(sat.get("expirationSeconds") or DEFAULT_TOKEN_EXPIRATION),
+                ))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
 class TokenVolume:
     """Replace the tenant's projected `kube-api-access-*` volume by super secret `secret_name`.
 
     The secret holds the tenant token, `ca.crt` and `namespace`, the same files as the projected
-    volume, so mounts stay valid and the Pod authenticates to its tenant apiserver.
+    volume, so mounts stay valid and the Pod authenticates to its tenant apiserver. Tokens of
+    other projections are keys of the same secret (`token_projections`).
     """
 
     secret_name: str
@@ -121,18 +160,11 @@ class PodContext:
 def reject_reason(tenant_pod: Mapping[str, Any]) -> str | None:
     """The `NotSupported` event message if the tenant Pod cannot be synced, else None.
 
-    Besides a preset nodeName: a projected `serviceAccountToken` outside the automatic
-    `kube-api-access-*` volume (which becomes a tenant token Secret). The super kubelet would fill
-    it with a token of the super cluster, an identity there that no tenant may hold.
+    Projected `serviceAccountToken`s are supported: each gets a tenant token (`token_projections`).
     """
     spec = tenant_pod.get("spec") or {}
     if spec.get("nodeName"):
         return MESSAGE_NODE_NAME
-    for volume in spec.get("volumes") or ():
-        name = str(volume.get("name", ""))
-        sources = (volume.get("projected") or {}).get("sources") or ()
-        if not name.startswith(TOKEN_VOLUME_PREFIX) and any("serviceAccountToken" in s for s in sources):
-            return MESSAGE_SA_TOKEN_VOLUME.format(volume=name)
     return None
 
 
@@ -154,11 +186,14 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
     Raises:
         ServiceNotReady: neither the control-plane service nor any other service is synced.
         SecretNotReady: a service-account token secret volume has no super copy yet.
+        TokenNotReady: a serviceAccountToken projection would be left to the super kubelet.
     """
     pod = copy.deepcopy(dict(super_pod))
     spec: dict[str, Any] = pod.setdefault("spec", {})
     if ctx.token_volume is not None:
         _replace_token_volume(spec, ctx.token_volume)
+        _replace_projected_tokens(spec, ctx.token_volume.secret_name)
+    _refuse_super_tokens(spec)
     if ctx.disable_service_account_token:
         spec["automountServiceAccountToken"] = False
     if ctx.root_ca_configmap:
@@ -206,6 +241,24 @@ def _replace_token_volume(spec: dict[str, Any], token: TokenVolume) -> None:
             continue
         secret = {"secretName": token.secret_name, "defaultMode": projected.get("defaultMode", 0o644)}
         volumes[index] = {"name": volume["name"], "secret": secret}
+
+
+def _replace_projected_tokens(spec: dict[str, Any], secret_name: str) -> None:
+    """Each serviceAccountToken source left becomes the same path from its key of the token Secret."""
+    for volume in spec.get("volumes") or ():
+        sources: list[dict[str, Any]] = (volume.get("projected") or {}).get("sources") or []
+        for index, source in enumerate(sources):
+            sat = source.get("serviceAccountToken")
+            if sat is None:
+                continue
+            key = f"{PROJECTED_TOKEN_KEY_PREFIX}{volume['name']}.{index}"
+            sources[index] = {"secret": {"name": secret_name, "items": [{"key": key, "path": sat.get("path", "token")}]}}
+
+
+def _refuse_super_tokens(spec: dict[str, Any]) -> None:
+    for volume in spec.get("volumes") or ():
+        if any("serviceAccountToken" in s for s in (volume.get("projected") or {}).get("sources") or ()):
+            raise TokenNotReady(str(volume.get("name", "")))
 
 
 def _rename_root_ca(spec: dict[str, Any], new_name: str) -> None:

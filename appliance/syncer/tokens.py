@@ -5,8 +5,11 @@ fill with a token from the *tenant* apiserver. The super kubelet would fill it f
 super apiserver instead, so the syncer asks the tenant apiserver for a token
 (TokenRequest for the Pod's service account, bound to the tenant Pod, with an expiry)
 and stores it with the tenant CA and namespace in a super Secret that replaces the
-projected volume. The patrol refreshes it when 80 % of its lifetime has passed.
-The Secret is owned by the super Pod (ownerReference), so it goes away with it.
+projected volume. Every other `serviceAccountToken` projection of the Pod (a token for
+Vault, say, with its own audience and expiry) gets its own TokenRequest, stored under
+its key in the same Secret (`mutation.token_projections`). The patrol refreshes them all
+when 80 % of the shortest lifetime has passed. The Secret is owned by the super Pod
+(ownerReference), so it goes away with it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
+from appliance.syncer import mutation
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
 
@@ -53,17 +57,33 @@ def tenant_ca(tenant: Tenant, namespace: str) -> str | None:
     return ((cm or {}).get("data") or {}).get("ca.crt")
 
 
-async def request_token(sx: Syncer, tenant: Tenant, vpod: dict[str, Any]) -> tuple[str, dt.datetime]:
+def has_token_volume(vpod: dict[str, Any]) -> bool:
+    """Whether the tenant Pod has the automatic `kube-api-access-*` token volume."""
+    return any(
+        v.get("name", "").startswith(mutation.TOKEN_VOLUME_PREFIX) and v.get("projected")
+        for v in (vpod.get("spec") or {}).get("volumes") or ()
+    )
+
+
+def needs_tokens(vpod: dict[str, Any]) -> bool:
+    """Whether the tenant Pod mounts any service-account token (automatic or projected)."""
+    return has_token_volume(vpod) or bool(mutation.token_projections(vpod))
+
+
+async def request_token(
+    sx: Syncer, tenant: Tenant, vpod: dict[str, Any], *, audience: str | None = None,
+    expiration_seconds: int | None = None,
+) -> tuple[str, dt.datetime]:
+    """A token of the Pod's service account from the tenant apiserver, bound to the tenant Pod."""
     meta, spec = vpod["metadata"], vpod.get("spec") or {}
     sa = spec.get("serviceAccountName") or "default"
-    body = {
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest",
-        "spec": {
-            "expirationSeconds": sx.settings.token_expiration_seconds,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
-        },
+    request: dict[str, Any] = {
+        "expirationSeconds": expiration_seconds or sx.settings.token_expiration_seconds,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
     }
+    if audience:
+        request["audiences"] = [audience]
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": request}
     status = (
         await tenant.client.create(
             resources.SERVICEACCOUNTS, body, namespace=meta["namespace"], subresource="token", name=sa
@@ -74,10 +94,10 @@ async def request_token(sx: Syncer, tenant: Tenant, vpod: dict[str, Any]) -> tup
 
 
 def build_secret(
-    tenant: Tenant, vpod: dict[str, Any], *, token: str, ca_pem: str, issued: dt.datetime, expires: dt.datetime
+    tenant: Tenant, vpod: dict[str, Any], *, data: dict[str, str], issued: dt.datetime, expires: dt.datetime
 ) -> dict[str, Any]:
+    """The super token Secret; `data` maps keys (token, ca.crt, namespace, projected.*) to text."""
     meta = vpod["metadata"]
-    ns = meta["namespace"]
 
     def b64(s: str) -> str:
         return base64.b64encode(s.encode()).decode()
@@ -88,7 +108,7 @@ def build_secret(
         "type": "Opaque",
         "metadata": {
             "name": secret_name(meta["name"], meta["uid"]),
-            "namespace": tenant.id.super_namespace(ns),
+            "namespace": tenant.id.super_namespace(meta["namespace"]),
             "labels": {naming.LABEL_VC_NAME: tenant.id.vc_name, naming.LABEL_VC_NAMESPACE: tenant.id.vc_namespace},
             "annotations": {
                 naming.ANNOTATION_CLUSTER: tenant.key,
@@ -97,7 +117,7 @@ def build_secret(
                 ANNOTATION_TOKEN_EXPIRES: expires.isoformat(),
             },
         },
-        "data": {"token": b64(token), "ca.crt": b64(ca_pem), "namespace": b64(ns)},
+        "data": {key: b64(value) for key, value in data.items()},
     }
 
 
@@ -115,11 +135,22 @@ async def ensure_secret(sx: Syncer, tenant: Tenant, vpod: dict[str, Any], *, for
     now = dt.datetime.now(dt.UTC)
     if current is not None and not force and not needs_refresh(current, now):
         return name
-    ca = tenant_ca(tenant, meta["namespace"])
-    if ca is None:
-        raise Retry(f"tenant namespace {meta['namespace']} has no kube-root-ca.crt yet")
-    token, expires = await request_token(sx, tenant, vpod)
-    body = build_secret(tenant, vpod, token=token, ca_pem=ca, issued=now, expires=expires)
+    data: dict[str, str] = {}
+    expiries: list[dt.datetime] = []
+    if has_token_volume(vpod):
+        ca = tenant_ca(tenant, meta["namespace"])
+        if ca is None:
+            raise Retry(f"tenant namespace {meta['namespace']} has no kube-root-ca.crt yet")
+        token, expires = await request_token(sx, tenant, vpod)
+        data.update(token=token, namespace=meta["namespace"])
+        data["ca.crt"] = ca
+        expiries.append(expires)
+    for projection in mutation.token_projections(vpod):
+        token, expires = await request_token(sx, tenant, vpod, audience=projection.audience,
+                                             expiration_seconds=projection.expiration_seconds)
+        data[projection.key] = token
+        expiries.append(expires)
+    body = build_secret(tenant, vpod, data=data, issued=now, expires=min(expiries))
     if current is None:
         try:
             await sx.super_client.create(resources.SECRETS, body, namespace=super_ns)

@@ -29,6 +29,11 @@ from tests.testbed import run_kubectl, wait_for
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 
+def jwt_claims(token: bytes) -> dict[str, Any]:
+    payload = token.split(b".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))  # type: ignore[no-any-return]
+
+
 async def warning(t: syncing.SyncedTenant, ns: str, name: str, *, reason: str, text: str = "") -> dict[str, Any]:
     """Wait for a Warning Event about tenant object `name` in `ns` whose message contains `text`."""
 
@@ -292,7 +297,8 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
     await a.client.create(resources.PODS, pod("plain"), namespace="guarded")
     inputs += len(forbidden)
 
-    # A projected serviceAccountToken of its own: on a real super node it would hold a super token.
+    # A projected serviceAccountToken of its own: left to the super kubelet it would hold a super
+    # token; it must get a token of the tenant instead, with the audience it asked for.
     await a.client.create(resources.PODS, pod("super-token", volumes=[{"name": "vault", "projected": {"sources": [
         {"serviceAccountToken": {"audience": "vault", "path": "token"}}]}}]), namespace="default")
     inputs += 1
@@ -317,7 +323,15 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
         await warning(a, "default", name, reason="FailedSync", text="refused by the super cluster")
     for name in forbidden:
         await warning(a, "guarded", name, reason="FailedSync", text="violates PodSecurity")
-    await warning(a, "default", "super-token", reason="NotSupported", text="serviceAccountToken")
+    projected = await syncing.wait_object(env.superc, resources.PODS, "super-token", namespace=a_default)
+    (vault,) = [v for v in projected["spec"]["volumes"] if v["name"] == "vault"]
+    ((source,),) = [vault["projected"]["sources"]]
+    assert "serviceAccountToken" not in source
+    token_secret = await env.superc.get(resources.SECRETS, source["secret"]["name"], namespace=a_default)
+    claims = jwt_claims(base64.b64decode(token_secret["data"][source["secret"]["items"][0]["key"]]))
+    assert claims["aud"] == ["vault"]
+    assert claims["sub"] == "system:serviceaccount:default:default"
+    assert claims["kubernetes.io"]["pod"]["name"] == "super-token"  # bound to the tenant Pod
     # What was accepted is exact.
     for ns in long_ns:
         sns = a.id.super_namespace(ns)
@@ -343,7 +357,7 @@ async def test_bad_input_gets_an_event_and_breaks_nothing(env: syncing.Env, tall
     await syncing.wait_quiet(sx, scans=0)
     refused = [(res, ns, name) for res, ns, name in (
         *((resources.CONFIGMAPS, a_default, "fat"), (resources.PODS, a_default, "fat-pod"),
-          (resources.PODS, a_default, "super-token")),
+          ),
         *((resources.PODS, guarded, name) for name in forbidden),
     ) if await syncing.get_or_none(env.superc, res, name, namespace=ns) is not None]
     assert [] == refused

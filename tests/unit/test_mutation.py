@@ -427,13 +427,13 @@ def _projected(name: str, source: dict[str, Any]) -> dict[str, Any]:
         pytest.param({"volumes": [_projected("kube-api-access-x7k2p", {"serviceAccountToken": {"path": "token"}})]},
                      None, id="automatic-token-volume"),
         pytest.param({"volumes": [_projected("vault", {"serviceAccountToken": {"audience": "vault", "path": "t"}})]},
-                     mutation.MESSAGE_SA_TOKEN_VOLUME.format(volume="vault"), id="own-token-projection"),
+                     None, id="own-token-projection"),
         pytest.param({"volumes": [_projected("cfg", {"configMap": {"name": "c"}})]}, None, id="projected-configmap"),
     ],
 )
 def test_reject_reason(spec: dict[str, Any], expected: str | None) -> None:
-    """Pods with a preset nodeName, or a serviceAccountToken projected outside the automatic
-    token volume (it would hold a super-cluster token), are refused with a NotSupported message."""
+    """Pods with a preset nodeName are refused with a NotSupported message; token projections
+    are not (they get tenant tokens)."""
     assert expected == mutation.reject_reason({"spec": spec})
     assert "The Pod has nodeName set in the spec which is not supported for now" == mutation.MESSAGE_NODE_NAME
 
@@ -474,7 +474,8 @@ def test_token_volume_replaced() -> None:
 def test_root_ca_configmap_renamed() -> None:
     """With RootCACertConfigMapSupport every reference to kube-root-ca.crt is renamed."""
     spec = {
-        "volumes": [KUBE_API_ACCESS, {"name": "ca", "configMap": {"name": "kube-root-ca.crt"}}],
+        "volumes": [{"name": "bundle", "projected": {"sources": KUBE_API_ACCESS["projected"]["sources"][1:]}},
+                    {"name": "ca", "configMap": {"name": "kube-root-ca.crt"}}],
         "containers": [
             {
                 "name": "c",
@@ -508,3 +509,34 @@ def test_service_info_from_service() -> None:
     assert ServiceInfo("web", SUPER_NS, "10.96.0.20", (ServicePort(80, "http"), ServicePort(53, "", "UDP"))) == (
         ServiceInfo.from_service(svc)
     )
+
+
+VAULT = {"name": "vault", "projected": {"defaultMode": 0o440, "sources": [
+    {"configMap": {"name": "settings"}},
+    {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 900, "path": "vault-token"}},
+]}}
+
+
+def test_token_projections_get_keys_of_the_token_secret() -> None:
+    """Each serviceAccountToken projection outside the automatic volume is listed with its
+    audience and expiry, and the super Pod reads it from that key of the token Secret."""
+    tenant = {"spec": {"volumes": [KUBE_API_ACCESS, VAULT,
+                                   _projected("plain", {"serviceAccountToken": {"path": "t"}})]}}
+    assert mutation.token_projections(tenant) == [
+        mutation.TokenProjection(key="projected.vault.1", audience="vault", expiration_seconds=900),
+        mutation.TokenProjection(key="projected.plain.0", audience=None, expiration_seconds=3600),
+    ]
+    pod = mutation.mutate_pod(super_pod(volumes=[KUBE_API_ACCESS, VAULT]),
+                              context(token_volume=TokenVolume("web-vctoken-1")))
+    vault = pod["spec"]["volumes"][1]
+    assert vault == {"name": "vault", "projected": {"defaultMode": 0o440, "sources": [
+        {"configMap": {"name": "settings"}},
+        {"secret": {"name": "web-vctoken-1", "items": [{"key": "projected.vault.1", "path": "vault-token"}]}},
+    ]}}
+
+
+def test_a_token_projection_is_never_left_to_the_super_kubelet() -> None:
+    """Without a tenant token Secret, a Pod that projects a token is not created (retry later):
+    the super kubelet would fill the projection with a token of the super cluster."""
+    with pytest.raises(mutation.TokenNotReady, match="vault"):
+        mutation.mutate_pod(super_pod(volumes=[VAULT]), context())

@@ -36,13 +36,6 @@ def _service_info(sx: Syncer, name: str, super_ns: str) -> mutation.ServiceInfo 
     return mutation.ServiceInfo.from_service(svc) if svc is not None else None
 
 
-def has_token_volume(vpod: dict[str, Any]) -> bool:
-    return any(
-        v.get("name", "").startswith("kube-api-access-") and v.get("projected")
-        for v in (vpod.get("spec") or {}).get("volumes") or ()
-    )
-
-
 def ran_in_super(vpod: dict[str, Any]) -> bool:
     """Whether a tenant Pod was bound by us: a node and `PodScheduled=True` come only from a
     super Pod (a Pod created with `spec.nodeName` preset has no such condition)."""
@@ -90,7 +83,7 @@ class PodKind(Kind):
             await tenant.events.post(vobj, type="Warning", reason="NotSupported", message=reason)
             return
         super_ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
-        secret = await tokens.ensure_secret(sx, tenant, vobj) if has_token_volume(vobj) else None
+        secret = await tokens.ensure_secret(sx, tenant, vobj) if tokens.needs_tokens(vobj) else None
         try:
             body = mutation.mutate_pod(
                 self.build(sx, tenant, vobj), self.context(sx, tenant, vobj, secret)
@@ -142,7 +135,7 @@ class PodKind(Kind):
             meta = pobj["metadata"]
             await sx.super_client.patch(self.resource, meta["name"], status,
                                         namespace=meta["namespace"], subresource="status")
-        if has_token_volume(vobj):
+        if tokens.needs_tokens(vobj):
             await tokens.ensure_secret(sx, tenant, vobj)  # refresh when due
 
     def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
