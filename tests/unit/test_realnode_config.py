@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.controlplane import images, nodeconfig
+from appliance.controlplane import addons, images, nodeconfig
 
 
 def plan(tmp_path: Path, index: int = 7) -> nodeconfig.NodePlan:
@@ -136,3 +136,12 @@ def test_standard_images_use_pinned_tags_that_never_trigger_a_pull(tmp_path: Pat
         assert not img.name.endswith(":latest") and ":" in img.name
     kube = next(i for i in imgs if i.name == images.KUBERNETES_IMAGE)
     assert images.Entry("usr/local/bin/kubectl", link="k8s-testbin") in kube.entries
+
+
+def test_the_tenant_dns_sample_is_what_the_test_bed_renders() -> None:
+    """The CoreDNS sample a tenant applies is exactly the rendering the real-node tests use."""
+    sample = Path(__file__).resolve().parents[2] / "configs" / "samples" / "tenant-coredns.yaml"
+    text = "\n".join(line for line in sample.read_text().splitlines() if not line.startswith("#"))
+    assert [json.loads(doc) for doc in text.split("\n---\n")] == addons.coredns_objects(tenant=True)
+    corefile = addons.coredns_objects(tenant=True)[3]["data"]["Corefile"]
+    assert corefile.index("tenantip") < corefile.index("kubernetes cluster.local")
