@@ -55,7 +55,8 @@ async def run(
         etcd = await cluster.start_etcd(nursery, bins, state_dir=state_dir, fsync=False)  # a test bed
         cp = await cluster.start_control_plane(
             nursery, bins, name="super", etcd_url=etcd.url, state_dir=state_dir,
-            etcd_prefix="/registry", scheduler=True, service_cidr="10.96.0.0/16",
+            etcd_prefix="/registry", scheduler=True,
+            service_cidr=net.plan.service_cidr if net is not None else "10.96.0.0/16",
             address=net.plan.host_ip if net is not None else cluster.LOOPBACK,
         )
         await cluster.wait_default_service_account(cp.url, cp.pki_dir)
@@ -65,7 +66,7 @@ async def run(
             taints = (nodeconfig.REAL_NODE_TAINT,) if nodes else ()
             node = await realnode.start_node(nursery, bins, nodebins, net, super_cp=cp, taints=taints)
             await addons.apply(cp.url, cp.pki_dir, addons.coredns_objects(
-                tenant=False, cluster_ip=nodeconfig.CLUSTER_DNS_IP,
+                tenant=False, cluster_ip=net.plan.cluster_dns_ip,
                 node_selector={nodeconfig.REAL_NODE_LABEL: "true"},
                 tolerations=[nodeconfig.REAL_NODE_TOLERATION],
             ))

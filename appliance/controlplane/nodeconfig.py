@@ -3,7 +3,9 @@
 `NodePlan` fixes everything that differs between real nodes on one host (several test beds
 may run at once): its index picks the transit network between the host and the node's
 network namespace (`10.213.<i>.0/24`: host `.1`, node `.2`), the node's Pod network
-(`10.88.<i>.0/24`) and the names of its veth link and cgroup root. The renderers turn a plan
+(`10.88.<i>.0/24`), the super cluster's Service range (`10.<95+i>.0.0/16`, routed from the
+host through the node, as on a host that is a node itself) and the names of its veth link
+and cgroup root. The renderers turn a plan
 into the files containerd, CNI, the kubelet and kube-proxy read. No I/O here: `realnode`
 writes the files and runs the processes; unit tests pin what is rendered.
 
@@ -21,8 +23,7 @@ from typing import Any
 
 TRANSIT_PREFIX = "10.213"
 POD_PREFIX = "10.88"
-MAX_INDEX = 250
-CLUSTER_DNS_IP = "10.96.0.10"
+MAX_INDEX = 100  # Service ranges 10.96.0.0/16 .. 10.195.0.0/16, clear of 10.88 and 10.213
 KUBELET_PORT = 10250
 REAL_NODE_LABEL = "vc-appliance.x-k8s.io/real-node"
 #: Taint of a real node that shares a test bed with kwok nodes: only Pods that ask for it run there.
@@ -60,6 +61,16 @@ class NodePlan:
     @property
     def pod_cidr(self) -> str:
         return f"{POD_PREFIX}.{self.index}.0/24"
+
+    @property
+    def service_cidr(self) -> str:
+        """The super cluster's Service range; its own per node, since the host routes it."""
+        return f"10.{95 + self.index}.0.0/16"
+
+    @property
+    def cluster_dns_ip(self) -> str:
+        """The super cluster DNS Service's fixed ClusterIP (the kubelet's `clusterDNS`)."""
+        return f"10.{95 + self.index}.0.10"
 
     @property
     def host_link(self) -> str:
@@ -179,7 +190,6 @@ def kubelet_config(
     serving_key: Path,
     max_open_files: int,
     taints: tuple[dict[str, str], ...] = (),
-    cluster_dns: str = CLUSTER_DNS_IP,
     cluster_domain: str = "cluster.local",
 ) -> dict[str, Any]:
     """KubeletConfiguration for this host; every path under the node's state directory."""
@@ -206,7 +216,7 @@ def kubelet_config(
         "tlsPrivateKeyFile": str(serving_key),
         "rotateCertificates": False,
         "serverTLSBootstrap": False,
-        "clusterDNS": [cluster_dns],
+        "clusterDNS": [plan.cluster_dns_ip],
         "clusterDomain": cluster_domain,
         "resolvConf": str(plan.state_dir / "resolv.conf"),
         "podLogsDir": str(plan.pod_logs_dir),

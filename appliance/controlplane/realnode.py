@@ -12,7 +12,8 @@ Two steps, because the super apiserver comes between them:
 Whoever owns the nursery owns the node: cancelling it stops the processes, and
 `run_namespaces` then kills whatever is left of the node (containers included) and removes
 its cgroups, so nothing outlives the test bed. Pods reach the host at `host_ip`; the host
-reaches the node at `node_ip` and its Pods through a route to the Pod network.
+reaches the node at `node_ip`, its Pods and the super cluster's Services through routes to
+the Pod network and the Service range.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ async def _configure_link(net: NodeNetwork) -> None:
         ["ip", "addr", "add", f"{p.host_ip}/24", "dev", p.host_link],
         ["ip", "link", "set", p.host_link, "up"],
         ["ip", "route", "add", p.pod_cidr, "via", p.node_ip, "dev", p.host_link],
+        # The host reaches ClusterIPs through the node's kube-proxy, as a node host would.
+        ["ip", "route", "add", p.service_cidr, "via", p.node_ip, "dev", p.host_link],
     ):
         await _run(argv)
     inside = (

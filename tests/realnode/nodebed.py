@@ -47,6 +47,14 @@ class NodeEnv:
     upstream: str
     tenants: dict[str, Tenant]
     log: Path
+    selector: str  # value of SELECTOR_LABEL on this appliance's VirtualClusters
+    workdir: Path
+
+    async def kubeconfig_of(self, vc_name: str, root_namespace: str) -> Tenant:
+        """A tenant of this appliance by its VirtualCluster name (admin kubeconfig fetched now)."""
+        out = await self.kubectl_super("get", "secret", "admin-kubeconfig", "-n", root_namespace,
+                                       "-o", "jsonpath={.data.admin-kubeconfig}")
+        return _write_kubeconfig(self.workdir, vc_name, root_namespace, out.stdout)
 
     @property
     def kubectl(self) -> Path:
@@ -103,13 +111,20 @@ tenant-bind-address = "{node['host_ip']}"
 [syncer]
 patrol-period = 60.0
 [proxy]
-address = "127.0.0.1"
+address = "{node['host_ip']}"
 port = {proxy}
 upstream = "{upstream}"
 kubelet-client-certificate = "{pki / 'kubelet-client.crt'}"
 kubelet-client-key = "{pki / 'kubelet-client.key'}"
 """)
     return path, http
+
+
+def _write_kubeconfig(tmp: Path, name: str, root_namespace: str, data: str) -> Tenant:
+    kubeconfig = tmp / f"{name}.kubeconfig"
+    kubeconfig.write_bytes(base64.b64decode(data))
+    os.chmod(kubeconfig, 0o600)
+    return Tenant(name, kubeconfig, root_namespace)
 
 
 VC = """apiVersion: tenancy.x-k8s.io/v1alpha1
@@ -154,13 +169,9 @@ def appliance(bed: SuperCluster, tmp: Path, *, upstream: str, tenants: tuple[str
 
             _wait(f"VirtualCluster {name} Running", running, timeout=180, proc=proc, log=log)
             ns = _kubectl(bed, "get", "vc", name, "-n", "default", "-o", "jsonpath={.status.clusterNamespace}")
-            data = _kubectl(bed, "get", "secret", "admin-kubeconfig", "-n", ns,
-                            "-o", "jsonpath={.data.admin-kubeconfig}")
-            kubeconfig = tmp / f"{name}.kubeconfig"
-            kubeconfig.write_bytes(base64.b64decode(data))
-            os.chmod(kubeconfig, 0o600)
-            out[base] = Tenant(name, kubeconfig, ns)
-        yield NodeEnv(bed=bed, upstream=upstream, tenants=out, log=log)
+            out[base] = _write_kubeconfig(tmp, name, ns, _kubectl(
+                bed, "get", "secret", "admin-kubeconfig", "-n", ns, "-o", "jsonpath={.data.admin-kubeconfig}"))
+        yield NodeEnv(bed=bed, upstream=upstream, tenants=out, log=log, selector=selector, workdir=tmp)
     finally:
         subprocess.run([str(bed.kubectl), f"--kubeconfig={bed.kubeconfig}", "delete", "vc", *names.values(),
                         "-n", "default", "--timeout=60s", "--ignore-not-found"], capture_output=True, check=False)
