@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 TRANSIT_PREFIX = "10.213"
+#: The node's sockets, on the tmpfs its mount namespace has over /run (see `nodehost`).
+NODE_RUN_DIR = Path("/run/vc-node")
 POD_PREFIX = "10.88"
 MAX_INDEX = 100  # Service ranges 10.96.0.0/16 .. 10.195.0.0/16, clear of 10.88 and 10.213
 KUBELET_PORT = 10250
@@ -89,7 +91,9 @@ class NodePlan:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.containerd_dir / "containerd.sock"
+        """Inside the node's mount namespace (its own /run): a Unix socket path has at most
+        107 bytes, which a state directory under pytest's temporary tree can exceed."""
+        return NODE_RUN_DIR / "containerd.sock"
 
     @property
     def kubelet_dir(self) -> Path:
@@ -129,7 +133,7 @@ disabled_plugins = [
   address = "{plan.containerd_socket}"
 
 [ttrpc]
-  address = "{d / 'containerd.sock.ttrpc'}"
+  address = "{NODE_RUN_DIR / 'containerd.sock.ttrpc'}"
 
 [debug]
   level = "warn"

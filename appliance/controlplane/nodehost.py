@@ -262,6 +262,43 @@ def reap_stale() -> list[int]:
     return reaped
 
 
+def _marked_processes(marker: str | None = None) -> list[int]:
+    """Processes of a node: those carrying `marker`, or any node's marker variable."""
+    want = marker.encode() if marker else b"VC_NODE_MARKER="
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            if any(v == want if marker else v.startswith(want) for v in env):
+                found.append(int(entry))
+    return found
+
+
+def leftovers(index: int | None = None, *, marker: str | None = None) -> list[str]:
+    """What real nodes (or only node `index`, with its `marker`) left on this host.
+
+    Records, processes, links, routes, cgroups, and mounts that leaked into the host's mount
+    namespace. Network namespaces, the CNI bridge and iptables chains live inside a node's own
+    namespaces: they are gone once none of its processes is left.
+    """
+    link = f"vcnode{index}" if index is not None else None
+    records = registry_dir().glob(f"{index}.json" if index is not None else "[0-9]*.json")
+    found = [f"record {p.name}" for p in records] if registry_dir().exists() else []
+    found += [f"process {pid}" for pid in _marked_processes(marker) if pid != os.getpid()]
+    found += [f"link {p.name}" for p in Path("/sys/class/net").glob(link or "vcnode*")]
+    routes = subprocess.run(["ip", "route", "show"], capture_output=True, text=True, check=False).stdout
+    found += [f"route {line.strip()}" for line in routes.splitlines()
+              if (link in line.split() if link else " dev vcnode" in line)]
+    for hierarchy in cgroup_hierarchies():
+        found += [f"cgroup {d}" for d in hierarchy.glob(f"vc-node-{index}" if index is not None else "vc-node-*")]
+    with contextlib.suppress(OSError):  # a node's mounts must never show in the host's namespace
+        found += [f"mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                  if " vc-node " in line or "/io.containerd." in line or "/kubelet/pods/" in line]
+    return found
+
+
 def check_host() -> str | None:
     """Why this host cannot run a real node, or None when it can (quick, no side effects)."""
     if os.geteuid() != 0:

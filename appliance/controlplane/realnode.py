@@ -234,8 +234,8 @@ async def _node_ready(c: httpx.AsyncClient, name: str) -> bool:
 
 
 async def import_images(net: NodeNetwork, nodebins: build.NodeBinaries, archive: Path) -> None:
-    await _run([str(nodebins.path("ctr")), f"--address={net.plan.containerd_socket}", "--namespace=k8s.io",
-                "images", "import", str(archive)])
+    await _run(net.enter(nodebins.path("ctr"), f"--address={net.plan.containerd_socket}", "--namespace=k8s.io",
+                         "images", "import", archive))
 
 
 async def start_node(
@@ -265,9 +265,7 @@ async def start_node(
     ctr = str(nodebins.path("ctr"))
 
     async def containerd_ready() -> bool:
-        if not plan.containerd_socket.exists():
-            return False
-        done = await trio.run_process([ctr, f"--address={plan.containerd_socket}", "version"],
+        done = await trio.run_process(net.enter(ctr, f"--address={plan.containerd_socket}", "version"),
                                       capture_stdout=True, capture_stderr=True, check=False)
         return done.returncode == 0
 

@@ -40,13 +40,16 @@ def real_bed(
     if reason is not None:
         pytest.fail(f"this host cannot run the real node: {reason}")
     state = tmp_path_factory.mktemp("realbed")
+    reuse = os.environ.get("VC_REALBED_STATE")
     try:
         yield from local_cluster(
-            testbed_bins, state, reuse=os.environ.get("VC_REALBED_STATE"),
+            testbed_bins, state, reuse=reuse,
             args=("--nodes", "0", "--real-node"), env={"VC_NODEBIN_DIR": str(node_bins.bin_dir)},
         )
+        left = [] if reuse else nodehost.leftovers()  # what the bed's own stop did not remove
     finally:
         nodehost.reap_stale()  # only acts if the bed process died without cleaning up
+    assert not left, f"stopping the real node left this behind: {left}"
 
 
 @pytest.fixture(scope="package")
