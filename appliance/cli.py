@@ -105,7 +105,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     state = args.state_dir.expanduser().resolve()
     try:
         if args.action == "up":
-            return devenv.up(state, tenants=args.tenants)
+            return devenv.up(state, tenants=args.tenants, node=args.node)
         if args.action == "down":
             return devenv.down(state)
         return devenv.status(state)
@@ -147,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.add_argument("--state-dir", type=Path, default=Path("state"))
     dev.add_argument("--tenants", type=int, default=1, help="sample VirtualClusters (up)")
+    dev.add_argument("--node", choices=["auto", "real", "kwok"], default="auto",
+                     help="super cluster node (up): a real kubelet + containerd where the host allows "
+                          "(auto, the default), or kwok's fake nodes")
     dev.add_argument("-v", "--verbose", action="store_true")
     dev.set_defaults(fn=cmd_dev)
     return p

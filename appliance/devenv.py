@@ -1,9 +1,10 @@
 """`vc-appliance dev`: the embedded default for a newcomer, on this host only.
 
 `up` builds the Kubernetes binaries if needed, starts a local super cluster
-(`controlplane.localcluster`: etcd, kube-apiserver, KCM, scheduler, kwok nodes) and the
-appliance as background processes, creates N sample VirtualClusters, waits until they
-are Running and writes into the state directory:
+(`controlplane.localcluster`: etcd, kube-apiserver, KCM, scheduler, and a real node —
+kubelet, containerd, CNI, kube-proxy, CoreDNS — where the host allows it, else kwok's fake
+nodes) and the appliance as background processes, creates N sample VirtualClusters, waits
+until they are Running and writes into the state directory:
 
     super.kubeconfig            the super cluster's admin
     tenants/<name>.kubeconfig   each sample tenant's admin
@@ -27,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from appliance.controlplane import build, process
+from appliance.controlplane import build, images, nodehost, process
 
 SAMPLE_CV = "cv-process"
 
@@ -81,9 +82,12 @@ def _free_port() -> int:
     return free_port()
 
 
-def _config(state: Path, super_kubeconfig: Path) -> Path:
+def _config(state: Path, super_kubeconfig: Path, *, node_address: str | None) -> Path:
+    """The appliance's config; with a real node, tenant apiservers and the proxy listen on the
+    host end of its link (Pods reach them there), otherwise on loopback."""
     path = state / "appliance.toml"
-    if path.exists():
+    address = node_address or "127.0.0.1"
+    if path.exists() and f'address = "{address}"' in path.read_text():
         return path
     http, proxy = _free_port(), _free_port()
     path.write_text(f"""# Written by `vc-appliance dev up`; see configs/appliance.toml for every key.
@@ -99,12 +103,13 @@ port = {http}
 [manager]
 provisioner = "process"
 keep-control-planes = true
+tenant-bind-address = "{address}"
 
 [syncer]
 patrol-period = 60.0
 
 [proxy]
-address = "127.0.0.1"
+address = "{address}"
 port = {proxy}
 """)
     return path
@@ -146,26 +151,47 @@ spec:
 """
 
 
-def up(state: Path, *, tenants: int = 1) -> int:
+def _choose_node(node: str) -> bool:
+    """Whether to run a real node: `real` insists, `kwok` declines, `auto` asks the host."""
+    if node == "kwok":
+        return False
+    reason = nodehost.check_host()
+    if reason is None:
+        return True
+    if node == "real":
+        raise DevError(f"this host cannot run a real node: {reason}")
+    print(f"• no real node here ({reason}); using kwok's fake nodes: Pods become Running but run "
+          "no process (logs and exec are simulated). `--node real` insists.", flush=True)
+    return False
+
+
+def up(state: Path, *, tenants: int = 1, node: str = "auto") -> int:
     state.mkdir(parents=True, exist_ok=True)
     (state / "bin").mkdir(exist_ok=True)
     (state / "tenants").mkdir(exist_ok=True)
-    print("• building/finding the Kubernetes binaries (first time: ~8 min) ...", flush=True)
+    print("• building/finding the Kubernetes binaries (first time: ~8 min, +3 min for the real node) ...",
+          flush=True)
+    real = _choose_node(node)
     try:
         bins = build.ensure_binaries()
+        nodebins = build.ensure_node_binaries() if real else None
     except build.BuildError as exc:
         raise DevError(str(exc)) from None
     kubectl = state / "bin" / "kubectl"
     if not kubectl.exists():
         kubectl.symlink_to(bins.path("kubectl"))
     env = dict(os.environ, VC_TESTBIN_DIR=str(bins.bin_dir))
+    if nodebins is not None:
+        env["VC_NODEBIN_DIR"] = str(nodebins.bin_dir)
 
     cluster_dir, cluster_log, cluster_pid = state / "cluster", state / "cluster.log", state / "cluster.pid"
     if _alive(cluster_pid) is None:
-        print("• starting the local super cluster (etcd, kube-apiserver, KCM, scheduler, kwok) ...", flush=True)
+        nodes = ["--nodes", "0", "--real-node"] if real else []
+        print(f"• starting the local super cluster (etcd, kube-apiserver, KCM, scheduler, "
+              f"{'a real node' if real else 'kwok'}) ...", flush=True)
         (cluster_dir / "cluster.json").unlink(missing_ok=True)
-        _spawn([sys.executable, "-m", "appliance.controlplane.localcluster", "--state-dir", str(cluster_dir)],
-               log=cluster_log, pid_file=cluster_pid, env=env)
+        _spawn([sys.executable, "-m", "appliance.controlplane.localcluster", "--state-dir", str(cluster_dir),
+                *nodes], log=cluster_log, pid_file=cluster_pid, env=env)
     info = _wait("local super cluster", lambda: (cluster_dir / "cluster.json").exists()
                  and json.loads((cluster_dir / "cluster.json").read_text()),
                  timeout=240, log=cluster_log, pid_file=cluster_pid)
@@ -173,7 +199,8 @@ def up(state: Path, *, tenants: int = 1) -> int:
     super_kubeconfig.write_bytes(Path(info["super"]["admin_kubeconfig"]).read_bytes())
     os.chmod(super_kubeconfig, 0o600)
 
-    cfg = _config(state, super_kubeconfig)
+    real_node = info.get("real_node") or None
+    cfg = _config(state, super_kubeconfig, node_address=real_node["host_ip"] if real_node else None)
     app_log, app_pid = state / "appliance.log", state / "appliance.pid"
     if _alive(app_pid) is None:
         print("• starting vc-appliance ...", flush=True)
@@ -212,13 +239,15 @@ def up(state: Path, *, tenants: int = 1) -> int:
 vc-appliance is up ({len(names)} tenant(s) Running after {elapsed:.1f} s).
 
   super cluster:  {super_kubeconfig}
+  node:           {f"{real_node['name']} (kubelet + containerd; images: {images.BUSYBOX_IMAGE}, "
+                   f"{images.KUBERNETES_IMAGE})" if real_node else "kwok fake nodes (no containers run)"}
   tenants:        {state / 'tenants'}/
   kubectl:        {kubectl}
   logs:           {cluster_log}, {app_log}
   health/metrics: http://127.0.0.1:{port}/readyz  /metrics
 
 Try it:
-  {kubectl} --kubeconfig {first} run web --image=nginx
+  {kubectl} --kubeconfig {first} run web --image={images.BUSYBOX_IMAGE} -- httpd -f -p 8080 -h /etc
   {kubectl} --kubeconfig {first} get pods -o wide        # Running on a virtual node
   {kubectl} --kubeconfig {super_kubeconfig} get pods -A  # the same Pod in the super cluster
   {kubectl} --kubeconfig {first} logs web                # through the appliance's kubelet proxy

@@ -24,6 +24,7 @@ from typing import Any
 TRANSIT_PREFIX = "10.213"
 #: The node's sockets, on the tmpfs its mount namespace has over /run (see `nodehost`).
 NODE_RUN_DIR = Path("/run/vc-node")
+NODE_KUBELET_DIR = Path("/var/lib/kubelet")
 POD_PREFIX = "10.88"
 MAX_INDEX = 100  # Service ranges 10.96.0.0/16 .. 10.195.0.0/16, clear of 10.88 and 10.213
 KUBELET_PORT = 10250
@@ -97,7 +98,9 @@ class NodePlan:
 
     @property
     def kubelet_dir(self) -> Path:
-        return self.state_dir / "kubelet"
+        """The kubelet's root, inside the node's mount namespace (on its tmpfs): the kubelet
+        makes Unix sockets below it, and those paths are limited to 107 bytes."""
+        return NODE_KUBELET_DIR
 
     @property
     def cni_conf_dir(self) -> Path:
@@ -251,7 +254,7 @@ def kubelet_argv(kubelet: Path, plan: NodePlan, *, config: Path, kubeconfig: Pat
         f"--config={config}",
         f"--kubeconfig={kubeconfig}",
         f"--root-dir={plan.kubelet_dir}",
-        f"--cert-dir={plan.kubelet_dir / 'pki'}",
+        f"--cert-dir={plan.pki_dir / 'kubelet'}",
         f"--hostname-override={plan.name}",
         f"--node-ip={plan.node_ip}",
         f"--node-labels={REAL_NODE_LABEL}=true",

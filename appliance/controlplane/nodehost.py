@@ -279,6 +279,8 @@ def _marked_processes(marker: str | None = None) -> list[int]:
 def leftovers(index: int | None = None, *, marker: str | None = None) -> list[str]:
     """What real nodes (or only node `index`, with its `marker`) left on this host.
 
+    Processes are attributed by marker only: without one, every node's processes count.
+
     Records, processes, links, routes, cgroups, and mounts that leaked into the host's mount
     namespace. Network namespaces, the CNI bridge and iptables chains live inside a node's own
     namespaces: they are gone once none of its processes is left.

@@ -254,7 +254,7 @@ async def start_node(
     plan = net.plan
     env = net.env(nodebins)
     logs = plan.logs_dir
-    for d in (plan.containerd_dir, plan.kubelet_dir, plan.pod_logs_dir, plan.state_dir / "volume-plugins"):
+    for d in (plan.containerd_dir, plan.pod_logs_dir, plan.state_dir / "volume-plugins"):
         d.mkdir(parents=True, exist_ok=True)
     _write(plan.cni_conf_dir / "10-vc-node.conflist", json.dumps(nodeconfig.cni_conflist(plan), indent=2))
     # Pods with dnsPolicy Default see this; nothing outside the machine is reachable anyway.

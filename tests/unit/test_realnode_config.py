@@ -150,3 +150,13 @@ def test_the_tenant_dns_sample_is_what_the_test_bed_renders() -> None:
     assert [json.loads(doc) for doc in text.split("\n---\n")] == addons.coredns_objects(tenant=True)
     corefile = addons.coredns_objects(tenant=True)[3]["data"]["Corefile"]
     assert corefile.index("tenantip") < corefile.index("kubernetes cluster.local")
+
+
+def test_every_unix_socket_of_the_node_has_a_short_path(tmp_path: Path) -> None:
+    """containerd's and the kubelet's sockets live inside the node's own namespace under short
+    fixed paths, however deep the state directory is (a Unix socket path has at most 107 bytes)."""
+    deep = plan(tmp_path / ("d" * 200))
+    assert len(str(deep.containerd_socket)) < 60
+    argv = nodeconfig.kubelet_argv(Path("/bin/kubelet"), deep, config=tmp_path / "c", kubeconfig=tmp_path / "k")
+    root = next(a.split("=", 1)[1] for a in argv if a.startswith("--root-dir="))
+    assert len(root + "/pod-resources/kubelet.sock") < 107
