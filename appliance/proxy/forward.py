@@ -11,7 +11,11 @@ While the response streams, a watcher reads the client side once so a vanished c
 the relay at once instead of at the next write. If the upstream answers ``101 Switching
 Protocols``, the same 101 goes downstream, both h11 connections are in SWITCHED_PROTOCOL, and
 ``splice()`` pumps raw bytes both ways (starting with each side's ``trailing_data``) in one
-nursery until either side ends, fails, or the idle/total deadline passes. Failures before any
+nursery until either side ends, fails, or the idle/total deadline passes. An upstream that
+closes while the client still sends (a command that exits before reading all its stdin: the
+kubelet resets the connection) must not cost the client the output and exit status the
+upstream already sent: after the 101 a failed write upstream only ends the client→upstream
+direction (`UpstreamTransport`), and what the upstream sent is still read and delivered. Failures before any
 response byte went downstream raise ``UpstreamError`` (the server answers 502/504); later ones
 end the exchange, leaving the downstream connection unfinished so the server closes it.
 
@@ -221,6 +225,9 @@ async def _exchange(
         )
         outcome.status = 101
         log.debug("switched protocols for %s %s/%s", route.action, route.super_namespace, route.pod)
+        transport = _transport(server.stream)
+        if transport is not None:
+            transport.tolerate_write_failure = True
         await splice(
             client.stream,
             server.stream,
@@ -246,10 +253,49 @@ async def _send_upstream(server: h11io.H11Stream, event: h11.Event) -> None:
         raise UpstreamError(f"sending upstream failed: {type(exc).__name__}") from exc
 
 
+class UpstreamTransport(trio.abc.Stream):
+    """The upstream TCP stream under TLS; after a protocol switch, a write it cannot make is dropped.
+
+    trio's SSLStream turns any failed send into a broken stream that refuses further reads, so
+    bytes the upstream sent before resetting the connection (a command's last output and exit
+    status) would be lost with it. Once `tolerate_write_failure` is set, a failed write marks
+    `write_failed` and is swallowed; reads go on until the kernel reports the reset.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.tolerate_write_failure = False
+        self.write_failed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.write_failed:
+            return
+        try:
+            await self.inner.send_all(data)
+        except trio.BrokenResourceError:
+            if not self.tolerate_write_failure:
+                raise
+            self.write_failed = True
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _transport(stream: trio.abc.Stream) -> UpstreamTransport | None:
+    inner = getattr(stream, "transport_stream", None)
+    return inner if isinstance(inner, UpstreamTransport) else None
+
+
 async def _connect(config: UpstreamConfig) -> h11io.H11Stream:
     try:
         with trio.fail_after(config.connect_timeout):
-            tcp = await trio.open_tcp_stream(config.host, config.port)
+            tcp = UpstreamTransport(await trio.open_tcp_stream(config.host, config.port))
             stream = trio.SSLStream(
                 tcp,
                 config.ssl_context,
@@ -344,7 +390,9 @@ async def splice(
 
     ``initial_a`` is written to ``a`` and ``initial_b`` to ``b`` before copying starts. When one
     direction reaches EOF, the other side gets ``send_eof()`` if it is half-closeable; otherwise
-    (TLS) the whole splice ends, because neither peer can be told about the half-close.
+    (TLS) the whole splice ends, because neither peer can be told about the half-close. A write
+    into ``b`` that its `UpstreamTransport` dropped ends the a→b direction the same way, while
+    b→a goes on delivering what ``b`` already sent.
     Returns normally in every such case; the caller closes both streams.
     """
     with trio.move_on_after(idle_timeout) as idle:
@@ -352,15 +400,21 @@ async def splice(
         async def pump(
             src: trio.abc.Stream, dst: trio.abc.Stream, initial: bytes, cancel: trio.CancelScope
         ) -> None:
+            dst_transport = _transport(dst)
             try:
                 if initial:
                     await dst.send_all(initial)
-                while data := await src.receive_some(h11io.READ_SIZE):
+                while dst_transport is None or not dst_transport.write_failed:
+                    data = await src.receive_some(h11io.READ_SIZE)
+                    if not data:
+                        if isinstance(dst, trio.abc.HalfCloseableStream):
+                            await dst.send_eof()
+                            return
+                        break
                     idle.deadline = trio.current_time() + idle_timeout
                     await dst.send_all(data)
-                if isinstance(dst, trio.abc.HalfCloseableStream):
-                    await dst.send_eof()
-                    return
+                else:
+                    log.debug("upstream closed while the client still sent; delivering what it sent")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 cancel.cancel()
                 return

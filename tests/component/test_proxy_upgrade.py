@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 
 import h11
 import trio
+import trio.testing
 import trio_websocket
 from proxy_helpers import (
     DEADLINE,
+    READ,
     TENANT_A,
     TenantClient,
     UpstreamConn,
     client_ssl_context,
+    make_pki,
     respond,
     server_ssl_context,
     settle,
     start_harness,
     super_ns,
 )
+
+from appliance.proxy import forward
 
 SPDY_HEADERS = [
     (b"connection", b"Upgrade"),
@@ -281,3 +288,82 @@ async def test_idle_upgraded_stream_is_closed(nursery: trio.Nursery) -> None:
             data += chunk
         assert b"prompt$ " == data
         await upstream_saw_eof.wait()
+
+
+class _ReadsAfterTail(trio.abc.Stream):
+    """The proxy's upstream leg, holding back its reads until the client's late tail was
+    forwarded: the order a busy event loop produces (the race behind lost `exec -i` output)."""
+
+    def __init__(self, inner: trio.SSLStream[forward.UpstreamTransport], tail: bytes) -> None:
+        self.inner, self.tail, self.tail_sent = inner, tail, trio.Event()
+        self.transport_stream = inner.transport_stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        if bytes(data).endswith(self.tail):
+            self.tail_sent.set()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await self.tail_sent.wait()
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_output_sent_before_the_upstream_resets_reaches_the_client(nursery: trio.Nursery) -> None:
+    """A command that exits before reading all its stdin: the kubelet sends the output and exit
+    status, then resets the connection while the client still sends. The write upstream fails,
+    yet the client gets every byte the upstream sent (before the fix it got nothing)."""
+    pki = make_pki()
+    stdin, tail = b"s" * 65536, b"\x00\x00\x00\x03\x01\x00\x00\x00"  # the late stdin FIN frame
+    output = b"".join(b"frame-%02d;" % i for i in range(8)) + b'{"status":"Success"}'
+    upstream_gone = trio.Event()
+    with trio.fail_after(DEADLINE):
+        [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener.socket.getsockname()[1]
+
+        async def kubelet() -> None:
+            tcp = await listener.accept()
+            tls_stream = trio.SSLStream(tcp, server_ssl_context(pki.upstream_serving), server_side=True)
+            got = b""
+            while len(got) < len(stdin):
+                got += await tls_stream.receive_some(READ)
+            for i in range(0, len(output), 10):  # several TLS records, as Go writes frames
+                await tls_stream.send_all(output[i:i + 10])
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await trio.aclose_forcefully(tcp)  # RST: the client's tail is never read
+            upstream_gone.set()
+            await listener.aclose()
+
+        nursery.start_soon(kubelet)
+        transport = forward.UpstreamTransport(await trio.open_tcp_stream("127.0.0.1", port))
+        ctx = ssl.create_default_context(cadata=pki.upstream_ca.cert_pem.decode())
+        upstream = trio.SSLStream(transport, ctx, server_hostname="127.0.0.1")
+        await upstream.do_handshake()
+        transport.tolerate_write_failure = True  # what the proxy sets once it relayed a 101
+        proxy_side, client = trio.testing.memory_stream_pair()
+
+        async def tenant_client() -> bytes:
+            await client.send_all(stdin)
+            await upstream_gone.wait()
+            await client.send_all(tail)
+            received = b""
+            while chunk := await client.receive_some(READ):
+                received += chunk
+            return received
+
+        received: list[bytes] = []
+
+        async def run_client() -> None:
+            received.append(await tenant_client())
+
+        nursery.start_soon(run_client)
+        await forward.splice(proxy_side, _ReadsAfterTail(upstream, tail), idle_timeout=DEADLINE)
+        await trio.aclose_forcefully(proxy_side)
+        await settle()
+    assert transport.write_failed
+    assert received == [output]
