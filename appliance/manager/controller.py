@@ -225,7 +225,11 @@ async def run(
     """
     if settings.default_provisioner not in model.PROVISIONERS:
         raise ValueError(f"default_provisioner must be one of {', '.join(model.PROVISIONERS)}")
-    ipaddress.ip_address(settings.tenant_bind_address)  # ValueError names the bad address
+    if ipaddress.ip_address(settings.tenant_bind_address).is_loopback:  # ValueError names a bad address
+        logger.warning(
+            "process-mode tenant apiservers bind %s: Pods cannot reach them (kubernetes.default, "
+            "in-cluster clients); set [manager] tenant-bind-address to an address Pods route to",
+            settings.tenant_bind_address)
     await crds.ensure_crds(super_client)
     async with trio.open_nursery() as nursery:
         shared_etcd = etcd.SharedEtcd(nursery=nursery, bins=settings.bins, state_dir=settings.data_dir / "etcd",
