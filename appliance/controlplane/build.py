@@ -227,7 +227,7 @@ def ensure_node_binaries(*, quiet: bool = False) -> NodeBinaries:
         return all((d / n).exists() for n in (*CONTAINERD_TOOLS, "coredns"))
 
     return NodeBinaries(_cached_build(
-        f"node-{node_source_hash()}", f"containerd {CONTAINERD_VERSION} and CoreDNS", "~8 min",
+        f"node-{node_source_hash()}", f"containerd {CONTAINERD_VERSION} and CoreDNS", "~3 min",
         steps, complete, quiet=quiet,
     ))
 
@@ -247,7 +247,7 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         _build_kwok(tmp, env)
 
     return Binaries(_cached_build(
-        f"testbin-{source_hash()}", f"Kubernetes {KUBERNETES_VERSION} test binaries", "~15 min",
+        f"testbin-{source_hash()}", f"Kubernetes {KUBERNETES_VERSION} test binaries", "~8 min",
         steps, _complete, quiet=quiet,
     ))
 

@@ -43,7 +43,8 @@ async def test_a_native_tenant_runs_as_pods_on_the_real_node_and_serves_kubectl(
 ) -> None:
     """A VirtualCluster of a native ClusterVersion becomes Running with etcd, apiserver and
     controller-manager as Pods on the real node; its admin kubeconfig serves kubectl, and a
-    Pod created in it runs on the same node through the syncer."""
+    Pod created in it runs on the same node through the syncer and reaches its own apiserver
+    in-cluster (`kubernetes` points at the apiserver Pod)."""
     env = appliance_super
     suffix = uuid.uuid4().hex[:6]
     cv_name, vc_name = f"cv-native-{suffix}", f"native-{suffix}"
@@ -79,10 +80,11 @@ async def test_a_native_tenant_runs_as_pods_on_the_real_node_and_serves_kubectl(
 
         await wait_for(default_sa, timeout=120, what="the native tenant's controller-manager")
         name = f"in-native-{suffix}"
-        await nodebed.apply(env, tenant, nodebed.pod(name, command=["sh", "-c", "echo native-ok; sleep 3600"]))
-        await nodebed.wait_running(env, tenant, name)
-        logs = await env.kubectl_in(tenant, "logs", name)
-        assert "native-ok" in logs.stdout
+        script = "echo whoami=$(kubectl auth whoami -o jsonpath='{.status.userInfo.username}')"
+        await nodebed.apply(env, tenant, nodebed.pod(name, image=nodebed.KUBERNETES, command=["sh", "-c", script],
+                                                     restartPolicy="Never"))
+        out = await nodebed.wait_succeeded(env, tenant, name)  # in-cluster: the apiserver Pod's endpoint
+        assert "whoami=system:serviceaccount:default:default" in out
     finally:
         await env.kubectl_super("delete", "vc", vc_name, "-n", "default", "--timeout=120s", check=False)
         await env.kubectl_super("delete", "clusterversion", cv_name, "--timeout=60s", "--wait=false", check=False)
