@@ -138,3 +138,30 @@ async def test_super_copy_stripped_of_our_labels_is_taken_back(env: syncing.Env)
     assert back["metadata"]["labels"][naming.LABEL_VC_NAME] == t.id.vc_name
     assert back["metadata"]["labels"][naming.LABEL_VC_NAMESPACE] == t.id.vc_namespace
     assert back["metadata"]["uid"] == sup["metadata"]["uid"]
+
+
+@syncing.deadline(150)
+async def test_super_pod_stripped_of_our_labels_keeps_its_tenant_pod(env: syncing.Env) -> None:
+    """Removing the tenancy labels from a running super Pod takes it out of the label-filtered
+    cache, which looks like a deletion. The tenant Pod must survive (a live read shows the super
+    Pod still runs), and the super Pod gets its labels back."""
+    sx = await env.start(patrol_period=1.0)
+    t = await env.tenant(sx, "podlabels")
+    await syncing.tenant_namespace(t, "app")
+    super_app = naming.super_namespace(t.key, "app")
+    created = await t.client.create(resources.PODS, syncing.pod_manifest("web"), namespace="app")
+    await syncing.wait_object(t.client, resources.PODS, "web", namespace="app",
+                              where=lambda p: p["spec"].get("nodeName") and p["status"].get("phase") == "Running",
+                              what="tenant pod bound and Running")
+    sup = await syncing.wait_object(env.superc, resources.PODS, "web", namespace=super_app)
+    stripped = await env.superc.patch(resources.PODS, "web", {"metadata": {"labels": {
+        naming.LABEL_VC_NAME: None, naming.LABEL_VC_NAMESPACE: None}}}, namespace=super_app)
+    back = await syncing.wait_object(
+        env.superc, resources.PODS, "web", namespace=super_app, timeout=30, what="labels restored",
+        where=lambda p: int(p["metadata"]["resourceVersion"]) > int(stripped["metadata"]["resourceVersion"])
+        and (p["metadata"].get("labels") or {}).get(naming.LABEL_VC_NAME) == t.id.vc_name)
+    assert back["metadata"]["uid"] == sup["metadata"]["uid"]
+    await syncing.wait_quiet(sx, scans=2)
+    tenant_pod = await t.client.get(resources.PODS, "web", namespace="app")
+    assert tenant_pod["metadata"]["uid"] == created["metadata"]["uid"]
+    assert "deletionTimestamp" not in tenant_pod["metadata"]

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality, mutation, tokens, vnode
-from appliance.syncer.resources.base import Kind, Retry, own_super_namespace, uid_of
+from appliance.syncer.resources.base import Kind, Retry, own_super_namespace, owner_of, uid_of
 from appliance.syncer.tenant import Tenant
+from appliance.util import naming
 
 if TYPE_CHECKING:
     from appliance.syncer.runtime import Syncer
@@ -102,17 +103,31 @@ class PodKind(Kind):
         if secret is not None:
             await tokens.own_by_pod(sx, secret, created)
 
-    async def _finish_orphaned_tenant_pod(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
-        """The super Pod of a bound tenant Pod is gone, deleted while nobody watched (an eviction
-        during a syncer restart): nothing runs it any more, so the tenant Pod goes too."""
+    async def _finish_orphaned_tenant_pod(
+        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], *, grace: int = 0,
+    ) -> None:
+        """The super Pod of a bound tenant Pod is not in the cache: deleted (an eviction during a
+        syncer restart, a delete in the super cluster), or only out of the label-filtered cache
+        because someone removed our labels. A live read tells: gone, nothing runs it any more and
+        the tenant Pod goes too; still there, our labels are put back (it is drift) and nothing
+        is deleted."""
         meta = vobj["metadata"]
         super_ns = tenant.id.super_namespace(meta["namespace"])
         try:  # the cache is all we trust elsewhere; here a wrong answer deletes a tenant Pod
             current = await sx.super_client.get(self.resource, meta["name"], namespace=super_ns)
         except errors.NotFound:
             log.info("tenant %s: pod %s/%s lost its super pod; deleting it", tenant.key, meta["namespace"], meta["name"])
-            await self._delete_tenant(tenant, vobj, grace=0)
+            await self._delete_tenant(tenant, vobj, grace=grace)
             return
+        if owner_of(current) == tenant.key and conversion.tenant_uid(current) == meta["uid"]:
+            want = {naming.LABEL_VC_NAME: tenant.id.vc_name, naming.LABEL_VC_NAMESPACE: tenant.id.vc_namespace}
+            have = current["metadata"].get("labels") or {}
+            lost = {k: v for k, v in want.items() if have.get(k) != v}
+            if lost:
+                log.warning("tenant %s: super pod %s/%s lost our labels %s; restoring them",
+                            tenant.key, super_ns, meta["name"], sorted(lost))
+                await sx.super_client.patch(self.resource, meta["name"], {"metadata": {"labels": lost}},
+                                            namespace=super_ns)
         raise Retry(f"super pod {super_ns}/{current['metadata']['name']} exists but is not in the cache yet")
 
     async def on_tenant_terminating(
@@ -164,8 +179,9 @@ class PodKind(Kind):
             if vmeta.get("deletionTimestamp") is not None:
                 await self._delete_tenant(tenant, vobj, grace=0)
             elif vspec.get("nodeName"):
-                # It ran and is gone from the super cluster (deleted there): so is the tenant Pod.
-                await self._delete_tenant(tenant, vobj, grace=vspec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
+                # It ran and is not in the cache: if the super Pod is really gone, so is the tenant Pod.
+                await self._finish_orphaned_tenant_pod(
+                    sx, tenant, vobj, grace=vspec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
             return
         if conversion.tenant_uid(pobj) != uid_of(vobj):
             return  # the downward reconcile replaces the stale super Pod
