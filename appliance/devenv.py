@@ -26,11 +26,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from appliance.controlplane import build, images, nodehost, process
 
 SAMPLE_CV = "cv-process"
+T = TypeVar("T")
 
 
 class DevError(RuntimeError):
@@ -56,16 +59,25 @@ def _spawn(argv: list[str], *, log: Path, pid_file: Path, env: dict[str, str] | 
     return proc.pid
 
 
-def _wait(what: str, check, *, timeout: float, log: Path, pid_file: Path | None = None):  # type: ignore[no-untyped-def]
+def wait_until(
+    what: str, check: Callable[[], T | None], *, timeout: float, log: Path, alive: Callable[[], bool] | None = None,
+) -> T:
+    """Poll `check` (the state of another process) until it is truthy; DevError with the log tail
+    if the process we wait on (`alive`) exits first, or after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
-        if pid_file is not None and _alive(pid_file) is None:
+        if alive is not None and not alive():
             raise DevError(f"{what} exited; last lines of {log}:\n{process.log_tail(log, 15)}")
         time.sleep(0.3)  # waiting on another process we started; nothing to await here
     raise DevError(f"{what} not ready after {timeout:.0f} s; see {log}")
+
+
+def _wait(what: str, check: Callable[[], T | None], *, timeout: float, log: Path, pid_file: Path | None = None) -> T:
+    alive = (lambda: _alive(pid_file) is not None) if pid_file is not None else None
+    return wait_until(what, check, timeout=timeout, log=log, alive=alive)
 
 
 def _kubectl(state: Path, kubeconfig: Path, *args: str, stdin: bytes | None = None) -> str:
@@ -192,9 +204,11 @@ def up(state: Path, *, tenants: int = 1, node: str = "auto") -> int:
         (cluster_dir / "cluster.json").unlink(missing_ok=True)
         _spawn([sys.executable, "-m", "appliance.controlplane.localcluster", "--state-dir", str(cluster_dir),
                 *nodes], log=cluster_log, pid_file=cluster_pid, env=env)
-    info = _wait("local super cluster", lambda: (cluster_dir / "cluster.json").exists()
-                 and json.loads((cluster_dir / "cluster.json").read_text()),
-                 timeout=240, log=cluster_log, pid_file=cluster_pid)
+    def cluster_info() -> dict[str, Any] | None:
+        path = cluster_dir / "cluster.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    info = _wait("local super cluster", cluster_info, timeout=240, log=cluster_log, pid_file=cluster_pid)
     super_kubeconfig = state / "super.kubeconfig"
     super_kubeconfig.write_bytes(Path(info["super"]["admin_kubeconfig"]).read_bytes())
     os.chmod(super_kubeconfig, 0o600)

@@ -88,10 +88,11 @@ def generate_pki(
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes | str) -> None:
+    """Write a file only its owner reads (keys, kubeconfigs, node configs); mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        f.write(data.encode() if isinstance(data, str) else data)
     os.chmod(path, 0o600)
 
 
@@ -120,7 +121,7 @@ def write_pki(pki: ControlPlanePKI, pki_dir: Path, *, server: str, cluster_name:
             cert_pem=ck.cert_pem, key_pem=ck.key_pem,
         )
     for fname, data in files.items():
-        _write_private(pki_dir / fname, data)
+        write_private(pki_dir / fname, data)
 
 
 def _point_kubeconfigs_at(pki_dir: Path, server: str) -> None:
@@ -136,7 +137,7 @@ def _point_kubeconfigs_at(pki_dir: Path, server: str) -> None:
             continue
         for c in doc["clusters"]:
             c["cluster"]["server"] = server
-        _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
+        write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
 
 
 def admin_ssl_context(pki_dir: Path) -> ssl.SSLContext:
@@ -157,8 +158,8 @@ def _admin_pair(pki_dir: Path) -> tuple[Path, Path]:
 
         doc = yaml.safe_load((pki_dir / "admin.kubeconfig").read_bytes())
         user = doc["users"][0]["user"]
-        _write_private(crt, base64.b64decode(user["client-certificate-data"]))
-        _write_private(key, base64.b64decode(user["client-key-data"]))
+        write_private(crt, base64.b64decode(user["client-certificate-data"]))
+        write_private(key, base64.b64decode(user["client-key-data"]))
     return crt, key
 
 

@@ -187,15 +187,6 @@ async def run_namespaces(
             await holder.wait()
 
 
-def _write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    os.chmod(path, mode)
-
-
 def _issue_node_pki(plan: nodeconfig.NodePlan, *, super_pki: Path, server: str) -> dict[str, Path]:
     """The kubelet's and kube-proxy's identities, and the kubelet's serving certificate."""
     ca = certs.CertKey((super_pki / "ca.crt").read_bytes(), (super_pki / "ca.key").read_bytes())
@@ -209,13 +200,15 @@ def _issue_node_pki(plan: nodeconfig.NodePlan, *, super_pki: Path, server: str) 
         "ca": d / "ca.crt", "serving_cert": d / "kubelet.crt", "serving_key": d / "kubelet.key",
         "kubelet_kubeconfig": d / "kubelet.kubeconfig", "proxy_kubeconfig": d / "kube-proxy.kubeconfig",
     }
-    _write(paths["ca"], ca.cert_pem)
-    _write(paths["serving_cert"], serving.cert_pem)
-    _write(paths["serving_key"], serving.key_pem, 0o600)
+    d.mkdir(parents=True, exist_ok=True)
+    cluster.write_private(paths["ca"], ca.cert_pem)
+    cluster.write_private(paths["serving_cert"], serving.cert_pem)
+    cluster.write_private(paths["serving_key"], serving.key_pem)
     for key, user, ck in (("kubelet_kubeconfig", f"system:node:{plan.name}", kubelet),
                           ("proxy_kubeconfig", "system:kube-proxy", proxy)):
-        _write(paths[key], kubeconfig.render(cluster_name="super", server=server, ca_pem=ca.cert_pem,
-                                             user=user, cert_pem=ck.cert_pem, key_pem=ck.key_pem), 0o600)
+        cluster.write_private(paths[key], kubeconfig.render(
+            cluster_name="super", server=server, ca_pem=ca.cert_pem, user=user, cert_pem=ck.cert_pem,
+            key_pem=ck.key_pem))
     return paths
 
 
@@ -254,13 +247,13 @@ async def start_node(
     plan = net.plan
     env = net.env(nodebins)
     logs = plan.logs_dir
-    for d in (plan.containerd_dir, plan.pod_logs_dir, plan.state_dir / "volume-plugins"):
+    for d in (plan.containerd_dir, plan.pod_logs_dir, plan.state_dir / "volume-plugins", plan.cni_conf_dir):
         d.mkdir(parents=True, exist_ok=True)
-    _write(plan.cni_conf_dir / "10-vc-node.conflist", json.dumps(nodeconfig.cni_conflist(plan), indent=2))
+    cluster.write_private(plan.cni_conf_dir / "10-vc-node.conflist", json.dumps(nodeconfig.cni_conflist(plan), indent=2))
     # Pods with dnsPolicy Default see this; nothing outside the machine is reachable anyway.
-    _write(plan.state_dir / "resolv.conf", f"nameserver {plan.host_ip}\noptions timeout:1 attempts:1\n")
+    cluster.write_private(plan.state_dir / "resolv.conf", f"nameserver {plan.host_ip}\noptions timeout:1 attempts:1\n")
     ctrd_config = plan.containerd_dir / "config.toml"
-    _write(ctrd_config, nodeconfig.containerd_config(
+    cluster.write_private(ctrd_config, nodeconfig.containerd_config(
         plan, sandbox_image=images.PAUSE_IMAGE, runc=nodehost.RUNC, cni_bin_dir=nodehost.CNI_BIN_DIR))
     ctr = str(nodebins.path("ctr"))
 
@@ -282,7 +275,7 @@ async def start_node(
 
     pki = await trio.to_thread.run_sync(lambda: _issue_node_pki(plan, super_pki=super_cp.pki_dir, server=super_cp.url))
     kubelet_config = plan.state_dir / "kubelet-config.yaml"
-    _write(kubelet_config, nodeconfig.render_json(nodeconfig.kubelet_config(
+    cluster.write_private(kubelet_config, nodeconfig.render_json(nodeconfig.kubelet_config(
         plan, client_ca=pki["ca"], serving_cert=pki["serving_cert"], serving_key=pki["serving_key"],
         max_open_files=_max_open_files(), taints=taints)))
     ctx = await trio.to_thread.run_sync(cluster.admin_ssl_context, super_cp.pki_dir)
@@ -301,7 +294,7 @@ async def start_node(
             log_path=logs / "kubelet.log", ready=kubelet_ready, env=env, ready_timeout=120,
         )))
     proxy_config = plan.state_dir / "kube-proxy-config.yaml"
-    _write(proxy_config, nodeconfig.render_json(nodeconfig.kube_proxy_config(
+    cluster.write_private(proxy_config, nodeconfig.render_json(nodeconfig.kube_proxy_config(
         plan, kubeconfig=pki["proxy_kubeconfig"])))
 
     async def proxy_ready() -> bool:

@@ -97,6 +97,11 @@ class TokenProjection:
     expiration_seconds: int
 
 
+def projected_token_key(volume: str, source_index: int) -> str:
+    """The token Secret's key for source `source_index` of projected volume `volume`."""
+    return f"{PROJECTED_TOKEN_KEY_PREFIX}{volume}.{source_index}"
+
+
 def token_projections(tenant_pod: Mapping[str, Any]) -> list[TokenProjection]:
     """Every serviceAccountToken projection the Pod asks for besides the automatic one.
 
@@ -112,7 +117,7 @@ def token_projections(tenant_pod: Mapping[str, Any]) -> list[TokenProjection]:
             sat = source.get("serviceAccountToken")
             if sat is not None:
                 found.append(TokenProjection(
-                    key=f"{PROJECTED_TOKEN_KEY_PREFIX}{name}.{index}",
+                    key=projected_token_key(name, index),
                     audience=sat.get("audience") or None,
                     expiration_seconds=int(sat.get("expirationSeconds") or DEFAULT_TOKEN_EXPIRATION),
                 ))
@@ -251,7 +256,7 @@ def _replace_projected_tokens(spec: dict[str, Any], secret_name: str) -> None:
             sat = source.get("serviceAccountToken")
             if sat is None:
                 continue
-            key = f"{PROJECTED_TOKEN_KEY_PREFIX}{volume['name']}.{index}"
+            key = projected_token_key(volume["name"], index)
             sources[index] = {"secret": {"name": secret_name, "items": [{"key": key, "path": sat.get("path", "token")}]}}
 
 

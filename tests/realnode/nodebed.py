@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,19 +77,6 @@ def _kubectl(bed: SuperCluster, *args: str, stdin: str | None = None) -> str:
     return done.stdout.decode()
 
 
-def _wait(what: str, check: Any, *, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"vc-appliance exited {proc.returncode} while waiting for {what}:\n"
-                                 f"{log.read_text(errors='replace')[-3000:]}")
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)  # another process's state; no event to wait on from a sync fixture
-    raise AssertionError(f"{what} not reached in {timeout:.0f} s; see {log}")
-
-
 def _config(bed: SuperCluster, tmp: Path, *, upstream: str, selector: str) -> tuple[Path, int]:
     node = bed.real_node
     http, proxy = free_port(), free_port()
@@ -151,7 +137,10 @@ def appliance(bed: SuperCluster, tmp: Path, *, upstream: str, tenants: tuple[str
                                 stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=dict(os.environ, VC_TESTBIN_DIR=str(bed.bins.bin_dir)))
     try:
-        _wait("vc-appliance /readyz", lambda: devenv.readyz(http), timeout=120, proc=proc, log=log)
+        def alive() -> bool:
+            return proc.poll() is None
+
+        devenv.wait_until("vc-appliance /readyz", lambda: devenv.readyz(http), timeout=120, log=log, alive=alive)
         _kubectl(bed, "apply", "-f", "-", stdin=json.dumps({
             "apiVersion": "tenancy.x-k8s.io/v1alpha1", "kind": "ClusterVersion",
             "metadata": {"name": CLUSTER_VERSION}, "spec": {}}))
@@ -167,7 +156,7 @@ def appliance(bed: SuperCluster, tmp: Path, *, upstream: str, tenants: tuple[str
                         bed, "get", "vc", name, "-n", "default", "-o", "jsonpath={.status.message}"))
                 return phase == "Running"
 
-            _wait(f"VirtualCluster {name} Running", running, timeout=180, proc=proc, log=log)
+            devenv.wait_until(f"VirtualCluster {name} Running", running, timeout=180, log=log, alive=alive)
             ns = _kubectl(bed, "get", "vc", name, "-n", "default", "-o", "jsonpath={.status.clusterNamespace}")
             out[base] = _write_kubeconfig(tmp, name, ns, _kubectl(
                 bed, "get", "secret", "admin-kubeconfig", "-n", ns, "-o", "jsonpath={.data.admin-kubeconfig}"))
