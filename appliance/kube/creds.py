@@ -3,8 +3,9 @@
 `parse_kubeconfig` understands the common kubeconfig subset itself (PyYAML, no network):
 inline or file certificates, tokens, token files, TLS options. Users that need an `exec`
 or `auth-provider` plugin are resolved by `load_kubeconfig` with the official `kubernetes`
-package inside a worker thread; this module is the only importer of that package
-(STYLE rule 12) and it never touches its process-wide default configuration.
+package inside a worker thread. A kubeconfig read from a cluster object goes through
+`parse_untrusted_kubeconfig`, which accepts inline credentials only. This module is the only
+importer of that package (STYLE rule 12) and it never touches its process-wide default configuration.
 Invariant: no secret (key, token, base64 payload) ever appears in a repr, log line or
 exception message produced here.
 """
@@ -31,9 +32,11 @@ __all__ = [
     "Credentials",
     "KubeconfigError",
     "PluginRequired",
+    "UntrustedKubeconfig",
     "in_cluster",
     "load_kubeconfig",
     "parse_kubeconfig",
+    "parse_untrusted_kubeconfig",
     "read_token_file",
     "ssl_context",
 ]
@@ -52,6 +55,14 @@ class PluginRequired(KubeconfigError):
 
     `parse_kubeconfig` cannot run plugins; `load_kubeconfig` handles this case.
     """
+
+
+class UntrustedKubeconfig(KubeconfigError):
+    """A kubeconfig from a cluster object names files or plugins; `fields` lists them."""
+
+    def __init__(self, message: str, fields: list[str]) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -106,10 +117,51 @@ def parse_kubeconfig(
     return creds
 
 
-def _parse(
-    data: bytes, *, context: str | None, base_dir: Path | None
-) -> tuple[Credentials, dict[str, Any], str]:
-    """Parse everything except plugins; return the credentials, the user entry and its name."""
+#: Entries that make a kubeconfig reach outside itself: files on the reader's host or programs
+#: it runs. `proxy-url` is not among them: it names where to connect, like `server`.
+_CLUSTER_REFERENCES = ("certificate-authority",)
+_USER_REFERENCES = ("client-certificate", "client-key", "tokenFile", "exec", "auth-provider")
+
+
+def parse_untrusted_kubeconfig(data: bytes, *, where: str = "kubeconfig") -> Credentials:
+    """`parse_kubeconfig` for a kubeconfig that someone else wrote into a cluster object.
+
+    Only inline credentials are accepted. A file path would make the appliance read its own
+    host's files (its service-account token, a tenant's key) and send them to the server the
+    writer chose; a plugin would run a program of the writer's choice. Raises
+    UntrustedKubeconfig naming every such entry, before anything is read or run.
+    """
+    try:
+        return _parse_untrusted(data, where)
+    except UntrustedKubeconfig:
+        raise
+    except KubeconfigError as exc:
+        raise KubeconfigError(f"{where}: {exc}") from None
+
+
+def _parse_untrusted(data: bytes, where: str) -> Credentials:
+    doc = _load_yaml(data)
+    context_name = doc.get("current-context")
+    if not context_name:
+        raise KubeconfigError("kubeconfig has no current-context")
+    ctx = _named(doc, "contexts", "context", context_name)
+    found: list[str] = []
+    cluster_name = ctx.get("cluster")
+    if cluster_name:
+        cluster = _named(doc, "clusters", "cluster", cluster_name)
+        found += [f"cluster {cluster_name!r} {k}" for k in _CLUSTER_REFERENCES if cluster.get(k)]
+    user_name = ctx.get("user")
+    if user_name:
+        user = _named(doc, "users", "user", user_name)
+        found += [f"user {user_name!r} {k}" for k in _USER_REFERENCES if user.get(k)]
+    if found:
+        raise UntrustedKubeconfig(
+            f"{where}: only inline credentials are accepted; remove {', '.join(found)}", found
+        )
+    return parse_kubeconfig(data, base_dir=None)
+
+
+def _load_yaml(data: bytes) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
@@ -119,6 +171,14 @@ def _parse(
         raise KubeconfigError(f"kubeconfig is not valid YAML{where}") from None
     if not isinstance(doc, dict):
         raise KubeconfigError("kubeconfig is not a YAML mapping")
+    return doc
+
+
+def _parse(
+    data: bytes, *, context: str | None, base_dir: Path | None
+) -> tuple[Credentials, dict[str, Any], str]:
+    """Parse everything except plugins; return the credentials, the user entry and its name."""
+    doc = _load_yaml(data)
 
     context_name = context if context is not None else doc.get("current-context")
     if not context_name:

@@ -5,12 +5,11 @@
    kubeconfig under data key `value`, looked up in the root namespace and then in the VC's
    own namespace (CAPI style; the root namespace's name is not known before creation);
 3. secret `admin-kubeconfig` (data key `admin-kubeconfig`) in the root namespace, which the
-   process and native provisioners write.
+   process and native provisioners write. For their VCs it is the only source: the
+   annotations count only for imported VCs and VCs of another manager.
 
 `admin_kubeconfig` serves `vc-appliance kubeconfig NS/NAME`. `checked_credentials` is the
-gate for imported kubeconfigs: only inline data is accepted, because a kubeconfig naming
-files (certificates, tokens) or plugins would make the appliance read its own host's files
-or run programs on behalf of whoever may create VirtualClusters.
+gate for imported kubeconfigs (`creds.parse_untrusted_kubeconfig`: inline data only).
 """
 
 from __future__ import annotations
@@ -20,19 +19,12 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from appliance.kube import creds, errors, resources
 from appliance.kube.client import ApiClient
 from appliance.manager import model, reconcile
 from appliance.util import naming
 
 __all__ = ["Found", "NotRunning", "admin_kubeconfig", "checked_credentials", "find"]
-
-_FILE_KEYS = {
-    "certificate-authority", "client-certificate", "client-key", "tokenFile", "exec", "auth-provider",
-}
-
 
 class NotRunning(LookupError):
     """The VirtualCluster does not exist, is not Running, or exposes no kubeconfig yet."""
@@ -71,7 +63,7 @@ async def find(client: ApiClient, vc: model.VirtualCluster, *, root_namespace: s
     Raises reconcile.Rejected when a source is present but unusable (bad base64, a named
     secret without the `value` key).
     """
-    annotations = vc.metadata.annotations
+    annotations = vc.metadata.annotations if naming.kubeconfig_annotations_apply(vc.status.provisioner) else {}
     inline = annotations.get(naming.ANNOTATION_ADMIN_KUBECONFIG)
     if inline is not None:
         where = f"annotation {naming.ANNOTATION_ADMIN_KUBECONFIG}"
@@ -105,32 +97,12 @@ async def find(client: ApiClient, vc: model.VirtualCluster, *, root_namespace: s
     return None if value is None else Found(value, where, root_namespace, naming.ADMIN_KUBECONFIG_SECRET)
 
 
-def _references_files(doc: Any) -> list[str]:
-    found: list[str] = []
-    for section, inner in (("clusters", "cluster"), ("users", "user")):
-        for entry in (doc.get(section) or []) if isinstance(doc, dict) else []:
-            body = (entry or {}).get(inner) or {} if isinstance(entry, dict) else {}
-            if isinstance(body, dict):
-                found += sorted(k for k in body if k in _FILE_KEYS)
-    return found
-
-
 def checked_credentials(found: Found) -> creds.Credentials:
     """Parse an imported kubeconfig; Rejected (InvalidKubeconfig) says what is wrong with it."""
     try:
-        doc = yaml.safe_load(found.data)
-    except yaml.YAMLError:
-        raise reconcile.Rejected("InvalidKubeconfig", f"{found.where}: kubeconfig is not valid YAML") from None
-    refs = _references_files(doc)
-    if refs:
-        raise reconcile.Rejected(
-            "InvalidKubeconfig",
-            f"{found.where}: only inline credentials are accepted; remove {', '.join(sorted(set(refs)))}",
-        )
-    try:
-        return creds.parse_kubeconfig(found.data)
+        return creds.parse_untrusted_kubeconfig(found.data, where=found.where)
     except creds.KubeconfigError as exc:
-        raise reconcile.Rejected("InvalidKubeconfig", f"{found.where}: {exc}") from None
+        raise reconcile.Rejected("InvalidKubeconfig", str(exc)) from None
 
 
 async def admin_kubeconfig(super_client: ApiClient, namespace: str, name: str) -> bytes:

@@ -4,8 +4,9 @@ It watches VirtualClusters in the super cluster. A VC in phase `Running` whose a
 kubeconfig can be found (annotation `tenancy.x-k8s.io/admin-kubeconfig`, then the
 secret named by `tenancy.x-k8s.io/secret.admin-kubeconfig` (key `value`), then secret
 `admin-kubeconfig` in its root namespace — the original's order) gets a tenant task;
-a VC that is deleted, goes `Error` or changes identity (UID) has its task cancelled,
-stopping before starting. A tenant task opens the tenant client and informers, waits
+a VC that is deleted, goes `Error`, changes identity (UID) or changes the annotations that
+name its kubeconfig has its task cancelled, stopping before starting (a changed kubeconfig
+is therefore used at once, after the same inline-only check). A tenant task opens the tenant client and informers, waits
 until they are synced, registers the tenant with the `Syncer`, then probes the tenant
 apiserver. Any failure inside it is logged, reported as a `ClusterUnHealth` Event on the
 VC and retried with backoff; it never reaches other tenants or the process.
@@ -14,6 +15,7 @@ VC and retried with backoff; it never reaches other tenants or the process.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 from typing import Any, NoReturn
 
@@ -27,6 +29,7 @@ from appliance.kube import informer as kinformer
 from appliance.kube.backoff import Backoff
 from appliance.kube.client import open_client
 from appliance.replicas.ownership import Ownership
+from appliance.syncer import vcstatus
 from appliance.syncer.runtime import Syncer
 from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming
@@ -39,13 +42,17 @@ class KubeconfigMissing(Exception):
 
 
 async def tenant_credentials(super_client: Any, vc: dict[str, Any], tid: TenantId) -> kcreds.Credentials:
-    """Find the tenant's admin kubeconfig in the original's order of sources."""
+    """Find the tenant's admin kubeconfig in the original's order of sources.
+
+    The annotations count only where `naming.kubeconfig_annotations_apply` says so; every
+    source is someone else's writing, so it is parsed as untrusted (inline credentials only).
+    """
     ann = vc["metadata"].get("annotations") or {}
-    if ann.get(naming.ANNOTATION_ADMIN_KUBECONFIG):
-        data = base64.b64decode(ann[naming.ANNOTATION_ADMIN_KUBECONFIG])
-        return kcreds.parse_kubeconfig(data)
-    if ann.get(naming.ANNOTATION_SECRET_ADMIN_KUBECONFIG):
-        name, key = ann[naming.ANNOTATION_SECRET_ADMIN_KUBECONFIG], naming.ANNOTATED_KUBECONFIG_SECRET_KEY
+    inline, secret_name = naming.kubeconfig_source(ann, (vc.get("status") or {}).get("provisioner"))
+    if inline:
+        return _untrusted(inline, f"annotation {naming.ANNOTATION_ADMIN_KUBECONFIG}")
+    if secret_name:
+        name, key = secret_name, naming.ANNOTATED_KUBECONFIG_SECRET_KEY
     else:
         name, key = naming.ADMIN_KUBECONFIG_SECRET, naming.ADMIN_KUBECONFIG_SECRET_KEY
     try:
@@ -55,7 +62,15 @@ async def tenant_credentials(super_client: Any, vc: dict[str, Any], tid: TenantI
     value = (secret.get("data") or {}).get(key)
     if not value:
         raise KubeconfigMissing(f"secret {tid.key}/{name} has no key {key!r}")
-    return kcreds.parse_kubeconfig(base64.b64decode(value))
+    return _untrusted(value, f"secret {tid.key}/{name} key {key}")
+
+
+def _untrusted(b64: str, where: str) -> kcreds.Credentials:
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise kcreds.KubeconfigError(f"{where} is not valid base64") from None
+    return kcreds.parse_untrusted_kubeconfig(data, where=where)
 
 
 async def run_tenant(
@@ -88,13 +103,22 @@ async def _keep_serving(
             delay = backoff.next_delay()
             log.warning("tenant %s failed: %s; retrying in %.1f s", tid.key, exc, delay,
                         exc_info=not isinstance(exc, (errors.KubeError, KubeconfigMissing, kcreds.KubeconfigError)))
-            await vc_events.post(vc, type="Warning", reason="ClusterUnHealth",
-                                 message=f"VirtualCluster {tid.key} unhealthy: {exc}")
+            if isinstance(exc, (kcreds.KubeconfigError, KubeconfigMissing)):
+                reason = "InvalidKubeconfig" if isinstance(exc, kcreds.KubeconfigError) else "KubeconfigMissing"
+                await vc_events.post(vc, type="Warning", reason=reason,
+                                     message=f"VirtualCluster {tid.key} is not synced: {exc}")
+                await vcstatus.set_kubeconfig_condition(sx.super_client, vc, accepted=False, reason=reason,
+                                                        message=str(exc))
+            else:
+                await vc_events.post(vc, type="Warning", reason="ClusterUnHealth",
+                                     message=f"VirtualCluster {tid.key} unhealthy: {exc}")
             await trio.sleep(delay)
 
 
 async def _serve_tenant(sx: Syncer, vc: dict[str, Any], tid: TenantId) -> NoReturn:
     creds = await tenant_credentials(sx.super_client, vc, tid)
+    await vcstatus.set_kubeconfig_condition(sx.super_client, vc, accepted=True, reason="InlineCredentials",
+                                            message=f"syncing {creds.server}", only_if_present=True)
     async with open_client(creds, user_agent=f"vc-syncer/{tid.key}") as client:
         tenant = Tenant(tid, client)
         async with trio.open_nursery() as nursery:
@@ -139,7 +163,12 @@ async def run(
                              name="super/virtualclusters")
     vc_events = kevents.EventRecorder(sx.super_client, component="vc-syncer")
     changed = trio.Event()
-    running: dict[tuple[str, str], tuple[str, trio.CancelScope]] = {}
+    #: per tenant: the VC's UID and credential source (`naming.kubeconfig_source`), its task's scope
+    running: dict[tuple[str, str], tuple[tuple[str, tuple[str, str]], trio.CancelScope]] = {}
+
+    def identity(vc: dict[str, Any]) -> tuple[str, tuple[str, str]]:
+        return vc["metadata"]["uid"], naming.kubeconfig_source(
+            vc["metadata"].get("annotations") or {}, (vc.get("status") or {}).get("provisioner"))
 
     def poke(*_: object) -> None:
         changed.set()
@@ -166,13 +195,14 @@ async def run(
             changed = trio.Event()  # before reading: a change from now on wakes us again
             refs = {(vc["metadata"]["namespace"], vc["metadata"]["name"]): vc for vc in vcs.list() if desired(vc)}
             want = {ref: vc for ref, vc in refs.items() if owner.holds(ref)}
-            for ref, (uid, scope) in list(running.items()):  # stop before start
+            for ref, (ident, scope) in list(running.items()):  # stop before start
                 vc = want.get(ref)
                 if scope in ended:
                     ended.discard(scope)
                     del running[ref]
-                elif vc is None or vc["metadata"]["uid"] != uid:
-                    log.info("tenant %s/%s: stopping", *ref)
+                elif vc is None or identity(vc) != ident:
+                    why = "" if vc is None or identity(vc)[0] != ident[0] else " (its kubeconfig source changed)"
+                    log.info("tenant %s/%s: stopping%s", *ref, why)
                     scope.cancel()
                     del running[ref]
             ended.intersection_update(scope for _, scope in running.values())
@@ -180,6 +210,6 @@ async def run(
                 if ref not in running:
                     log.info("tenant %s/%s: starting", *ref)
                     scope = await nursery.start(guarded, ref, vc)
-                    running[ref] = (vc["metadata"]["uid"], scope)
+                    running[ref] = (identity(vc), scope)
             await changed.wait()
     raise AssertionError("unreachable")

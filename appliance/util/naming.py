@@ -62,6 +62,23 @@ ANNOTATION_CAPI_CLUSTER_NAME: Final = "cluster.x-k8s.io/name"
 ADMIN_KUBECONFIG_SECRET: Final = "admin-kubeconfig"
 ADMIN_KUBECONFIG_SECRET_KEY: Final = "admin-kubeconfig"
 ANNOTATED_KUBECONFIG_SECRET_KEY: Final = "value"
+#: Provisioners that make the tenant's credentials themselves (secret `admin-kubeconfig` in the
+#: root namespace). For their VirtualClusters the two kubeconfig annotations are ignored: whoever
+#: may edit the VC object must not be able to point the appliance at another cluster or at
+#: credentials of their choosing.
+PROVISIONERS_WITH_OWN_CREDENTIALS: Final = ("process", "native")
+
+
+def kubeconfig_annotations_apply(provisioner: str | None) -> bool:
+    """True if a VC's kubeconfig annotations name its credentials (import, or another manager's VC)."""
+    return provisioner not in PROVISIONERS_WITH_OWN_CREDENTIALS
+
+
+def kubeconfig_source(annotations: dict[str, str], provisioner: str | None) -> tuple[str, str]:
+    """The credential-naming annotations that count for a VC: a change of these restarts its syncer."""
+    if not kubeconfig_annotations_apply(provisioner):
+        return ("", "")
+    return (annotations.get(ANNOTATION_ADMIN_KUBECONFIG, ""), annotations.get(ANNOTATION_SECRET_ADMIN_KUBECONFIG, ""))
 FINALIZER_PREFIX: Final = "virtualcluster.finalizer."
 CLUSTER_VERSION_FINALIZER: Final = "clusterVersion.finalizers"
 

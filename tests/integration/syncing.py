@@ -124,6 +124,11 @@ async def start_supervisor(nursery: trio.Nursery, sx: runtime.Syncer) -> None:
     await nursery.start(functools.partial(supervisor.run, sx, label_selector=f"{SCOPE_LABEL}={scope}"))
 
 
+def scope_labels(sx: runtime.Syncer) -> dict[str, str]:
+    """Labels that put a VirtualCluster in front of `sx`'s supervisor (see `start_supervisor`)."""
+    return {SCOPE_LABEL: _scopes[id(sx)]}
+
+
 async def synced_tenant(
     sx: runtime.Syncer, superc: ApiClient, make: TenantFactory, name: str, stack: contextlib.AsyncExitStack
 ) -> SyncedTenant:

@@ -83,11 +83,11 @@ async def test_each_bad_input_is_reported_and_others_keep_working(harness: Harne
         h, "not-base64", "InvalidKubeconfig", "annotation tenancy.x-k8s.io/admin-kubeconfig is not valid base64")
     await _assert_rejected(
         h, "not-yaml", "InvalidKubeconfig",
-        "annotation tenancy.x-k8s.io/admin-kubeconfig: kubeconfig is not valid YAML")
+        "annotation tenancy.x-k8s.io/admin-kubeconfig: kubeconfig is not valid YAML at line 1")
     await _assert_rejected(
         h, "file-refs", "InvalidKubeconfig",
         "annotation tenancy.x-k8s.io/admin-kubeconfig: only inline credentials are accepted; "
-        "remove certificate-authority, client-key")
+        "remove cluster 'c' certificate-authority, user 'u' client-key")
     await _assert_rejected(
         h, "bad-prov", "UnknownProvisioner",
         "annotation tenancy.x-k8s.io/provisioner is 'cloud'; expected one of process, native, import")

@@ -391,3 +391,42 @@ def test_ssl_context_mismatched_key(pki: dict[str, bytes]) -> None:
     record = Credentials(server="https://h", client_cert_pem=pki["cert"], client_key_pem=other_key)
     with pytest.raises(KubeconfigError, match="do not load"):
         creds.ssl_context(record)
+
+
+@pytest.mark.parametrize(("cluster", "user", "refused"), [
+    ({"certificate-authority": "ca.pem"}, {"token": "t"}, ["cluster 'c' certificate-authority"]),
+    ({}, {"client-certificate": "c.pem", "client-key": "k.pem"},
+     ["user 'u' client-certificate", "user 'u' client-key"]),
+    ({}, {"tokenFile": "token"}, ["user 'u' tokenFile"]),
+    ({}, {"exec": {"command": "sh", "apiVersion": "client.authentication.k8s.io/v1"}}, ["user 'u' exec"]),
+    ({}, {"auth-provider": {"name": "oidc"}}, ["user 'u' auth-provider"]),
+    # A file reference loses even next to inline data that would win in kubectl.
+    ({}, {"token": "t", "tokenFile": "token"}, ["user 'u' tokenFile"]),
+])
+def test_untrusted_kubeconfig_refuses_files_and_plugins_before_reading_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: dict[str, Any], user: dict[str, Any],
+    refused: list[str],
+) -> None:
+    """Every file or plugin entry is named in the error, and no file is read: the referenced
+    files exist in the working directory with a marker the result would carry."""
+    for name in ("ca.pem", "c.pem", "k.pem", "token"):
+        (tmp_path / name).write_text(SECRET_TOKEN)
+    monkeypatch.chdir(tmp_path)
+    data = simple({"server": "https://h", **cluster}, user)
+    with pytest.raises(creds.UntrustedKubeconfig) as info:
+        creds.parse_untrusted_kubeconfig(data, where="annotation a")
+    assert info.value.fields == refused
+    assert str(info.value) == f"annotation a: only inline credentials are accepted; remove {', '.join(refused)}"
+    assert SECRET_TOKEN not in str(info.value)
+
+
+def test_untrusted_kubeconfig_accepts_inline_and_prefixes_other_errors(pki: dict[str, bytes]) -> None:
+    """Inline data parses as with `parse_kubeconfig`; the parser's other objections name the source."""
+    ok = creds.parse_untrusted_kubeconfig(simple(
+        {"server": "https://h:6443", "certificate-authority-data": b64(pki["ca"])},
+        {"client-certificate-data": b64(pki["cert"]), "client-key-data": b64(pki["key"])}), where="secret s")
+    assert (ok.server, ok.ca_pem, ok.client_key_pem, ok.token_file) == ("https://h:6443", pki["ca"], pki["key"], None)
+    with pytest.raises(KubeconfigError, match=r"^secret s: kubeconfig is not valid YAML"):
+        creds.parse_untrusted_kubeconfig(b"clusters: [unclosed", where="secret s")
+    with pytest.raises(KubeconfigError, match=r"^secret s: .*no https:// server"):
+        creds.parse_untrusted_kubeconfig(simple({}, {"token": "t"}), where="secret s")

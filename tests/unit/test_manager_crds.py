@@ -88,9 +88,10 @@ def test_imported_kubeconfigs_must_be_inline() -> None:
     assert ok.server == "https://h:6443"
     assert ok.token == "t"
     for cluster, user, refused in [
-        ({"server": "https://h:6443", "certificate-authority": "/etc/ca"}, {"token": "t"}, "certificate-authority"),
-        ({"server": "https://h:6443"}, {"tokenFile": "/var/run/token"}, "tokenFile"),
-        ({"server": "https://h:6443"}, {"exec": {"command": "sh"}}, "exec"),
+        ({"server": "https://h:6443", "certificate-authority": "/etc/ca"}, {"token": "t"},
+         "cluster 'c' certificate-authority"),
+        ({"server": "https://h:6443"}, {"tokenFile": "/var/run/token"}, "user 'u' tokenFile"),
+        ({"server": "https://h:6443"}, {"exec": {"command": "sh"}}, "user 'u' exec"),
     ]:
         with pytest.raises(reconcile.Rejected) as info:
             kubeconfigs.checked_credentials(_kubeconfig(cluster, user))
