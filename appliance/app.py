@@ -239,7 +239,7 @@ async def _run_proxy(
         listeners = await nursery.start(lambda task_status: server.serve(
             host=p.address, port=p.port, server_cert_pem=cert, server_key_pem=key, cas=cas,
             upstream=upstream, lookup_pod=lookup_pod,
-            limits=server.ServerLimits(max_connections=p.max_connections), task_status=task_status,
+            limits=server.ServerLimits.from_config(p), task_status=task_status,
         ))
         task_status.started(listeners[0].socket.getsockname()[1])
 

@@ -108,7 +108,23 @@ class ProxySection(_Section, frozen=True):
     idle_timeout: Positive = 900.0
     #: upper bound of one streaming request, seconds (0 = none).
     total_timeout: Annotated[float, Meta(ge=0)] = 0.0
+    #: seconds a client has for the TLS handshake.
+    handshake_timeout: Positive = 10.0
+    #: seconds a client has to send a whole request head (counted from the handshake, or from
+    #: the first byte of a later request on a kept-alive connection).
+    header_timeout: Positive = 10.0
+    #: seconds a client has to send a whole request body, from the end of its head. Log
+    #: streams and exec/attach/port-forward after the upgrade are bounded by `idle-timeout`.
+    body_timeout: Positive = 10.0
+    #: seconds a kept-alive connection may stay idle between two requests.
+    keep_alive_timeout: Positive = 60.0
+    #: open connections; more wait in the kernel's listen backlog.
     max_connections: PositiveInt = 1000
+    #: open connections of one tenant (known by its client certificate); more get 429 (and
+    #: beyond as many again waiting for that answer, are closed at once).
+    max_connections_per_tenant: PositiveInt = 64
+    #: connections still in the TLS handshake (not yet known to be a tenant); more are closed.
+    max_handshakes: PositiveInt = 128
 
 
 class LeasesSection(_Section, frozen=True):

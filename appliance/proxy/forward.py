@@ -166,7 +166,8 @@ async def forward(
     Raises:
       UpstreamError: nothing was sent downstream yet; the caller should answer 502 (504 for
         ``UpstreamTimeout``).
-      h11.RemoteProtocolError: the client broke HTTP while sending its body.
+      h11.RemoteProtocolError: the client broke HTTP while sending its body, or (as
+        ``h11io.ReadTimeout``) missed the ``read_deadline`` the caller set for it.
 
     Resource handling: the upstream connection is always closed on return. The downstream
     connection is left open; it is reusable only if both h11 sides reached DONE.

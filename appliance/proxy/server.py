@@ -7,6 +7,13 @@ requests to ``forward``. A tenant is the owner of the registered CA that *direct
 verified peer certificate (issuer name plus signature check), never the certificate's CN.
 ``TenantCAs`` is live: every change bumps a version, and the next accepted connection handshakes
 with a context rebuilt from the current CA set. Clients never see exception text.
+
+No client holds a connection slot by being slow (``ServerLimits``): the handshake, each request
+head, each request body and the idle time between requests have deadlines; connections still in
+the handshake are capped, and so are a tenant's connections (more get 429 and are closed, and
+as many again at most wait for that answer), so one tenant cannot take the slots another needs
+for its ``kubectl logs``. The response side and
+upgraded streams have no read deadline here: ``forward`` bounds them by upstream idleness.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import collections
 import errno
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -24,6 +31,7 @@ import trio
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from appliance import config
 from appliance.proxy import forward, h11io, routes, tls
 
 __all__ = ["PodLookup", "ProxyStatistics", "ServerLimits", "TenantCAs", "serve"]
@@ -38,6 +46,7 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _ACCEPT_BACKOFF = 0.1
 
 _REFUSED_BODY_LIMIT = 64 * 1024  # request body bytes we read and discard before a local answer
+_RETRY_AFTER = b"1"  # seconds, in the 429 for a tenant at its connection limit
 
 
 class TenantCAs:
@@ -123,13 +132,29 @@ class TenantCAs:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerLimits:
-    """Bounds on the tenant-facing side (seconds, bytes, counts)."""
+    """Bounds on the tenant-facing side (seconds, bytes, counts); see ``config.ProxySection``."""
 
-    max_connections: int = 512  # beyond this, connections wait in the kernel backlog
+    max_connections: int = 1000  # beyond this, connections wait in the kernel backlog
+    max_handshakes: int = 128  # connections still in the TLS handshake; more are closed at once
+    max_connections_per_tenant: int = 64  # more get 429 and are closed
     handshake_timeout: float = 10.0
-    request_head_timeout: float = 60.0  # also the keep-alive idle limit between requests
+    header_timeout: float = 10.0  # a whole request head, from the handshake or its first byte
+    body_timeout: float = 10.0  # a whole request body, from the end of its head
+    keep_alive_timeout: float = 60.0  # idle between two requests
     lookup_timeout: float = 10.0  # super pod lookup
     max_header_bytes: int = h11io.MAX_HEADER_BYTES
+
+    @classmethod
+    def from_config(cls, section: config.ProxySection) -> ServerLimits:
+        return cls(
+            max_connections=section.max_connections,
+            max_handshakes=section.max_handshakes,
+            max_connections_per_tenant=section.max_connections_per_tenant,
+            handshake_timeout=section.handshake_timeout,
+            header_timeout=section.header_timeout,
+            body_timeout=section.body_timeout,
+            keep_alive_timeout=section.keep_alive_timeout,
+        )
 
 
 @dataclass(slots=True)
@@ -137,8 +162,20 @@ class ProxyStatistics:
     """Counters for metrics; plain data, read by the app at scrape time."""
 
     in_flight: int = 0  # requests being answered right now
-    connections: int = 0  # open tenant connections
-    handshake_failures: int = 0
+    connections: int = 0  # open connections, handshaking or not
+    handshakes: int = 0  # connections in the TLS handshake right now
+    handshake_failures: int = 0  # including handshake deadlines
+    handshakes_shed: int = 0  # closed unanswered because ``max_handshakes`` were in progress
+    # tenant cluster key (or "-": verified, but no single tenant CA issued it) → open connections;
+    # ``max_connections_per_tenant`` applies to these counts
+    tenant_connections: collections.Counter[str] = field(default_factory=collections.Counter)
+    # tenant → connections waiting for their request head to be answered 429 (at most
+    # ``max_connections_per_tenant`` per tenant; more are closed unanswered)
+    tenant_refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    # tenant → connections refused (429 or closed unanswered) because it was at its limit
+    refused_connections: collections.Counter[str] = field(default_factory=collections.Counter)
+    # "head", "body" or "keep-alive" → connections closed because that read's deadline passed
+    read_timeouts: collections.Counter[str] = field(default_factory=collections.Counter)
     # (tenant cluster key or "-", action, status code) → count
     responses: collections.Counter[tuple[str, str, int]] = field(
         default_factory=collections.Counter
@@ -265,23 +302,47 @@ class _ConnectionHandler:
     ) -> None:
         self.stats.connections += 1
         stream: trio.abc.Stream = tcp
+        counted: collections.Counter[str] | None = None  # where ``key`` counts this connection
+        key = "-"
         try:
-            ssl_stream = trio.SSLStream(
-                tcp, await self.contexts.current(), server_side=True, https_compatible=True
-            )
-            stream = ssl_stream
+            if self.stats.handshakes >= self.limits.max_handshakes:
+                self.stats.handshakes_shed += 1
+                log.debug("%d handshakes in progress; closing a new one", self.stats.handshakes)
+                return
+            self.stats.handshakes += 1  # MUST be no await between the check above and this count
             try:
-                with trio.fail_after(self.limits.handshake_timeout):
-                    await ssl_stream.do_handshake()
-            except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                self.stats.handshake_failures += 1
-                log.debug("TLS handshake failed: %s", _cause_name(exc))
+                ssl_stream = trio.SSLStream(
+                    tcp, await self.contexts.current(), server_side=True, https_compatible=True
+                )
+                stream = ssl_stream
+                shook = await self._handshake(ssl_stream)
+            finally:
+                self.stats.handshakes -= 1
+            if not shook:
                 return
             peer = ssl_stream.getpeercert(binary_form=True) or b""
+            tenant = self.cas.identify(peer) if peer else None
+            key = tenant.cluster_key if tenant else "-"
             client = h11io.H11Stream(
                 ssl_stream, h11.SERVER, max_header_bytes=self.limits.max_header_bytes
             )
-            await self._serve_requests(client, peer)
+            # MUST be no await between a check below and its count.
+            limit = self.limits.max_connections_per_tenant
+            if self.stats.tenant_connections[key] < limit:
+                counted = self.stats.tenant_connections
+                counted[key] += 1
+                await self._serve_requests(client, peer)
+            else:
+                self.stats.refused_connections[key] += 1
+                # A refusal waits for the request head, so refusals are bounded per tenant too:
+                # beyond them a connection is closed at once, and a tenant never holds more
+                # than twice its limit in slots, however fast it reconnects.
+                if self.stats.tenant_refusals[key] < limit:
+                    counted = self.stats.tenant_refusals
+                    counted[key] += 1
+                    await self._too_many(client, key)
+                else:
+                    log.debug("tenant %s has %d connections waiting for a 429; closing", key, limit)
             with trio.move_on_after(forward.CLOSE_GRACE, shield=True):
                 await stream.aclose()  # polite close_notify on the normal path
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -290,19 +351,80 @@ class _ConnectionHandler:
             log.exception("unexpected error in a proxy connection")  # rule 20b: one connection only
         finally:
             self.stats.connections -= 1
+            if counted is not None:
+                counted[key] -= 1
+                if not counted[key]:
+                    del counted[key]  # bounded by the tenants connected right now
             limiter.release_on_behalf_of(token)
             await trio.aclose_forcefully(stream)
 
+    async def _handshake(self, ssl_stream: trio.SSLStream[trio.SocketStream]) -> bool:
+        """Run the TLS handshake under its deadline; False (counted) if it fails."""
+        try:
+            with trio.fail_after(self.limits.handshake_timeout):
+                await ssl_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+            self.stats.handshake_failures += 1
+            log.debug("TLS handshake failed: %s", _cause_name(exc))
+            return False
+        return True
+
+    async def _next_request(
+        self, client: h11io.H11Stream, *, kept_alive: bool
+    ) -> h11.Request | None:
+        """Read the next request head under its deadlines; None when the client is done or slow.
+
+        On a kept-alive connection the header deadline starts with the first byte of the next
+        request; until then the keep-alive deadline applies.
+
+        Raises:
+          h11.RemoteProtocolError: the head is malformed or too large.
+        """
+        phase = "head"
+        try:
+            if kept_alive:
+                phase = "keep-alive"
+                client.read_deadline = trio.current_time() + self.limits.keep_alive_timeout
+                await client.wait_for_next_message()
+                phase = "head"
+            client.read_deadline = trio.current_time() + self.limits.header_timeout
+            event = await client.next_event()
+        except h11io.ReadTimeout:
+            self.stats.read_timeouts[phase] += 1
+            return None  # nothing worth an answer: idle, or a head too slow to judge
+        if not isinstance(event, h11.Request):
+            return None  # the client closed
+        client.read_deadline = trio.current_time() + self.limits.body_timeout
+        return event
+
+    async def _too_many(self, client: h11io.H11Stream, key: str) -> None:
+        """Answer the first request of an over-limit connection with 429, unread body and all."""
+        try:
+            request = await self._next_request(client, kept_alive=False)
+        except h11.RemoteProtocolError:
+            return
+        if request is None:
+            return
+        self.stats.responses[(key, "other", 429)] += 1
+        log.info(
+            "tenant %s is at its limit of %d connections; answering 429",
+            key,
+            self.limits.max_connections_per_tenant,
+        )
+        retry = [(b"retry-after", _RETRY_AFTER)]
+        await _answer(client, 429, "too many connections", close=True, headers=retry)
+
     async def _serve_requests(self, client: h11io.H11Stream, peer: bytes) -> None:
+        kept_alive = False
         while True:
             try:
-                with trio.move_on_after(self.limits.request_head_timeout) as head_deadline:
-                    event = await client.next_event()
+                event = await self._next_request(client, kept_alive=kept_alive)
             except h11.RemoteProtocolError as exc:
                 await _answer(client, exc.error_status_hint, "bad request")
                 return
-            if head_deadline.cancelled_caught or not isinstance(event, h11.Request):
+            if event is None:
                 return  # idle keep-alive, slow headers, or the client closed
+            kept_alive = True
             # Identified per request: removing a tenant's CA also stops its kept-alive connections.
             tenant = self.cas.identify(peer) if peer else None
             self.stats.in_flight += 1
@@ -310,6 +432,12 @@ class _ConnectionHandler:
                 action, status = await self._respond(client, event, tenant)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise  # the client went away; nothing to answer
+            except h11io.ReadTimeout:
+                # The body of a forwarded request did not arrive in time (the upstream leg is
+                # closed already); refused requests answer their own status instead.
+                self.stats.read_timeouts["body"] += 1
+                action, status = "other", 408
+                await _answer(client, status, "request timeout")
             except h11.RemoteProtocolError as exc:
                 action, status = "other", exc.error_status_hint
                 await _answer(client, status, "bad request")
@@ -331,10 +459,10 @@ class _ConnectionHandler:
         if _ambiguous_framing(request):
             # RFC 9112 §6.3: a request with both framings may be a smuggling attempt; an
             # intermediary must not forward it as is, so it is refused outright.
-            return "other", await _refuse(client, 400, "bad request")
+            return "other", await self._refuse(client, 400, "bad request")
         if tenant is None:
             self.stats.failures[("-", "other", "unknown_tenant")] += 1
-            return "other", await _refuse(client, 403, "forbidden")
+            return "other", await self._refuse(client, 403, "forbidden")
         key = tenant.cluster_key
         decision = routes.route(
             request.method.decode("ascii"), request.target, tenant=tenant, mode=self.upstream.mode
@@ -348,7 +476,7 @@ class _ConnectionHandler:
                 decision.status,
                 decision.reason,
             )
-            return decision.action, await _refuse(client, decision.status, decision.reason)
+            return decision.action, await self._refuse(client, decision.status, decision.reason)
 
         action = decision.action
         try:
@@ -358,10 +486,10 @@ class _ConnectionHandler:
             self.stats.failures[(key, action, "error_proxying_request")] += 1
             log.warning("pod lookup failed for tenant %s: %s", key, type(exc).__name__)
             log.debug("pod lookup failure detail", exc_info=True)
-            return action, await _refuse(client, 502, "upstream unavailable")
+            return action, await self._refuse(client, 502, "upstream unavailable")
         if pod is None:
             self.stats.failures[(key, action, "pod_not_found")] += 1
-            return action, await _refuse(client, 404, "pod not found")
+            return action, await self._refuse(client, 404, "pod not found")
         metadata = pod.get("metadata")
         if not isinstance(metadata, Mapping) or not routes.authorize_pod(
             metadata, tenant, route=decision
@@ -373,7 +501,7 @@ class _ConnectionHandler:
                 decision.super_namespace,
                 decision.pod,
             )
-            return action, await _refuse(client, 403, "forbidden")
+            return action, await self._refuse(client, 403, "forbidden")
 
         try:
             status = await forward.forward(
@@ -398,37 +526,56 @@ class _ConnectionHandler:
         return action, status
 
 
+    async def _refuse(self, client: h11io.H11Stream, status: int, reason: str) -> int:
+        """Discard a small request body, then answer locally; returns ``status``.
+
+        Draining (within the body deadline and ``_REFUSED_BODY_LIMIT``) keeps a well-behaved
+        connection reusable and spares its client a reset; a body that is larger or slower is
+        left unread and the answer closes the connection.
+        """
+        budget = _REFUSED_BODY_LIMIT
+        try:
+            while client.conn.their_state is h11.SEND_BODY and budget > 0:
+                event = await client.next_event()
+                if isinstance(event, h11.Data):
+                    budget -= len(event.data)
+        except h11io.ReadTimeout:
+            self.stats.read_timeouts["body"] += 1
+        await _answer(client, status, reason)
+        return status
+
+
 def _ambiguous_framing(request: h11.Request) -> bool:
     """True when the request carries both Transfer-Encoding and Content-Length."""
     names = {name for name, _ in request.headers}
     return b"transfer-encoding" in names and b"content-length" in names
 
 
-async def _refuse(client: h11io.H11Stream, status: int, reason: str) -> int:
-    """Discard a small request body, then answer locally; returns ``status``."""
-    budget = _REFUSED_BODY_LIMIT
-    while client.conn.their_state is h11.SEND_BODY and budget > 0:
-        event = await client.next_event()
-        if isinstance(event, h11.Data):
-            budget -= len(event.data)
-    await _answer(client, status, reason)
-    return status
+async def _answer(
+    client: h11io.H11Stream,
+    status: int,
+    reason: str,
+    *,
+    close: bool = False,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a short plain-text response if h11 still allows one; never raises for I/O.
 
-
-async def _answer(client: h11io.H11Stream, status: int, reason: str) -> None:
-    """Send a short plain-text response if h11 still allows one; never raises for I/O."""
+    The response says ``Connection: close`` when ``close`` is set or the request is unfinished.
+    """
     if client.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     body = reason.encode("ascii") + b"\n"
-    headers = [
+    head = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode("ascii")),
         (b"x-content-type-options", b"nosniff"),
+        *headers,
     ]
-    if client.conn.their_state is not h11.DONE:
-        headers.append((b"connection", b"close"))
+    if close or client.conn.their_state is not h11.DONE:
+        head.append((b"connection", b"close"))
     try:
-        await client.send(h11.Response(status_code=status, headers=headers))
+        await client.send(h11.Response(status_code=status, headers=head))
         await client.send(h11.Data(data=body))
         await client.send(h11.EndOfMessage())
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):

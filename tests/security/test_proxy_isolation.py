@@ -8,6 +8,8 @@ and `default` are stamped as A's, so only the namespace mapping keeps A away fro
 Each row names the expected status (or a refused TLS handshake) and, for local answers, the
 exact body; a shared log marker proves no refused request read any pod's log, while two
 positive rows (each tenant reading its own pod) prove the path works and sees the marker.
+Last, tenant A takes every connection slot with request bodies it never finishes, and tenant B
+must still read its pod's log.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,6 +41,12 @@ from tests.security.rawtls import TLS_REFUSED, Answer, client_context, exchange,
 from tests.testbed import SuperCluster, append_pod_log
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
+
+
+# Small enough for the greedy-tenant check; deadlines long enough that only the per-tenant
+# limit, not a deadline, can make room for tenant B while tenant A is greedy.
+LIMITS = server.ServerLimits(max_connections=6, max_connections_per_tenant=4, header_timeout=60.0,
+                             body_timeout=60.0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -250,7 +259,7 @@ async def bed(env: syncing.Env, super_cluster: SuperCluster, tmp_path: Path) -> 
                                    server_hostname=upstream.server_hostname or upstream.host)
     listeners = await env.nursery.start(functools.partial(
         server.serve, host="127.0.0.1", port=0, server_cert_pem=cert, server_key_pem=key, cas=cas,
-        upstream=upstream, lookup_pod=lookup, statistics=stats))
+        upstream=upstream, lookup_pod=lookup, statistics=stats, limits=LIMITS))
     foreign = {ns: await _foreign_pod(env, super_cluster, a, ns) for ns in ("kube-system", "default")}
     for t, name in ((a, "web-a"), (b, "web-b")):
         await syncing.wait_object(t.client, resources.SERVICEACCOUNTS, "default", namespace="default")
@@ -355,7 +364,57 @@ async def test_crafted_requests_are_refused(bed: Bed, super_cluster: SuperCluste
     looked = {ns for ns, _ in bed.lookups}
     assert all(ns.startswith(bed.a.key + "-") for ns in looked), looked
     assert not looked & {"kube-system", "default"}
+    await _greedy_tenant_cannot_starve_logs(bed, contexts, marker, tally)
     # The foreign pods are untouched by the syncer that served A meanwhile.
     for ns, pod in bed.foreign.items():
         obj = await bed.superc.get(resources.PODS, pod, namespace=ns)
         assert obj["metadata"].get("deletionTimestamp") is None
+
+
+async def _greedy_tenant_cannot_starve_logs(
+    bed: Bed, contexts: dict[str, ssl.SSLContext], marker: str, tally: Tally
+) -> None:
+    """Tenant A opens every connection the proxy takes and sends request bodies it never
+    finishes: A keeps its per-tenant share, its extra connections get 429, and tenant B still
+    reads its pod's log (the marker) from the super apiserver meanwhile."""
+    slow = request("POST", "/pods", headers=b"Content-Length: 100000\r\n") + b"x" * 10
+    extra = LIMITS.max_connections - LIMITS.max_connections_per_tenant
+    answers: list[bytes] = []
+    extra_answered = trio.Event()
+    streams: list[trio.SSLStream[trio.SocketStream]] = []
+
+    async def read_answer(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        data = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+        answers.append(data)
+        if len(answers) == extra:
+            extra_answered.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(LIMITS.max_connections):
+                stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", bed.port), contexts["A"],
+                                        server_hostname="localhost")
+                streams.append(stream)
+                await stream.do_handshake()
+                await stream.send_all(slow)
+                nursery.start_soon(read_answer, stream)
+            got = await exchange(bed.port, contexts["B"], request("GET", "/containerLogs/default/web-b/main"))
+            a_open = bed.stats.tenant_connections[bed.a.key]
+            with trio.fail_after(30):
+                await extra_answered.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            for stream in streams:
+                await trio.aclose_forcefully(stream)
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 429 ") and b"\r\nretry-after: 1\r\n" in a.lower()]
+    tally.add("proxy: a greedy tenant's connections beyond its limit (tried / answered 429)",
+              tried=extra, held=len(refused))
+    assert 200 == got.status, got
+    assert marker.encode() in got.body
+    assert LIMITS.max_connections_per_tenant == a_open  # B got in while A held its share
+    assert extra == len(refused), answers
+    assert extra == bed.stats.refused_connections[bed.a.key]

@@ -100,8 +100,11 @@ async def test_kubeconfig_in_a_cluster_object_reads_no_file_and_can_be_replaced(
 
             message = await wait_for(refused, timeout=60, what="an InvalidKubeconfig Event on the VC")
             assert "user 'u' tokenFile" in str(message)
-            condition = await _condition(superc, reader)
-            assert condition is not None and condition["status"] == "False", condition
+            async def refusal_condition() -> dict[str, Any] | None:
+                c = await _condition(superc, reader)  # written just after the Event
+                return c if c is not None and c["status"] == "False" else None
+
+            condition: Any = await wait_for(refusal_condition, timeout=30, what="condition KubeconfigAccepted=False")
             assert condition["reason"] == "InvalidKubeconfig"
             assert "only inline credentials are accepted; remove user 'u' tokenFile" in condition["message"]
 
