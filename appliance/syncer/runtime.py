@@ -211,7 +211,10 @@ class Syncer:
         log.info("tenant %s registered (%d kinds)", tenant.key, len(tenant.informers))
 
     def unregister(self, tenant_key: str) -> None:
-        self.tenants.pop(tenant_key, None)
+        """Forget a tenant: its queued work is dropped and its work in progress cancelled."""
+        tenant = self.tenants.pop(tenant_key, None)
+        for scope in tenant.inflight if tenant is not None else ():
+            scope.cancel()
         if self._on_unregister is not None:
             self._on_unregister(tenant_key)
         self._notify_tenants_changed()
@@ -253,27 +256,14 @@ class Syncer:
                 queue.forget(tenant_key, key)
                 return None, code
             problem: str | None = None
-            try:
-                with trio.fail_after(self.settings.reconcile_timeout):
-                    await run(tenant)
-            except base.Retry as exc:
-                code = "Error"  # the original counts waits on prerequisites as errors too
-                log.debug("%s %s: %s", what, key, exc)
-                problem = f"gave up after retries: {exc}"
-            except base.Permanent as exc:
-                code, problem = "BadRequest", str(exc)
-            except errors.ApiError as exc:
-                if exc.status in (400, 403, 422):
-                    code, problem = "BadRequest", f"refused by the super cluster: {exc.message}"
-                else:
-                    code = "Error"
-                    log.info("%s %s: %s; retrying", what, key, exc)
-            except (errors.TransportError, trio.TooSlowError) as exc:
-                code = "Error"
-                log.info("%s %s: %r; retrying", what, key, exc)
-            except Exception:
-                code = "Error"
-                log.exception("%s %s failed", what, key)
+            with trio.CancelScope() as stopped:  # cancelled by `unregister`
+                tenant.inflight.add(stopped)
+                try:
+                    code, problem = await self._attempt(run, tenant, key, what)
+                finally:
+                    tenant.inflight.discard(stopped)
+            if self.tenants.get(str(tenant_key)) is not tenant:
+                return None, code  # stopped meanwhile: nothing to retry, report or count
             if code == "OK":
                 queue.forget(tenant_key, key)
             elif code == "BadRequest":
@@ -290,6 +280,31 @@ class Syncer:
             return tenant, code
         finally:
             queue.done(tenant_key, key)
+
+    async def _attempt(
+        self, run: Callable[[Tenant], Awaitable[None]], tenant: Tenant, key: Hashable, what: str
+    ) -> tuple[str, str | None]:
+        """One try of a work item: (outcome code, problem to report or None)."""
+        try:
+            with trio.fail_after(self.settings.reconcile_timeout):
+                await run(tenant)
+        except base.Retry as exc:
+            log.debug("%s %s: %s", what, key, exc)
+            return "Error", f"gave up after retries: {exc}"  # the original counts these as errors too
+        except base.Permanent as exc:
+            return "BadRequest", str(exc)
+        except errors.ApiError as exc:
+            if exc.status in (400, 403, 422):
+                return "BadRequest", f"refused by the super cluster: {exc.message}"
+            log.info("%s %s: %s; retrying", what, key, exc)
+            return "Error", None
+        except (errors.TransportError, trio.TooSlowError) as exc:
+            log.info("%s %s: %r; retrying", what, key, exc)
+            return "Error", None
+        except Exception:
+            log.exception("%s %s failed", what, key)
+            return "Error", None
+        return "OK", None
 
     async def _report_sync_failure(self, kind: base.Kind, ns: str, name: str, tenant: Tenant, msg: str) -> None:
         vobj = tenant.get(kind.name, name, ns or None)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
+
 from appliance.kube import client as kclient
 from appliance.kube import events as kevents
 from appliance.kube import informer as kinformer
@@ -54,6 +56,9 @@ class Tenant:
     client: kclient.ApiClient
     informers: dict[str, kinformer.Informer] = field(default_factory=dict)
     events: kevents.EventRecorder = field(init=False)
+    #: cancel scopes of this tenant's work items being processed; `Syncer.unregister` cancels them
+    #: so that no reconcile outlives the tenant's client
+    inflight: set[trio.CancelScope] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.events = kevents.EventRecorder(self.client, component="vc-syncer")
