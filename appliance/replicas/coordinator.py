@@ -270,8 +270,7 @@ class Coordinator(Ownership):
             await self._check_lost(ref)
         except errors.NotFound:
             log.warning("tenant %s/%s: its Lease was deleted; stopping", *ref)
-            await self._stop_guards(ref)
-            self._held.pop(ref, None)
+            self._lose(ref)
         except errors.KubeError as exc:
             log.warning("tenant %s/%s: Lease renewal failed: %s", ref[0], ref[1], exc)
 
@@ -287,8 +286,16 @@ class Coordinator(Ownership):
             held.obj = current  # someone touched metadata only; renew from the fresh copy next tick
             return
         log.warning("tenant %s/%s: Lease now held by %r; stopping", ref[0], ref[1], lease.record(current).holder)
-        await self._stop_guards(ref)
+        self._lose(ref)
+
+    def _lose(self, ref: TenantRef) -> None:
+        """Stop serving a tenant whose Lease is gone: `holds` turns false now, its tasks stop in the
+        background. A slow stop (processes stopped, not kept) must not hold up the renewal tick,
+        or every other tenant of this replica would outlive its renew deadline too."""
         self._held.pop(ref, None)
+        assert self._releases is not None, "Leases are lost only while run() is active"
+        self._releases.start_soon(self._stop_guards, ref)
+        self._notify()
 
     async def _acquire(self, ref: TenantRef) -> bool:
         s = self.settings

@@ -231,3 +231,44 @@ async def test_process_mode_tenants_stay_on_their_placement(super_cluster: Super
 
 async def _as_async(value: object) -> object:
     return value
+
+
+async def _slow_to_stop(coord: Coordinator, ref: tuple[str, str], ended: dict[str, float], seconds: float,
+                        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Guarded work whose stop takes `seconds`, as a tenant's processes do with keep-control-planes = false."""
+    with coord.guard(ref):
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(seconds)  # the simulated slow stop (cleanup work), not a wait for state
+    ended[f"{ref[0]}/{ref[1]}"] = trio.current_time()
+
+
+async def test_a_slow_stop_of_a_lost_tenant_keeps_the_other_tenants(super_cluster: SuperCluster, lease_ns: str) -> None:
+    """vc0's Lease is stolen and its work needs 3 renew deadlines to stop: meanwhile vc1 stays held."""
+    sc = super_cluster
+    await syncing.apply_crds(sc)
+    slow = 3 * FAST["renew_deadline"]
+    async with syncing.super_client(sc) as superc, _vcs(superc, 2) as (ns, selector):
+        refs = [(ns, "vc0"), (ns, "vc1")]
+        ended: dict[str, float] = {}
+        async with trio.open_nursery() as nursery:
+            a = Coordinator(superc, _settings("replica-a", lease_ns, selector))
+            await nursery.start(a.run)
+            assert all(a.holds(r) for r in refs)
+            await nursery.start(_slow_to_stop, a, refs[0], ended, slow)
+            await nursery.start(_guarded, a, refs[1], ended)
+            name = lease.tenant_lease_name(refs[0])
+            current = await superc.get(resources.LEASES, name, namespace=lease_ns)
+            current["spec"]["holderIdentity"] = "intruder"
+            await superc.update(resources.LEASES, current, namespace=lease_ns)
+            await wait_for(lambda: _as_async(not a.holds(refs[0])), timeout=10, what="A to drop the stolen tenant")
+            lost_at = trio.current_time()
+            while f"{ns}/vc0" not in ended:  # the slow stop runs; vc1 must stay held all along
+                assert a.holds(refs[1]), f"vc1 dropped {trio.current_time() - lost_at:.1f} s into vc0's slow stop"
+                assert trio.current_time() - lost_at < slow + 10, "vc0's stop never ended"
+                await trio.sleep(FAST["retry_period"] / 2)  # sampling an invariant, not waiting for it
+            assert f"{ns}/vc1" not in ended and a.holds(refs[1])
+            nursery.cancel_scope.cancel()
