@@ -2,7 +2,9 @@
 
 Task tree:
 
-    main(config)                      signals → graceful stop; sd_notify READY/STOPPING/WATCHDOG
+    main(config)                      1st signal → graceful stop (Drain: no new work, wait for the
+                                      work in progress up to graceful-timeout), 2nd → cancel now;
+                                      sd_notify READY/STOPPING/WATCHDOG
     └── run(config)
         ├── health.serve              /healthz /readyz /metrics
         ├── Coordinator.run           (scale-out) tenant Leases shared with other replicas
@@ -40,6 +42,7 @@ from appliance.kube.client import ApiClient, open_client
 from appliance.metrics import Registry
 from appliance.pki import certs
 from appliance.replicas.ownership import Ownership
+from appliance.util.drain import Drain
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +99,13 @@ async def run(
     cfg: cfgmod.Config,
     *,
     readiness: health.Readiness,
+    drain: Drain | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     from appliance.syncer import runtime, supervisor
 
     registry = Registry()
+    drain = drain if drain is not None else Drain()
     data_dir = Path(cfg.data_dir).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     creds = await super_credentials(cfg)
@@ -145,6 +150,7 @@ async def run(
                     on_register=(lambda tid, tcreds: syncer_cas.set(tid.key, tcreds.ca_pem)
                                  if syncer_cas is not None and tcreds.ca_pem else None),
                     on_unregister=(lambda key: syncer_cas.remove(key) if syncer_cas is not None else None),
+                    drain=drain,
                 )
             ownership = Ownership()
             if cfg.leases.enabled:
@@ -175,7 +181,7 @@ async def run(
 
                     await nursery.start(functools.partial(
                         tenantcas.follow, superc, cas, label_selector=cfg.tenant_selector or None))
-                info["proxy_port"] = await nursery.start(_run_proxy, cfg, superc, data_dir, cas, sx)
+                info["proxy_port"] = await nursery.start(_run_proxy, cfg, superc, data_dir, cas, sx, drain)
             readiness.mark("proxy")
             log.info("vc-appliance ready (http :%d)", http_port)
             task_status.started(info)
@@ -204,9 +210,11 @@ async def _run_manager(
 
 
 async def _run_proxy(
-    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, cas: Any, sx: Any,
+    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, cas: Any, sx: Any, drain: Drain,
     *, task_status: trio.TaskStatus[int],
 ) -> None:
+    """The proxy; on a graceful stop it stops accepting and closes its listeners, while the
+    connections it serves go on until the final cancellation."""
     from appliance.proxy import forward, server
 
     p = cfg.proxy
@@ -235,12 +243,22 @@ async def _run_proxy(
         except errors.NotFound:
             return None
 
+    accepting = trio.CancelScope()
+
+    async def serve(handlers: trio.Nursery, *, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+        with accepting:
+            await server.serve(
+                host=p.address, port=p.port, server_cert_pem=cert, server_key_pem=key, cas=cas,
+                upstream=upstream, lookup_pod=lookup_pod, limits=server.ServerLimits.from_config(p),
+                handler_nursery=handlers, task_status=task_status,
+            )
+        for listener in listeners:
+            await listener.aclose()
+        log.info("proxy: stopped accepting connections")
+
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(lambda task_status: server.serve(
-            host=p.address, port=p.port, server_cert_pem=cert, server_key_pem=key, cas=cas,
-            upstream=upstream, lookup_pod=lookup_pod,
-            limits=server.ServerLimits.from_config(p), task_status=task_status,
-        ))
+        listeners = await nursery.start(serve, nursery)
+        drain.on_begin(accepting.cancel)
         task_status.started(listeners[0].socket.getsockname()[1])
 
 
@@ -250,24 +268,43 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+async def _finish(drain: Drain, timeout: float, scope: trio.CancelScope) -> None:
+    """The graceful stop's second half: wait for the work in progress, at most `timeout`, then cancel."""
+    started = trio.current_time()
+    with trio.move_on_after(timeout):
+        await drain.wait_idle()
+    if drain.active:
+        log.warning("graceful timeout (%.0f s): cutting %d writes in flight", timeout, drain.active)
+    else:
+        log.info("work in progress finished in %.1f s; stopping", trio.current_time() - started)
+    scope.cancel()
+
+
 async def main(cfg: cfgmod.Config) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 when startup fails."""
     readiness = health.Readiness("http", "manager", "syncer", "proxy")
     notify = sdnotify.Notifier.from_env()
     failed = False
+    drain = Drain()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(lambda task_status: run(cfg, readiness=readiness, task_status=task_status))
+                await nursery.start(lambda task_status: run(cfg, readiness=readiness, drain=drain,
+                                                            task_status=task_status))
                 await notify.send("READY=1\nSTATUS=serving")
                 nursery.start_soon(notify.watchdog)
                 async for signum in signals:
-                    log.info("signal %s: stopping (graceful timeout %.0f s)",
-                             signal.Signals(signum).name, cfg.graceful_timeout)
+                    name = signal.Signals(signum).name
+                    if drain.draining:
+                        log.warning("signal %s again: stopping now (%d writes in flight are cut)", name, drain.active)
+                        nursery.cancel_scope.cancel()
+                        break
+                    log.info("signal %s: stopping; waiting up to %.0f s for %d writes in flight",
+                             name, cfg.graceful_timeout, drain.active)
                     readiness.stopping = True
                     await notify.send("STOPPING=1")
-                    nursery.cancel_scope.cancel()
-                    break
+                    drain.begin()
+                    nursery.start_soon(_finish, drain, cfg.graceful_timeout, nursery.cancel_scope)
         except* StartupError as group:
             for exc in _leaves(group):
                 log.error("%s", exc)

@@ -154,7 +154,8 @@ class Config(_Section, frozen=True):
     data_dir: str = "/var/lib/vc-appliance"
     #: where the Kubernetes binaries are; empty = build/find them in the user cache.
     binaries_dir: str = ""
-    #: seconds allowed for a graceful stop (SIGTERM) before tasks are cancelled hard.
+    #: seconds the writes in flight get after SIGTERM (no new work is taken) before everything
+    #: is cancelled; a second signal cancels at once.
     graceful_timeout: Positive = 20.0
     #: label selector limiting which VirtualClusters this appliance serves ("" = all).
     tenant_selector: str = ""

@@ -12,6 +12,8 @@ What a request meets is decided when its head arrives, by the current `Fault`:
     SERVER_ERROR        answered 500 with a Status body (not forwarded)
     STALL               never answered: the connection is held until the client gives up
     CUT                 the connection is reset (RST) without a response
+    HOLD                writes (POST, PUT, PATCH, DELETE) wait until `release()`, then are
+                        forwarded; reads pass (work in flight that can be finished at will)
 
 `inject(fault, every=n)` applies the fault to every n-th request from then on (1 = all) and the
 others pass. Setting CUT also resets every connection open at that moment, including live
@@ -52,6 +54,7 @@ class Fault(enum.Enum):
     SERVER_ERROR = "500"
     STALL = "stall"
     CUT = "cut"
+    HOLD = "hold"
 
 
 class _Cut(Exception):
@@ -101,6 +104,7 @@ class FaultProxy:
         self._every = 1
         self._seen = 0  # requests since the last inject()
         self._connections: dict[trio.CancelScope, trio.SocketStream] = {}
+        self._released = trio.Event()
 
     # --- control ---------------------------------------------------------------------------
     @property
@@ -115,6 +119,12 @@ class FaultProxy:
         if fault is Fault.CUT:
             self.cut_all()
 
+    def release(self) -> None:
+        """Let every held write go on (and stop holding: the fault becomes PASS)."""
+        self._fault = Fault.PASS
+        self._released.set()
+        self._released = trio.Event()
+
     def cut_all(self) -> int:
         """Reset every open client connection (and its upstream); returns how many."""
         for scope, stream in list(self._connections.items()):
@@ -125,7 +135,8 @@ class FaultProxy:
 
     def injected(self) -> int:
         """Requests (and open connections) that met a fault so far."""
-        return sum(v for k, v in self.counts.items() if k not in ("pass", "forwarded", "upstream_unreachable"))
+        return sum(v for k, v in self.counts.items()
+                   if k not in ("pass", "forwarded", "upstream_unreachable", "released"))
 
     async def wait_count(self, key: str, n: int) -> None:
         """Return once `counts[key]` has reached `n` (the caller sets the deadline)."""
@@ -192,6 +203,13 @@ class FaultProxy:
                 if not isinstance(event, h11.Request):
                     return  # ConnectionClosed, or PAUSED after a close-delimited cycle
                 fault = self._decide()
+                if fault is Fault.HOLD and event.method in (b"POST", b"PUT", b"PATCH", b"DELETE"):
+                    self._count(fault.value)
+                    await self._released.wait()
+                    self._count("released")
+                    fault = Fault.PASS
+                elif fault is Fault.HOLD:
+                    fault = Fault.PASS
                 self._count(fault.value)
                 if fault is Fault.CUT:
                     raise _Cut

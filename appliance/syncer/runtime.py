@@ -36,6 +36,7 @@ from appliance.syncer.fairqueue import TrioFairQueue
 from appliance.syncer.resources import base
 from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming
+from appliance.util.drain import Drain
 
 if TYPE_CHECKING:
     from appliance.syncer.resources.sourced import SuperSourcedKind
@@ -80,8 +81,10 @@ class Syncer:
         kinds: list[base.Kind] | None = None,
         on_register: Callable[[TenantId, Credentials], None] | None = None,
         on_unregister: Callable[[str], None] | None = None,
+        drain: Drain | None = None,
     ) -> None:
-        """`on_register`/`on_unregister` tell others (the proxy) which tenants exist."""
+        """`on_register`/`on_unregister` tell others (the proxy) which tenants exist; `drain`
+        is the process's graceful stop (workers finish their item and take no other)."""
         from appliance.syncer.resources import all_kinds, events
 
         self.super_client = super_client
@@ -93,6 +96,7 @@ class Syncer:
             if "namespace" in self.kinds and any(k in self.kinds for k in events.INVOLVED_KINDS.values())
             else None
         )
+        self.drain = drain if drain is not None else Drain()
         self.tenants: dict[str, Tenant] = {}
         self.queues = {name: TrioFairQueue() for name in self.kinds}
         self.upward = TrioFairQueue()
@@ -306,6 +310,17 @@ class Syncer:
             return "Error", None
         return "OK", None
 
+    async def _next(self, queue: TrioFairQueue) -> tuple[Hashable, Hashable]:
+        """The next item, unless a graceful stop began (then wait to be cancelled).
+
+        Checked again after the wait: an item taken during the stop stays unprocessed; the
+        initial sync after the restart finds its object again.
+        """
+        await self.drain.gate()
+        item = await queue.get()
+        await self.drain.gate()
+        return item
+
     async def _report_sync_failure(self, kind: base.Kind, ns: str, name: str, tenant: Tenant, msg: str) -> None:
         vobj = tenant.get(kind.name, name, ns or None)
         if vobj is not None:  # EventRecorder.post never raises an API error
@@ -314,14 +329,15 @@ class Syncer:
     async def _downward_worker(self, kind: base.Kind) -> NoReturn:
         queue = self.queues[kind.name]
         while True:
-            item = await queue.get()
+            item = await self._next(queue)
             ns, name = cast(tuple[str, str], item[1])
             started = trio.current_time()
-            tenant, code = await self._process(
-                queue, item, functools.partial(kind.reconcile, self, ns=ns, name=name),
-                what=f"sync {kind.name}",
-                report=functools.partial(self._report_sync_failure, kind, ns, name),
-            )
+            with self.drain.work():
+                tenant, code = await self._process(
+                    queue, item, functools.partial(kind.reconcile, self, ns=ns, name=name),
+                    what=f"sync {kind.name}",
+                    report=functools.partial(self._report_sync_failure, kind, ns, name),
+                )
             if tenant is not None:
                 self.m_dws.inc(resource=kind.name, vc_name=tenant.id.vc_name, code=code)
                 self.m_dws_seconds.observe(trio.current_time() - started, resource=kind.name,
@@ -339,13 +355,14 @@ class Syncer:
 
     async def _upward_worker(self) -> NoReturn:
         while True:
-            item = await self.upward.get()
+            item = await self._next(self.upward)
             kind_name, ns, name = cast(tuple[str, str, str], item[1])
             started = trio.current_time()
-            tenant, code = await self._process(
-                self.upward, item, functools.partial(self._upward_one, kind_name, ns, name),
-                what=f"back-populate {kind_name}",
-            )
+            with self.drain.work():
+                tenant, code = await self._process(
+                    self.upward, item, functools.partial(self._upward_one, kind_name, ns, name),
+                    what=f"back-populate {kind_name}",
+                )
             if tenant is not None:
                 self.m_uws.inc(resource=kind_name, code=code)
                 self.m_uws_seconds.observe(trio.current_time() - started, resource=kind_name)

@@ -44,15 +44,16 @@ class Appliance:
             return await self.proc.wait()
 
 
-def write_config(path: Path, sc: SuperCluster, data_dir: Path, *, extra: str = "") -> tuple[int, int]:
+def write_config(path: Path, sc: SuperCluster, data_dir: Path, *, extra: str = "",
+                 super_kubeconfig: Path | None = None, graceful_timeout: float = 10.0) -> tuple[int, int]:
     """`extra` holds top-level keys (it is written before the first section)."""
     http, proxy = free_port(), free_port()
     path.write_text(f"""{extra}
 data-dir = "{data_dir}"
 binaries-dir = "{sc.bins.bin_dir}"
-graceful-timeout = 10.0
+graceful-timeout = {graceful_timeout}
 [super]
-kubeconfig = "{sc.kubeconfig}"
+kubeconfig = "{super_kubeconfig or sc.kubeconfig}"
 [http]
 port = {http}
 [proxy]
@@ -64,12 +65,14 @@ port = {proxy}
 @contextlib.asynccontextmanager
 async def running(
     sc: SuperCluster, tmp: Path, *, extra: str = "", env: dict[str, str] | None = None,
-    data_dir: Path | None = None, wait_ready: bool = True,
+    data_dir: Path | None = None, wait_ready: bool = True, super_kubeconfig: Path | None = None,
+    graceful_timeout: float = 10.0,
 ) -> AsyncIterator[Appliance]:
     """Start `python -m appliance run`, wait for /readyz, and always stop it afterwards."""
     data_dir = data_dir or tmp / "data"
     config = tmp / f"appliance-{free_port()}.toml"
-    http, proxy = write_config(config, sc, data_dir, extra=extra)
+    http, proxy = write_config(config, sc, data_dir, extra=extra, super_kubeconfig=super_kubeconfig,
+                               graceful_timeout=graceful_timeout)
     log = config.with_suffix(".log")
     with open(log, "wb") as logf:
         proc = await trio.lowlevel.open_process(

@@ -94,7 +94,7 @@ async def register_vc(
                               {"status": {"phase": "Running"}}, namespace=ns, subresource="status")
 
 
-async def _forget_vc(superc: ApiClient, vc: dict[str, Any]) -> None:
+async def forget_vc(superc: ApiClient, vc: dict[str, Any]) -> None:
     """Remove a test's VirtualCluster, its namespace and its tenant's super namespaces.
 
     The syncer is stopped by then, so nothing recreates them; the super namespace
@@ -135,7 +135,7 @@ async def synced_tenant(
     cp = await make(name, controller_manager=True, virtual_nodes=True)
     scope = _scopes.get(id(sx))
     vc = await register_vc(superc, cp, labels={SCOPE_LABEL: scope} if scope else None)
-    stack.push_async_callback(_forget_vc, superc, vc)
+    stack.push_async_callback(forget_vc, superc, vc)
     tid = TenantId.from_vc(vc)
     await wait_registered(sx, tid.key)
     client = await stack.enter_async_context(open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig)))
@@ -199,7 +199,7 @@ class Env:
         """A fresh tenant control plane with a Running VC, served by `sx`."""
         cp = await self.make(name, controller_manager=True, virtual_nodes=True)
         vc = await register_vc(self.superc, cp, kubeconfig=False)
-        self.stack.push_async_callback(_forget_vc, self.superc, vc)
+        self.stack.push_async_callback(forget_vc, self.superc, vc)
         client = await self.stack.enter_async_context(
             open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig)))
         t = SyncedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)

@@ -76,7 +76,7 @@ async def keyed_tenant(env: syncing.Env, sx: runtime.Syncer, name: str, *, key: 
     meta = vc["metadata"]
     vc = await env.superc.patch(resources.VIRTUALCLUSTERS, meta["name"], {"status": {"clusterNamespace": key}},
                                 namespace=meta["namespace"], subresource="status")
-    env.stack.push_async_callback(syncing._forget_vc, env.superc, vc)
+    env.stack.push_async_callback(syncing.forget_vc, env.superc, vc)
     client = await env.stack.enter_async_context(open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig)))
     t = syncing.SyncedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)
     assert key == t.key
