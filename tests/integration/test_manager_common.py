@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,10 +21,10 @@ from typing import Any
 
 import trio
 
-from appliance.controlplane import process
+from appliance.controlplane import cluster, process
 from appliance.kube import creds, errors, resources
 from appliance.kube.client import ApiClient, open_client
-from appliance.manager import controller, model
+from appliance.manager import controller, etcdcreds, etcdgateway, model
 from tests.testbed import SuperCluster, wait_for
 
 LABEL = "vc-appliance.test/run"
@@ -224,6 +225,17 @@ async def open_harness(super_cluster: SuperCluster, nursery: trio.Nursery, tmp_p
             with trio.move_on_after(240, shield=True):
                 await h.cleanup()
             kill_leftovers(h.data_dir)
+
+
+@contextlib.asynccontextmanager
+async def open_shared_etcd(data_dir: Path) -> AsyncIterator[etcdgateway.Gateway]:
+    """The manager's shared etcd (already started) as its root user, for assertions."""
+    etcd_creds = etcdcreds.SharedEtcdCreds(data_dir / "etcd" / "pki")
+    port = json.loads((data_dir / "etcd" / "ports.json").read_text())["client"]
+    tls = await trio.to_thread.run_sync(cluster.client_ssl_context, etcd_creds.admin)
+    url = cluster.etcd_url(port, tls=True)
+    async with etcdgateway.open_gateway(url, tls=tls, password=etcd_creds.root_password()) as gateway:
+        yield gateway
 
 
 def b64(data: bytes) -> str:

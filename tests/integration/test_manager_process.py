@@ -169,16 +169,10 @@ def _pids(h: Harness, key: str) -> dict[str, int]:
     return {p.stem: int(p.read_text().split()[0]) for p in logs.glob("*.pid")}
 
 
-def _etcd_keys(etcd_url: str, prefix: str) -> int:
-    import base64
-
-    import httpx
-
-    key = prefix.encode()
-    end = key[:-1] + bytes([key[-1] + 1])
-    body = {"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode(),
-            "count_only": True}
-    return int(httpx.post(f"{etcd_url}/v3/kv/range", json=body, timeout=10).json().get("count", 0))
+async def _etcd_keys(h: Harness, prefix: str) -> int:
+    """How many keys the shared etcd holds under `prefix` (read as its root user)."""
+    async with common.open_shared_etcd(h.data_dir) as gateway:
+        return await gateway.count(prefix)
 
 
 async def test_manager_restart_readopts_processes_without_new_certificates(harness: Harness) -> None:
@@ -259,21 +253,19 @@ async def test_same_name_in_two_namespaces_is_isolated_and_deleted_alone(harness
                     "tenancy.x-k8s.io/vcuid": vc["metadata"]["uid"]}},
             })
     pids_a = _pids(h, key_a)
-    etcd_url = json.loads((h.data_dir / "etcd" / "ports.json").read_text())
-    etcd_url = f"http://127.0.0.1:{etcd_url['client']}"
-    assert _etcd_keys(etcd_url, f"/tenants/{key_a}/") > 0
+    assert await _etcd_keys(h, f"/tenants/{key_a}/") > 0
 
     await h.delete_vc("twin")
     assert not any(_alive(pid) for pid in pids_a.values())
     assert not (h.data_dir / "tenants" / key_a).exists()
-    assert _etcd_keys(etcd_url, f"/tenants/{key_a}/") == 0
+    assert await _etcd_keys(h, f"/tenants/{key_a}/") == 0
     names = {n["metadata"]["name"] for n in (await h.client.list(resources.NAMESPACES)).items}
     assert key_a not in names
     assert f"{key_a}-default" not in names
     assert key_b in names
     assert f"{key_b}-default" in names
     assert (h.data_dir / "tenants" / key_b / "plan.json").exists()
-    assert _etcd_keys(etcd_url, f"/tenants/{key_b}/") > 0
+    assert await _etcd_keys(h, f"/tenants/{key_b}/") > 0
     async with open_client(creds_b) as b:
         assert (await b.get(resources.NAMESPACES, "default"))["metadata"]["name"] == "default"
     with contextlib.suppress(errors.NotFound):

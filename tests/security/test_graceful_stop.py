@@ -24,9 +24,10 @@ from appliance.util import naming
 from tests.e2e.appliance_proc import Appliance, running
 from tests.faultproxy import Fault, FaultProxy, open_fault_proxy
 from tests.integration import syncing
+from tests.security.conftest import Tally
 from tests.testbed import SuperCluster, TenantFactory, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+pytestmark = [pytest.mark.security, pytest.mark.e2e, pytest.mark.integration]
 
 GRACE = 60.0  # long, so that "exited because the write finished" differs from "timed out"
 
@@ -46,6 +47,7 @@ async def _write_in_flight(proxy: FaultProxy, tenant: ApiClient, name: str) -> N
 
 async def test_sigterm_lets_writes_in_flight_finish_and_a_second_signal_stops_at_once(
     super_cluster: SuperCluster, tenant_factory: TenantFactory, nursery: trio.Nursery, tmp_path: Path,
+    tally: Tally,
 ) -> None:
     sc, run = super_cluster, uuid.uuid4().hex[:8]
     await syncing.apply_crds(sc)
@@ -102,6 +104,7 @@ async def test_sigterm_lets_writes_in_flight_finish_and_a_second_signal_stops_at
                     code = await app.proc.wait()
                 print(f"\nsecond SIGTERM: exited after {trio.current_time() - signalled:.1f} s")
                 assert await _log_has(app, "again: stopping now")
+                tally.add("stop: SIGTERM with a write in flight (finished; 2nd signal: cut at once)", tried=2, held=2)
         finally:
             proxy.release()
             with trio.move_on_after(20, shield=True):  # the manager is gone: its finalizer goes by hand

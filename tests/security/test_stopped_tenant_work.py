@@ -26,14 +26,15 @@ from appliance.syncer import runtime, supervisor
 from appliance.syncer.tenant import TenantId
 from tests.faultproxy import Fault, open_fault_proxy
 from tests.integration import syncing
+from tests.security.conftest import Tally
 from tests.testbed import SuperCluster, TenantFactory, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 
 async def test_stopped_tenant_work_in_progress_is_cancelled_not_retried(
     super_cluster: SuperCluster, tenant_factory: TenantFactory, nursery: trio.Nursery, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tally: Tally,
 ) -> None:
     await syncing.apply_crds(super_cluster)
     proxy = await open_fault_proxy(nursery, upstream_url=super_cluster.url, pki_dir=super_cluster.pki_dir)
@@ -76,6 +77,7 @@ async def test_stopped_tenant_work_in_progress_is_cancelled_not_retried(
                 proxy.inject(Fault.PASS)
                 failures = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
                 assert not failures, [r.getMessage() for r in failures]
+                tally.add("stop: a stopped tenant's work in progress (cancelled, not retried)", tried=1, held=1)
                 inner.cancel_scope.cancel()
         finally:
             proxy.inject(Fault.PASS)
