@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from appliance.controlplane import components, process
+from appliance.controlplane import components, ports, process
 from appliance.controlplane.build import Binaries
 from appliance.pki import certs, kubeconfig
 
@@ -29,10 +28,8 @@ LOOPBACK = components.LOOPBACK
 
 
 def free_port() -> int:
-    """A currently free loopback TCP port (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A currently free loopback TCP port (the kernel's choice; see `ports` for its caveat)."""
+    return ports.free_port(LOOPBACK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +173,62 @@ def http_probe(url: str, *, ctx: ssl.SSLContext | None = None) -> process.Probe:
     return probe
 
 
+def client_ssl_context(files: components.TLSFiles) -> ssl.SSLContext:
+    """Client TLS that trusts `files.ca` and presents `files.cert` (blocking: reads files)."""
+    ctx = ssl.create_default_context(cafile=str(files.ca))
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    return ctx
+
+
+def https_probe(url: str, files: components.TLSFiles) -> process.Probe:
+    """`http_probe` over client-certificate TLS; the context is loaded (in a thread) on first use."""
+    loaded: list[ssl.SSLContext] = []
+
+    async def probe() -> bool:
+        if not loaded:
+            loaded.append(await trio.to_thread.run_sync(client_ssl_context, files))
+        return await http_probe(url, ctx=loaded[0])()
+
+    return probe
+
+
 @dataclass(frozen=True, slots=True)
 class Etcd:
     url: str
     data_dir: Path
     handle: process.ProcessHandle
+
+
+def etcd_url(client_port: int, *, tls: bool) -> str:
+    return f"{'https' if tls else 'http'}://{LOOPBACK}:{client_port}"
+
+
+def etcd_spec(
+    bins: Binaries,
+    *,
+    state_dir: Path,
+    client_port: int,
+    peer_port: int,
+    keep_on_cancel: bool = False,
+    fsync: bool = True,
+    tls: components.TLSFiles | None = None,
+    compaction_retention: str | None = None,
+) -> process.ProcessSpec:
+    """The supervised etcd of `start_etcd`, for callers that first clear a stale one with it.
+
+    With `tls`, the readiness probe presents `tls.cert` (it has client usage, see `etcd_argv`).
+    """
+    url = etcd_url(client_port, tls=tls is not None)
+    return process.ProcessSpec(
+        name="etcd",
+        argv=components.etcd_argv(
+            bins, name="vc", data_dir=state_dir / "etcd", client_port=client_port, peer_port=peer_port,
+            fsync=fsync, tls=tls, compaction_retention=compaction_retention,
+        ),
+        log_path=state_dir / "logs" / "etcd.log",
+        ready=http_probe(f"{url}/health") if tls is None else https_probe(f"{url}/health", tls),
+        keep_on_cancel=keep_on_cancel,
+    )
 
 
 async def start_etcd(
@@ -192,24 +240,21 @@ async def start_etcd(
     peer_port: int | None = None,
     keep_on_cancel: bool = False,
     fsync: bool = True,
+    tls: components.TLSFiles | None = None,
+    compaction_retention: str | None = None,
 ) -> Etcd:
     """Start etcd with its data in `state_dir/etcd`; fixed ports allow re-adoption.
 
-    Tenant data is durable (fsync) unless `fsync=False`, which only test beds may use.
+    Tenant data is durable (fsync) unless `fsync=False`, which only test beds may use. Plain
+    HTTP on loopback unless `tls` is given (the test bed's super cluster stays plain).
     """
     client_port, peer_port = client_port or free_port(), peer_port or free_port()
-    data_dir = state_dir / "etcd"
-    spec = process.ProcessSpec(
-        name="etcd",
-        argv=components.etcd_argv(
-            bins, name="vc", data_dir=data_dir, client_port=client_port, peer_port=peer_port, fsync=fsync
-        ),
-        log_path=state_dir / "logs" / "etcd.log",
-        ready=http_probe(f"http://{LOOPBACK}:{client_port}/health"),
-        keep_on_cancel=keep_on_cancel,
+    spec = etcd_spec(
+        bins, state_dir=state_dir, client_port=client_port, peer_port=peer_port,
+        keep_on_cancel=keep_on_cancel, fsync=fsync, tls=tls, compaction_retention=compaction_retention,
     )
     handle = await nursery.start(process.supervise, spec)
-    return Etcd(url=f"http://{LOOPBACK}:{client_port}", data_dir=data_dir, handle=handle)
+    return Etcd(url=etcd_url(client_port, tls=tls is not None), data_dir=state_dir / "etcd", handle=handle)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Every builder returns an argv list for the multi-call `k8s-testbin` (or kwok) and binds
 only to loopback unless told otherwise. Keeping flags here, away from process
 handling, lets unit tests pin them and lets the `process` provisioner reuse the exact
-same flags for tenant control planes.
+same flags for tenant control planes. Certificates and keys appear only as file paths.
 """
 
 from __future__ import annotations
@@ -17,13 +17,30 @@ from appliance.controlplane.build import Binaries
 LOOPBACK = "127.0.0.1"
 
 
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """A CA certificate and one certificate/key pair, as files (the flags take paths)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 def etcd_argv(
-    bins: Binaries, *, name: str, data_dir: Path, client_port: int, peer_port: int, fsync: bool = True
+    bins: Binaries, *, name: str, data_dir: Path, client_port: int, peer_port: int, fsync: bool = True,
+    tls: TLSFiles | None = None, compaction_retention: str | None = None,
 ) -> list[str]:
-    """`fsync=False` only for throw-away test beds: without it a power loss can corrupt the data."""
-    client = f"http://{LOOPBACK}:{client_port}"
-    peer = f"http://{LOOPBACK}:{peer_port}"
-    return [
+    """`fsync=False` only for throw-away test beds: without it a power loss can corrupt the data.
+
+    With `tls`, clients and peers speak HTTPS and must present a certificate issued by
+    `tls.ca`; `tls.cert` needs server *and* client usage, because etcd's JSON gateway and its
+    peer transport dial etcd with it. `compaction_retention` (e.g. "5m") makes etcd compact
+    its history itself, for an etcd whose apiservers may not write `compact_rev_key`.
+    """
+    scheme = "https" if tls is not None else "http"
+    client = f"{scheme}://{LOOPBACK}:{client_port}"
+    peer = f"{scheme}://{LOOPBACK}:{peer_port}"
+    argv = [
         str(bins.path("etcd")),
         f"--name={name}",
         f"--data-dir={data_dir}",
@@ -37,6 +54,16 @@ def etcd_argv(
         "--quota-backend-bytes=4294967296",
         "--log-level=warn",
     ]
+    if tls is not None:
+        argv += [
+            f"--cert-file={tls.cert}", f"--key-file={tls.key}",
+            "--client-cert-auth=true", f"--trusted-ca-file={tls.ca}",
+            f"--peer-cert-file={tls.cert}", f"--peer-key-file={tls.key}",
+            "--peer-client-cert-auth=true", f"--peer-trusted-ca-file={tls.ca}",
+        ]
+    if compaction_retention is not None:
+        argv += ["--auto-compaction-mode=periodic", f"--auto-compaction-retention={compaction_retention}"]
+    return argv
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +78,10 @@ class ApiServerFlags:
     bind_address: str = LOOPBACK
     advertise_address: str = LOOPBACK
     disable_admission: Sequence[str] = ()
+    #: Client certificate for etcd, and the CA that issued etcd's serving certificate.
+    etcd_tls: TLSFiles | None = None
+    #: `--etcd-compaction-interval`; "0" where the apiserver may not write `compact_rev_key`.
+    etcd_compaction_interval: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -86,6 +117,12 @@ def apiserver_argv(bins: Binaries, f: ApiServerFlags) -> list[str]:
         "watch-cache": "true",
         "v": "1",
     }
+    if f.etcd_tls is not None:
+        flags["etcd-cafile"] = str(f.etcd_tls.ca)
+        flags["etcd-certfile"] = str(f.etcd_tls.cert)
+        flags["etcd-keyfile"] = str(f.etcd_tls.key)
+    if f.etcd_compaction_interval is not None:
+        flags["etcd-compaction-interval"] = f.etcd_compaction_interval
     if f.disable_admission:
         flags["disable-admission-plugins"] = ",".join(f.disable_admission)
     flags.update(f.extra)
@@ -98,9 +135,15 @@ def controller_manager_argv(
     pki_dir: Path,
     service_cidr: str = "10.96.0.0/16",
     virtual_nodes: bool = False,
+    master: str | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """KCM flags; `virtual_nodes` turns off what cannot work with unheartbeated vNodes."""
+    """KCM flags; `virtual_nodes` turns off what cannot work with unheartbeated vNodes.
+
+    `master` (the apiserver URL) overrides the kubeconfig's server. KCM reads its kubeconfig
+    only at start, so putting the URL on the command line also makes a kept KCM that still
+    talks to an old apiserver address un-adoptable: it is restarted, not re-used.
+    """
     d = pki_dir
     kubeconfig = str(d / "controller-manager.kubeconfig")
     flags = {
@@ -118,6 +161,8 @@ def controller_manager_argv(
         "service-cluster-ip-range": service_cidr,
         "v": "1",
     }
+    if master is not None:
+        flags["master"] = master
     if virtual_nodes:
         flags["controllers"] = "*,-node-lifecycle-controller"
         flags["node-monitor-grace-period"] = "200s"

@@ -78,7 +78,8 @@ class ProcessHandle:
         return max(0, self.starts - 1)
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
+    """The command line of `pid` ([] if it is gone)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -98,7 +99,7 @@ def kill_leftovers(pid_dir: Path) -> list[int]:
             pid = int(pid_s)
         except (OSError, ValueError):
             continue
-        cmd = _cmdline(pid)
+        cmd = cmdline(pid)
         if cmd and cmd[0] == program:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -152,7 +153,7 @@ def _adoptable(spec: ProcessSpec) -> _Adopted | None:
         pid = int(spec.pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    if _cmdline(pid) != [str(a) for a in spec.argv]:
+    if cmdline(pid) != [str(a) for a in spec.argv]:
         return None
     try:
         return _Adopted(pid)
@@ -216,7 +217,7 @@ async def _spawn_detached(spec: ProcessSpec) -> _Adopted:
     # shows another command line and could not be recognised (adopted) later.
     want = [str(a) for a in spec.argv]
     with trio.move_on_after(10):
-        while _cmdline(pid) not in (want, []):
+        while cmdline(pid) not in (want, []):
             await trio.sleep(0.01)
     spec.pid_file.write_text(f"{pid} {spec.argv[0]}\n")
     return _Adopted(pid)

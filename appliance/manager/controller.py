@@ -24,7 +24,6 @@ import shutil
 from pathlib import Path
 from typing import Any, NoReturn
 
-import httpx
 import msgspec
 import trio
 
@@ -33,7 +32,7 @@ from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient
 from appliance.kube.events import EventRecorder
 from appliance.kube.informer import Informer
-from appliance.manager import crds, etcd, kubeconfigs, model
+from appliance.manager import crds, etcd, etcdgateway, kubeconfigs, model
 from appliance.manager.provision import imported, native
 from appliance.manager.provision import process as process_provisioner
 from appliance.manager.provision.base import Context, Provisioner
@@ -179,9 +178,9 @@ class Controller:
             await trio.to_thread.run_sync(process.kill_leftovers, tdir / "logs")
             if plan.etcd_mode == "shared":
                 try:
-                    await etcd.delete_prefix(await self._ctx.etcd.url(), f"/tenants/{tdir.name}/")
-                except (httpx.HTTPError, process.ProcessFailed, OSError) as exc:
-                    logger.warning("could not remove the etcd keys of %s: %s", tdir.name, exc)
+                    await self._ctx.etcd.forget_tenant(tdir.name)
+                except (etcdgateway.GatewayError, process.ProcessFailed, OSError) as exc:
+                    logger.warning("could not remove the etcd keys and user of %s: %s", tdir.name, exc)
             await trio.to_thread.run_sync(_remove_tree, tdir)
 
 

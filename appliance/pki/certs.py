@@ -62,7 +62,8 @@ def public_key_pem(private_pem: bytes) -> bytes:
 
 def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    if common_name:
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     return x509.Name(attrs)
 
 
@@ -120,8 +121,9 @@ def issue(
 ) -> CertKey:
     """A leaf certificate signed by `ca`.
 
-    `organizations` become one O attribute each: Kubernetes reads them as groups.
-    The validity never exceeds the CA's, so a short-lived CA cannot sign long leaves.
+    `organizations` become one O attribute each: Kubernetes reads them as groups. An empty
+    `common_name` leaves the CN out (etcd's JSON gateway refuses client certificates with one
+    once authentication is on). The validity never exceeds the CA's, so a short-lived CA cannot sign long leaves.
     """
     if not (server or client):
         raise ValueError("a leaf certificate needs server and/or client usage")

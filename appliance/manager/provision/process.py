@@ -4,7 +4,8 @@ Layout of `<data_dir>/tenants/<cluster key>/` (0700, files 0600):
 
     plan.json   what must not change across restarts: port, address, service range, etcd
                 mode, prefix and ports; the UID of the VirtualCluster it belongs to
-    pki/        certificates, keys and kubeconfigs (`pkisecrets.files`)
+    pki/        certificates, keys and kubeconfigs (`pkisecrets.files`); on the shared etcd
+                also the tenant's etcd client certificate (`etcdcreds.TENANT_FILES`)
     logs/       one log and one pid file per process
     etcd/       the data of a dedicated etcd (annotation `tenancy.x-k8s.io/etcd: dedicated`)
 
@@ -15,6 +16,18 @@ only generated when neither has it. The processes run under `process.supervise` 
 tenant's nursery (restart with backoff, counted in the handles the health monitor reads).
 The apiserver presents `kubelet-client` (CN = cluster key, issued by the tenant root CA) to
 kubelets, which is how the vn-agent proxy identifies the tenant.
+
+etcd: on the shared etcd the apiserver is its own etcd user, limited to its prefix (see
+`manager.etcd`). A dedicated etcd serves TLS with `etcd.crt` and accepts only certificates of
+the tenant's root CA; the apiserver presents `apiserver.crt` (it has client usage).
+
+Ports were chosen by bind-then-close and saved in the plan, so another program may hold one
+by the time the processes start (after a host reboot, or while the appliance was down).
+Before each start, a planned port held by anything but this tenant's own recorded processes
+is replaced by a fresh one (`reassign_taken_ports`); the plan, kubeconfigs and secrets then
+name the new address, a warning Event says so, and the KCM (whose command line names the
+apiserver URL) is restarted with it. A port taken in the instant between that check and the
+bind fails the attempt ("address already in use"), and the next attempt moves it.
 """
 
 from __future__ import annotations
@@ -23,16 +36,16 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import ssl
-import time
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import trio
 
-from appliance.controlplane import cluster, components, process
+from appliance.controlplane import cluster, components, ports, process, stale
+from appliance.controlplane.components import TLSFiles
 from appliance.kube import resources
 from appliance.manager import etcd, model, pkisecrets, reconcile, rootns
 from appliance.manager.provision.base import Context, RunningPlane, Tenant
@@ -40,7 +53,8 @@ from appliance.pki import kubeconfig
 
 logger = logging.getLogger(__name__)
 
-STALE_EXIT_WAIT = 10.0
+#: Event reason when a planned port was taken by another program and replaced.
+REASON_PORT_REASSIGNED = "PortReassigned"
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,39 +134,37 @@ def _write_tenant_dir(tdir: Path, plan: Plan, pki: pkisecrets.TenantPKI, *, clus
     etcd.write_json_private(tdir / "plan.json", msgspec.to_builtins(plan))
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+@dataclass(frozen=True, slots=True)
+class PortMove:
+    """One planned port replaced because another program holds it."""
+
+    what: str
+    old: int
+    new: int
 
 
-def _clear_stale(specs: Sequence[process.ProcessSpec], *, keep: bool) -> None:
-    """Stop recorded children that cannot be adopted (other argv, or adoption is off).
+def reassign_taken_ports(
+    plan: Plan, *, taken: Callable[[str, int], bool], fresh: Callable[[], int],
+) -> tuple[Plan, list[PortMove]]:
+    """The plan with every port that `taken(host, port)` reports replaced by a `fresh()` one."""
+    wanted = [("kube-apiserver", "port", plan.bind, plan.port)]
+    if plan.etcd_mode == "dedicated":
+        wanted += [("etcd client", "etcd_client_port", cluster.LOOPBACK, plan.etcd_client_port),
+                   ("etcd peer", "etcd_peer_port", cluster.LOOPBACK, plan.etcd_peer_port)]
+    moves, changes = [], {}
+    for what, field, host, port in wanted:
+        if port and taken(host, port):
+            new = fresh()
+            moves.append(PortMove(what, port, new))
+            changes[field] = new
+    return (msgspec.structs.replace(plan, **changes) if changes else plan), moves
 
-    They would otherwise hold the port the fresh process needs.
-    """
-    for spec in specs:
-        try:
-            pid_s, _, program = spec.pid_file.read_text().strip().partition(" ")
-            pid = int(pid_s)
-        except (OSError, ValueError):
-            continue
-        cmd = _cmdline(pid)
-        if not cmd or cmd[0] != program or (keep and cmd == [str(a) for a in spec.argv]):
-            continue
-        logger.info("stopping stale %s (pid %d) before starting it afresh", spec.name, pid)
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + STALE_EXIT_WAIT
-        while _cmdline(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _cmdline(pid):
-            os.kill(pid, signal.SIGKILL)
-        spec.pid_file.unlink(missing_ok=True)
+
+def _recheck_ports(tdir: Path, plan: Plan) -> tuple[Plan, list[PortMove]]:
+    """`reassign_taken_ports` against this host, our own kept processes not counting as takers."""
+    ours = stale.live_pids((tdir / "logs").glob("*.pid"))
+    return reassign_taken_ports(
+        plan, taken=lambda host, port: ports.taken_by_stranger(host, port, ours=ours), fresh=cluster.free_port)
 
 
 class ProcessProvisioner:
@@ -171,7 +183,7 @@ class ProcessProvisioner:
             vc_namespace=t.vc.metadata.namespace, vc_name=t.vc.metadata.name, vc_uid=t.vc.metadata.uid,
             bind=settings.tenant_bind_address, host=advertised_host(settings.tenant_bind_address),
             port=cluster.free_port(), service_cidr=cidr, etcd_mode=mode,
-            etcd_prefix=f"/tenants/{t.key}/registry",
+            etcd_prefix=f"{etcd.tenant_prefix(t.key)}registry",
             etcd_client_port=cluster.free_port() if mode == "dedicated" else 0,
             etcd_peer_port=cluster.free_port() if mode == "dedicated" else 0,
         )
@@ -214,6 +226,7 @@ class ProcessProvisioner:
                 await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(t.dir, ignore_errors=True))
             plan = self._new_plan(t)
+        plan = await self._move_taken_ports(t, plan)
         pki = await self._pki(t, plan)
         await trio.to_thread.run_sync(
             lambda: _write_tenant_dir(t.dir, plan, pki, cluster_name=t.vc.metadata.name)
@@ -222,9 +235,9 @@ class ProcessProvisioner:
         for secret in pkisecrets.secrets(pki, namespace=t.key, server=plan.server, cluster_name=t.vc.metadata.name):
             await rootns.apply(ctx.super, resources.SECRETS, secret)
         if not t.plane_running:
-            etcd_url = await self._etcd_url(t, plan)
+            access = await self._etcd_access(t, plan)
             t.progress = f"starting the control plane processes at {plan.server}"
-            t.plane = await t.nursery.start(self._run_plane, t, plan, etcd_url)
+            t.plane = await t.nursery.start(self._run_plane, t, plan, access)
         # Usable means Pods can be created: the tenant KCM has made `default/default`.
         t.progress = "waiting for the tenant controller-manager (service account default/default)"
         try:
@@ -241,18 +254,39 @@ class ProcessProvisioner:
         if not t.plane_running:
             await self.provision(t)
 
-    async def _etcd_url(self, t: Tenant, plan: Plan) -> str | None:
+    async def _move_taken_ports(self, t: Tenant, plan: Plan) -> Plan:
+        """Replace planned ports that another program holds; say so in the log and an Event."""
+        if t.plane_running:
+            return plan  # its processes hold them
+        plan, moves = await trio.to_thread.run_sync(_recheck_ports, t.dir, plan)
+        if not moves:
+            return plan
+        ref = {"apiVersion": resources.VIRTUALCLUSTERS.api_version, "kind": "VirtualCluster",
+               "metadata": msgspec.to_builtins(t.vc.metadata)}
+        for move in moves:
+            message = (f"port {move.old} of the {move.what} is held by another program; "
+                       f"using port {move.new} instead")
+            logger.warning("tenant %s (VirtualCluster %s): %s", t.key, t.vc.ref, message)
+            await self._ctx.recorder.post(ref, type="Warning", reason=REASON_PORT_REASSIGNED, message=message)
+        # The new plan is written with the tenant directory, before anything starts.
+        return plan
+
+    async def _etcd_access(self, t: Tenant, plan: Plan) -> etcd.EtcdAccess | None:
         if plan.etcd_mode == "dedicated":
             return None  # started with the other processes, in the tenant's nursery
-        t.progress = "starting the shared etcd"
-        return await self._ctx.etcd.url()
+        t.progress = "starting the shared etcd and the tenant's etcd user"
+        return await self._ctx.etcd.tenant(t.key, t.dir / "pki")
 
-    def _specs(self, t: Tenant, plan: Plan, etcd_url: str, ssl_ctx: ssl.SSLContext) -> list[process.ProcessSpec]:
+    def _specs(
+        self, t: Tenant, plan: Plan, access: etcd.EtcdAccess, ssl_ctx: ssl.SSLContext,
+    ) -> list[process.ProcessSpec]:
         settings = self._ctx.settings
         pki_dir, logs = t.dir / "pki", t.dir / "logs"
+        shared = plan.etcd_mode == "shared"
         flags = components.ApiServerFlags(
-            etcd_servers=etcd_url, etcd_prefix=plan.etcd_prefix, port=plan.port, pki_dir=pki_dir,
+            etcd_servers=access.url, etcd_prefix=plan.etcd_prefix, port=plan.port, pki_dir=pki_dir,
             service_cidr=plan.service_cidr, bind_address=plan.bind, advertise_address=plan.host,
+            etcd_tls=access.tls, etcd_compaction_interval=etcd.TENANT_COMPACTION_INTERVAL if shared else None,
             extra={
                 "requestheader-client-ca-file": str(pki_dir / "ca.crt"),
                 "requestheader-allowed-names": "front-proxy-client",
@@ -276,7 +310,8 @@ class ProcessProvisioner:
             process.ProcessSpec(
                 name=f"{t.key}/kube-controller-manager",
                 argv=components.controller_manager_argv(
-                    settings.bins, pki_dir=pki_dir, service_cidr=plan.service_cidr, virtual_nodes=True
+                    settings.bins, pki_dir=pki_dir, service_cidr=plan.service_cidr, virtual_nodes=True,
+                    master=plan.server,
                 ),
                 log_path=logs / "kube-controller-manager.log",
                 env=env, keep_on_cancel=keep,
@@ -284,7 +319,7 @@ class ProcessProvisioner:
         ]
 
     async def _run_plane(
-        self, t: Tenant, plan: Plan, etcd_url: str | None,
+        self, t: Tenant, plan: Plan, access: etcd.EtcdAccess | None,
         *, task_status: trio.TaskStatus[RunningPlane] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Start (or adopt) the tenant's processes and supervise them until cancelled."""
@@ -296,30 +331,32 @@ class ProcessProvisioner:
             async with trio.open_nursery() as nursery:
                 handles: list[process.ProcessHandle] = []
                 try:
-                    if etcd_url is None:
-                        etcd_spec = process.ProcessSpec(
-                            name="etcd", log_path=t.dir / "logs" / "etcd.log",
-                            argv=components.etcd_argv(
-                                settings.bins, name="vc", data_dir=t.dir / "etcd",
-                                client_port=plan.etcd_client_port, peer_port=plan.etcd_peer_port),
+                    if access is None:
+                        pki_dir = t.dir / "pki"
+                        etcd_spec = cluster.etcd_spec(
+                            settings.bins, state_dir=t.dir, client_port=plan.etcd_client_port,
+                            peer_port=plan.etcd_peer_port, keep_on_cancel=settings.keep_control_planes,
+                            tls=TLSFiles(pki_dir / "ca.crt", pki_dir / "etcd.crt", pki_dir / "etcd.key"),
                         )
                         await trio.to_thread.run_sync(
-                            lambda: _clear_stale([etcd_spec], keep=settings.keep_control_planes)
+                            lambda: stale.stop_unadoptable([etcd_spec], keep=settings.keep_control_planes)
                         )
-                        own = await cluster.start_etcd(
-                            nursery, settings.bins, state_dir=t.dir, client_port=plan.etcd_client_port,
-                            peer_port=plan.etcd_peer_port, keep_on_cancel=settings.keep_control_planes,
+                        handles.append(await nursery.start(process.supervise, etcd_spec))
+                        access = etcd.EtcdAccess(
+                            url=cluster.etcd_url(plan.etcd_client_port, tls=True),
+                            tls=TLSFiles(pki_dir / "ca.crt", pki_dir / "apiserver.crt", pki_dir / "apiserver.key"),
                         )
-                        handles.append(own.handle)
-                        etcd_url = own.url
-                    specs = self._specs(t, plan, etcd_url, ssl_ctx)
+                    specs = self._specs(t, plan, access, ssl_ctx)
                     await trio.to_thread.run_sync(
-                        lambda: _clear_stale(specs, keep=settings.keep_control_planes)
+                        lambda: stale.stop_unadoptable(specs, keep=settings.keep_control_planes)
                     )
                     for spec in specs:
                         handles.append(await nursery.start(process.supervise, spec))
                 except process.ProcessFailed as exc:
                     failure = exc
+                    if "address already in use" in str(exc):
+                        logger.warning("tenant %s: a planned port was taken as its processes started; "
+                                       "the next attempt moves it", t.key)
                     for handle in handles:
                         handle.keep_on_cancel = False
                     nursery.cancel_scope.cancel()
@@ -343,7 +380,6 @@ class ProcessProvisioner:
         # Processes kept by an earlier appliance run that this one never adopted.
         await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
         if plan.etcd_mode == "shared":
-            url = await self._ctx.etcd.url()
-            deleted = await etcd.delete_prefix(url, f"/tenants/{t.key}/")
-            logger.info("tenant %s: removed %d keys from the shared etcd", t.key, deleted)
+            deleted = await self._ctx.etcd.forget_tenant(t.key)
+            logger.info("tenant %s: removed %d keys and its user from the shared etcd", t.key, deleted)
         await trio.to_thread.run_sync(lambda: shutil.rmtree(t.dir, ignore_errors=True))
