@@ -168,7 +168,7 @@ async def run(
                     raise StartupError(f"leases in namespace {lc.namespace}: {exc}") from None
                 info["identity"] = identity
             if cfg.manager.enabled:
-                await nursery.start(_run_manager, cfg, superc, data_dir, ownership)
+                await nursery.start(_run_manager, cfg, superc, data_dir, ownership, drain)
             readiness.mark("manager")
             if sx is not None:
                 await nursery.start(sx.run)
@@ -188,7 +188,7 @@ async def run(
 
 
 async def _run_manager(
-    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, ownership: Ownership,
+    cfg: cfgmod.Config, superc: ApiClient, data_dir: Path, ownership: Ownership, drain: Drain,
     *, task_status: trio.TaskStatus[None],
 ) -> None:
     from appliance.manager import controller
@@ -206,7 +206,8 @@ async def _run_manager(
         tenant_bind_address=cfg.manager.tenant_bind_address, shared_etcd=cfg.manager.shared_etcd,
         label_selector=cfg.tenant_selector or None,
     )
-    await controller.run(super_client=superc, settings=settings, ownership=ownership, task_status=task_status)
+    await controller.run(super_client=superc, settings=settings, ownership=ownership, drain=drain,
+                         task_status=task_status)
 
 
 async def _run_proxy(

@@ -40,6 +40,7 @@ from appliance.manager.settings import ManagerSettings
 from appliance.manager.worker import Worker
 from appliance.replicas.ownership import Ownership
 from appliance.util import naming
+from appliance.util.drain import Drain
 
 __all__ = ["ManagerSettings", "admin_kubeconfig", "ensure_crds", "run"]
 
@@ -213,6 +214,7 @@ async def run(
     super_client: ApiClient,
     settings: ManagerSettings,
     ownership: Ownership | None = None,
+    drain: Drain | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run the vc-manager until cancelled; started once the CRDs and caches are ready.
@@ -234,7 +236,8 @@ async def run(
         shared_etcd = etcd.SharedEtcd(nursery=nursery, bins=settings.bins, state_dir=settings.data_dir / "etcd",
                                       keep=settings.keep_control_planes)
         recorder = EventRecorder(super_client, component=model.COMPONENT)
-        ctx = Context(super=super_client, settings=settings, etcd=shared_etcd, recorder=recorder)
+        ctx = Context(super=super_client, settings=settings, etcd=shared_etcd, recorder=recorder,
+                      drain=drain if drain is not None else Drain())
         async with trio.open_nursery() as tenants:
             controller = Controller(ctx, tenants=tenants, ownership=ownership)
             await nursery.start(controller.cvs.run)

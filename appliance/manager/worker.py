@@ -119,8 +119,10 @@ class Worker:
                 await self._forget()
                 return
             self._last_seen = obj
+            await self._ctx.drain.gate()  # a graceful stop began: start no new step
             try:
-                delay = await self._step(obj, nursery)
+                with self._ctx.drain.work():
+                    delay = await self._step(obj, nursery)
                 api_backoff.reset()
             except errors.KubeError as exc:
                 # The super apiserver hiccuped (a status or finalizer write): retry this round

@@ -21,6 +21,7 @@ from appliance.kube.events import EventRecorder
 from appliance.manager import model
 from appliance.manager.etcd import SharedEtcd
 from appliance.manager.settings import ManagerSettings
+from appliance.util.drain import Drain
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class Context:
     settings: ManagerSettings
     etcd: SharedEtcd
     recorder: EventRecorder
+    #: the process's graceful stop: a reconcile step in progress finishes, no new one starts
+    drain: Drain = field(default_factory=Drain)
 
 
 @dataclass(slots=True)
