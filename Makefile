@@ -1,6 +1,8 @@
 # Two entry points for a newcomer (see README):
 #   make dev    - build what is missing, start a local super cluster, the appliance and a sample tenant
 #   make test   - build what is missing and run the whole test suite
+#   make conformance - upstream's Kubernetes conformance suite against a tenant on the real node
+#                      (FOCUS='regex' for a subset, CONFORMANCE_ARGS for more flags; see README)
 # Everything built lands in ~/.cache/vc-appliance (Go binaries) or .venv (Python), never in git.
 
 PYTHON ?= python3
@@ -9,7 +11,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= $(CURDIR)/state
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev dev-down test unit lint testbin venv hostdeps
+.PHONY: dev dev-down test unit lint testbin venv hostdeps conformance
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,10 @@ dev-down: $(STAMP)
 
 test: testbin
 	$(PY) -m pytest
+
+FOCUS ?= \[Conformance\]
+conformance: testbin
+	$(PY) -m bench.conformance --focus '$(FOCUS)' $(CONFORMANCE_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

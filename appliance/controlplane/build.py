@@ -5,9 +5,13 @@ kube-scheduler, etcd, kubectl, kubelet, kube-proxy) built from the Go module in
 `testbin/`; `kwok` (fake nodes that serve the kubelet API) comes from `go install`.
 The real node's own tools are a second set (`ensure_node_binaries`): containerd, its runc
 shim and `ctr` from `go install`, and CoreDNS with the tenantip plugin from the Go module
-in `coredns/`. Outputs live under `$XDG_CACHE_HOME/vc-appliance/{testbin,node}-<hash>`
-where the hash covers the Go sources, the versions and the Go version, so an unchanged
-checkout never rebuilds and nothing lands in the repo. A file lock serialises concurrent
+in `coredns/`. The third set is upstream's conformance suite (`ensure_conformance_binaries`):
+the `e2e.test` binary, `agnhost` (the suite's Swiss-army test image), the `ginkgo` CLI for
+parallel runs, `sample-apiserver` and `nnp` (the binaries of two more test images), all built
+from a copy of `testbin/` so they link the very versions the test bed runs. Outputs live
+under `$XDG_CACHE_HOME/vc-appliance/{testbin,node,conformance}-<hash>` where the hash
+covers the Go sources, the versions and the Go version, so an unchanged checkout never
+rebuilds and nothing lands in the repo. A file lock serialises concurrent
 builds (two test sessions, `dev up` during a test run).
 
 Run as `python -m appliance.controlplane.build` (prints the bin directory). This module
@@ -36,6 +40,14 @@ KUBERNETES_VERSION = "v1.37.2"
 KWOK_VERSION = "v0.8.0"
 CONTAINERD_VERSION = "v2.4.2"
 CONTAINERD_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr")
+#: What `ensure_conformance_binaries` builds, by output name: (`go` subcommand, package).
+CONFORMANCE_TOOLS = {
+    "e2e.test": ("test", "k8s.io/kubernetes/test/e2e"),
+    "agnhost": ("build", "k8s.io/kubernetes/test/images/agnhost"),
+    "ginkgo": ("build", "github.com/onsi/ginkgo/v2/ginkgo"),
+    "sample-apiserver": ("build", "k8s.io/sample-apiserver"),
+    "nnp": ("build", "k8s.io/kubernetes/test/images/nonewprivs"),
+}
 APPLETS = (
     "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kubectl", "kubelet", "kube-proxy",
 )
@@ -131,13 +143,22 @@ def node_source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def conformance_source_hash() -> str:
+    """Hash of what determines the conformance tools: the testbin module's requirements and Go."""
+    h = hashlib.sha256(json.dumps(CONFORMANCE_TOOLS, sort_keys=True).encode())
+    for name in ("go.mod", "go.sum"):
+        h.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
+    h.update(_go_version().encode())
+    return h.hexdigest()[:16]
+
+
 def _complete(bin_dir: Path) -> bool:
     names = (*APPLETS, "k8s-testbin", "kwok", "kwok-stages.yaml")
     return all((bin_dir / n).exists() for n in names)
 
 
-def _build_testbin(out: Path, env: dict[str, str]) -> None:
-    ldflags = " ".join(
+def _version_ldflags() -> str:
+    return " ".join(
         [
             "-s -w",
             f"-X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}",
@@ -147,6 +168,10 @@ def _build_testbin(out: Path, env: dict[str, str]) -> None:
             f"-X k8s.io/client-go/pkg/version.gitVersion={KUBERNETES_VERSION}",
         ]
     )
+
+
+def _build_testbin(out: Path, env: dict[str, str]) -> None:
+    ldflags = _version_ldflags()
     _run(
         ["go", "build", "-trimpath", "-tags", "providerless", "-ldflags", ldflags,
          "-o", str(out / "k8s-testbin"), "."],
@@ -178,6 +203,27 @@ def _build_containerd(out: Path, env: dict[str, str]) -> None:
 def _build_coredns(out: Path, env: dict[str, str]) -> None:
     _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."],
          cwd=COREDNS_DIR, env=env)
+
+
+def _build_conformance(out: Path, env: dict[str, str]) -> None:
+    """Build every CONFORMANCE_TOOLS entry inside a scratch copy of the testbin module.
+
+    The copy resolves each package at the versions the test bed's own binaries use (ginkgo's
+    CLI then matches the library linked into e2e.test, as ginkgo requires); `-mod=mod` may add
+    go.sum lines for test-only packages, which is why it is a copy and not `testbin/` itself.
+    """
+    src = out / ".src"
+    shutil.copytree(SOURCE_DIR, src)
+    try:
+        for name, (verb, pkg) in CONFORMANCE_TOOLS.items():
+            started = time.monotonic()
+            args = ["-c", "-tags", "providerless"] if verb == "test" else []
+            _run(["go", verb, *args, "-trimpath", "-ldflags", _version_ldflags(),
+                  "-o", str(out / name), pkg], cwd=src, env=env)
+            log.info("built %s in %.0f s", name, time.monotonic() - started)
+            (out / f"{name}.build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
 
 
 def _cached_build(
@@ -252,6 +298,38 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
     ))
 
 
+@dataclass(frozen=True, slots=True)
+class ConformanceBinaries:
+    """Upstream's conformance suite (`e2e.test`), `agnhost`, `ginkgo`, `sample-apiserver`, `nnp`."""
+
+    bin_dir: Path
+
+    def path(self, tool: str) -> Path:
+        return self.bin_dir / tool
+
+    @property
+    def e2e_test(self) -> Path:
+        return self.bin_dir / "e2e.test"
+
+
+def ensure_conformance_binaries(*, quiet: bool = False) -> ConformanceBinaries:
+    """The conformance tools, built once (~12 min cold on 2 cores); `VC_CONFORMANCEBIN_DIR` overrides.
+
+    Raises BuildError with the failing command's output.
+    """
+    override = os.environ.get("VC_CONFORMANCEBIN_DIR")
+    if override:
+        return ConformanceBinaries(Path(override))
+
+    def complete(d: Path) -> bool:
+        return all((d / n).exists() for n in CONFORMANCE_TOOLS)
+
+    return ConformanceBinaries(_cached_build(
+        f"conformance-{conformance_source_hash()}", f"the Kubernetes {KUBERNETES_VERSION} conformance suite",
+        "~12 min", _build_conformance, complete, quiet=quiet,
+    ))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m appliance.controlplane.build",
@@ -260,12 +338,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print only the bin directories")
     parser.add_argument("--no-node", action="store_true",
                         help="skip the real node's tools (containerd, CoreDNS)")
+    parser.add_argument("--conformance", action="store_true",
+                        help="also build the conformance suite (e2e.test and its tools)")
     args = parser.parse_args(argv)
     try:
         bins = ensure_binaries(quiet=args.quiet)
         print(bins.bin_dir)
         if not args.no_node:
             print(ensure_node_binaries(quiet=args.quiet).bin_dir)
+        if args.conformance:
+            print(ensure_conformance_binaries(quiet=args.quiet).bin_dir)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

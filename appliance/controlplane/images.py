@@ -1,12 +1,14 @@
 """Container images built on this host, without a registry, for the test bed's real node.
 
 An image is a list of `Entry`s (directories, files copied from the host, small inline files,
-symlinks) packed into one uncompressed layer. `write_archive` lays images out as one tar that
-is both an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/...`) and a docker
-archive (`manifest.json`), which `ctr images import` reads; every image names itself through
-the `io.containerd.image.name` annotation, so no tag has to be given on import. Layers are
-deterministic (sorted entries, mtime 0, root owner): the same inputs give the same digests,
-and images that share a layer (busybox under kubectl, say) store it once.
+symlinks) packed into one uncompressed layer, plus optional `layers` on top (a few small
+files over a shared large base, as the conformance images do). `write_archive` lays images
+out as one tar that is both an OCI image layout (`oci-layout`, `index.json`,
+`blobs/sha256/...`) and a docker archive (`manifest.json`), which `ctr images import` reads;
+every image names itself through the `io.containerd.image.name` annotation, so no tag has to
+be given on import. Layers are deterministic (sorted entries, mtime 0, root owner): the
+same inputs give the same digests, and images that share a layer (busybox under kubectl,
+say) store it once.
 
 `standard_images` is the set the real node imports: busybox, the sandbox ("pause") image,
 the Kubernetes binaries of the test bed, and CoreDNS. Pods must use these exact tags (never
@@ -51,12 +53,20 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Image:
+    """One image: `entries` is its base layer, `layers` (if any) are stacked on top in order."""
+
     name: str
     entries: tuple[Entry, ...]
     cmd: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] = ()
     env: tuple[str, ...] = (f"PATH={_PATH}",)
     labels: dict[str, str] = field(default_factory=dict)
+    layers: tuple[tuple[Entry, ...], ...] = ()
+    stop_signal: str = ""
+
+    @property
+    def all_layers(self) -> tuple[tuple[Entry, ...], ...]:
+        return (self.entries, *self.layers)
 
 
 def go_arch() -> str:
@@ -85,11 +95,16 @@ def base_entries(busybox: Path = BUSYBOX_BINARY) -> tuple[Entry, ...]:
     return tuple(entries)
 
 
+def kubernetes_entries(testbin: Path, applets: Sequence[str]) -> tuple[Entry, ...]:
+    """busybox plus the test bed's multi-call binary with a link per applet in /usr/local/bin."""
+    return (*base_entries(), Entry("usr/local/bin/k8s-testbin", source=testbin),
+            *(Entry(f"usr/local/bin/{a}", link="k8s-testbin") for a in applets))
+
+
 def standard_images(*, testbin: Path, applets: Sequence[str], coredns: Path | None) -> list[Image]:
     """busybox, pause, the Kubernetes binaries (one multi-call binary + applet links), CoreDNS."""
     base = base_entries()
-    kube = (*base, Entry("usr/local/bin/k8s-testbin", source=testbin),
-            *(Entry(f"usr/local/bin/{a}", link="k8s-testbin") for a in applets))
+    kube = kubernetes_entries(testbin, applets)
     images = [
         Image(BUSYBOX_IMAGE, base, cmd=("sh",)),
         Image(PAUSE_IMAGE, base, cmd=("sleep", "2147483647")),
@@ -144,13 +159,14 @@ def write_archive(images: Sequence[Image], out: Path) -> dict[str, str]:
         index, docker, digests = [], [], {}
         layer_of: dict[tuple[Entry, ...], tuple[str, int]] = {}
         for img in images:
-            if img.entries not in layer_of:
-                path = Path(tmp) / f"layer-{len(layer_of)}.tar"
-                _write_layer(img.entries, path)
-                digest = _sha256_file(path)
-                blobs[digest] = path
-                layer_of[img.entries] = (digest, path.stat().st_size)
-            layer, layer_size = layer_of[img.entries]
+            for entries in img.all_layers:
+                if entries not in layer_of:
+                    path = Path(tmp) / f"layer-{len(layer_of)}.tar"
+                    _write_layer(entries, path)
+                    digest = _sha256_file(path)
+                    blobs[digest] = path
+                    layer_of[entries] = (digest, path.stat().st_size)
+            layers = [layer_of[entries] for entries in img.all_layers]
             cfg: dict[str, object] = {"Env": list(img.env), "WorkingDir": "/"}
             if img.cmd:
                 cfg["Cmd"] = list(img.cmd)
@@ -158,8 +174,10 @@ def write_archive(images: Sequence[Image], out: Path) -> dict[str, str]:
                 cfg["Entrypoint"] = list(img.entrypoint)
             if img.labels:
                 cfg["Labels"] = dict(img.labels)
+            if img.stop_signal:
+                cfg["StopSignal"] = img.stop_signal
             config = _json({"architecture": arch, "os": "linux", "config": cfg,
-                            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer}"]}})
+                            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d, _ in layers]}})
             config_digest = hashlib.sha256(config).hexdigest()
             blobs[config_digest] = config
             manifest = _json({
@@ -167,7 +185,7 @@ def write_archive(images: Sequence[Image], out: Path) -> dict[str, str]:
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                            "digest": f"sha256:{config_digest}", "size": len(config)},
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                            "digest": f"sha256:{layer}", "size": layer_size}],
+                            "digest": f"sha256:{d}", "size": size} for d, size in layers],
             })
             manifest_digest = hashlib.sha256(manifest).hexdigest()
             blobs[manifest_digest] = manifest
@@ -180,7 +198,7 @@ def write_archive(images: Sequence[Image], out: Path) -> dict[str, str]:
                                 "org.opencontainers.image.ref.name": img.name.rpartition(":")[2]},
             })
             docker.append({"Config": f"blobs/sha256/{config_digest}", "RepoTags": [img.name],
-                           "Layers": [f"blobs/sha256/{layer}"]})
+                           "Layers": [f"blobs/sha256/{d}" for d, _ in layers]})
         partial = out.with_name(out.name + ".partial")
         with tarfile.open(partial, "w") as tar:
             small = {
@@ -203,23 +221,29 @@ def write_archive(images: Sequence[Image], out: Path) -> dict[str, str]:
     return digests
 
 
-def ensure_archive(images: Sequence[Image], cache_dir: Path) -> Path:
+def ensure_archive(images: Sequence[Image], cache_dir: Path, *, prefix: str = "images") -> Path:
     """The archive of `images`, built once per content (file sizes and mtimes, names, commands).
 
-    Blocking (large binaries are copied and hashed): call it from a worker thread.
+    Older archives with the same `prefix` are removed. Blocking (large binaries are copied and
+    hashed): call it from a worker thread.
     """
     h = hashlib.sha256()
     for img in images:
-        h.update(_json([img.name, img.cmd, img.entrypoint, img.env, img.labels]))
-        for e in img.entries:
-            stat = e.source.stat() if e.source is not None else None
-            h.update(_json([e.path, e.link, e.mode, e.data.hex() if e.data else None,
-                            [str(e.source), stat.st_size, stat.st_mtime_ns] if stat else None]))
-    out = cache_dir / f"images-{h.hexdigest()[:16]}.tar"
+        # Fields past the first layer enter the hash only when set: older archives stay valid.
+        h.update(_json([img.name, img.cmd, img.entrypoint, img.env, img.labels,
+                        *([img.stop_signal] if img.stop_signal else [])]))
+        for i, entries in enumerate(img.all_layers):
+            if i:
+                h.update(b"layer")
+            for e in entries:
+                stat = e.source.stat() if e.source is not None else None
+                h.update(_json([e.path, e.link, e.mode, e.data.hex() if e.data else None,
+                                [str(e.source), stat.st_size, stat.st_mtime_ns] if stat else None]))
+    out = cache_dir / f"{prefix}-{h.hexdigest()[:16]}.tar"
     if not out.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_archive(images, out)
-        for old in cache_dir.glob("images-*.tar"):
+        for old in cache_dir.glob(f"{prefix}-*.tar"):
             if old != out:
                 old.unlink(missing_ok=True)
     return out
