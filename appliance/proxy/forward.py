@@ -416,6 +416,13 @@ async def splice(
                     await dst.send_all(data)
                 else:
                     log.debug("upstream closed while the client still sent; delivering what it sent")
+                    # Read on and drop what the client still sends: closing with its bytes unread
+                    # would make the kernel answer with RST, which can discard the last output
+                    # we forwarded to it before the client read it.
+                    cancel.deadline = min(cancel.deadline, trio.current_time() + DRAIN_GRACE)
+                    while await src.receive_some(h11io.READ_SIZE):
+                        pass
+                    return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 cancel.cancel()
                 return

@@ -118,7 +118,7 @@ kind: VirtualCluster
 metadata:
   name: {name}
   namespace: default
-  labels: {{{label}: {selector}}}
+  labels: {{{label}: "{selector}"}}
 spec:
   clusterDomain: cluster.local
   clusterVersionName: {cv}
