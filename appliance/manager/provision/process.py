@@ -295,6 +295,9 @@ class ProcessProvisioner:
                 "requestheader-extra-headers-prefix": "X-Remote-Extra-",
                 "proxy-client-cert-file": str(pki_dir / "front-proxy-client.crt"),
                 "proxy-client-key-file": str(pki_dir / "front-proxy-client.key"),
+                # Tenant ClusterIPs exist only inside the tenant: aggregated APIs and webhooks
+                # are reached at their Pods' addresses, which the appliance host routes.
+                "enable-aggregator-routing": "true",
             },
         )
         env = dict(os.environ, GOMAXPROCS="2")
