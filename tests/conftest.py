@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from appliance.controlplane import build, cluster, process
+from tests.tally import TALLY, Tally
 from tests.testbed import SuperCluster, TenantFactory, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +115,20 @@ async def tenant_factory(
     yield make
 
 
+
+
+@pytest.fixture(scope="session")
+def tally(pytestconfig: pytest.Config) -> Tally:
+    """The security suite's counters (printed by `pytest_terminal_summary`)."""
+    return pytestconfig.stash.setdefault(TALLY, Tally())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    tally_ = config.stash.get(TALLY, None)
+    if tally_ is None or not tally_.rows:
+        return
+    terminalreporter.write_sep("=", "security suite summary")
+    width = max(len(c) for c in tally_.rows)
+    terminalreporter.write_line(f"{'category':<{width}}  {'tried':>6}  {'held':>6}")
+    for category, (tried, held) in tally_.rows.items():
+        terminalreporter.write_line(f"{category:<{width}}  {tried:>6}  {held:>6}")

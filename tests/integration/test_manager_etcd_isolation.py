@@ -24,6 +24,7 @@ from appliance.manager import etcdgateway, model
 from appliance.pki import kubeconfig
 from tests.integration import test_manager_common as common
 from tests.integration.test_manager_common import Harness
+from tests.tally import Tally
 from tests.testbed import SuperCluster, wait_for
 
 ETCD_FLAGS = ("etcd-servers", "etcd-cafile", "etcd-certfile", "etcd-keyfile")
@@ -79,7 +80,10 @@ async def _impostor(h: Harness, workdir: Path, *, etcd_flags: dict[str, str], pr
         await proc.wait()
 
 
-async def test_a_tenants_etcd_credentials_cannot_read_another_tenants_keys(harness: Harness, tmp_path: Path) -> None:
+@pytest.mark.security
+async def test_a_tenants_etcd_credentials_cannot_read_another_tenants_keys(
+    harness: Harness, tmp_path: Path, tally: Tally,
+) -> None:
     """An apiserver with tenant A's etcd credentials is refused on B's prefix; the gateway and
     certificate-less clients are refused; deleting A removes its etcd user, not B's."""
     h = harness
@@ -127,3 +131,5 @@ async def test_a_tenants_etcd_credentials_cannot_read_another_tenants_keys(harne
         assert await root.count(f"/tenants/{key_a}/") == 0
         assert await root.user_exists(user_b)
         assert await root.count(f"/tenants/{key_b}/") > 0
+    tally.add("etcd: another tenant's prefix with a tenant's credentials, gateway, no certificate, "
+              "empty password (refused)", tried=4, held=4)

@@ -25,6 +25,7 @@ from appliance.kube.client import open_client
 from appliance.manager import model
 from tests.integration import test_manager_common as common
 from tests.integration.test_manager_common import Harness
+from tests.tally import Tally
 from tests.testbed import SuperCluster, pid_alive, run_kubectl, wait_for
 
 
@@ -55,7 +56,10 @@ def _pids(h: Harness, key: str) -> dict[str, int]:
     return {p.stem: int(p.read_text().split()[0]) for p in logs.glob("*.pid")}
 
 
-async def test_taken_apiserver_port_moves_the_tenant_to_a_fresh_port(harness: Harness, tmp_path: Path) -> None:
+@pytest.mark.security
+async def test_taken_apiserver_port_moves_the_tenant_to_a_fresh_port(
+    harness: Harness, tmp_path: Path, tally: Tally,
+) -> None:
     """After its apiserver port was taken while the manager was down, the tenant runs on a new
     port, its admin kubeconfig works there, and its kept controller-manager follows."""
     h = harness
@@ -115,3 +119,4 @@ async def test_taken_apiserver_port_moves_the_tenant_to_a_fresh_port(harness: Ha
                    and f"port {new} " in e["message"] for e in events), [e["message"] for e in events]
         vc = await h.get_vc("movable")
         assert vc is not None and vc["status"]["phase"] == model.RUNNING
+        tally.add("ports: a planned port taken by another program (tenant moved, Running)", tried=1, held=1)

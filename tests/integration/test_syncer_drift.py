@@ -12,6 +12,7 @@ import trio
 from appliance.kube import resources
 from appliance.util import naming
 from tests.integration import syncing
+from tests.tally import Tally
 from tests.testbed import SuperCluster, TenantFactory
 
 CM = resources.CONFIGMAPS
@@ -141,7 +142,8 @@ async def test_super_copy_stripped_of_our_labels_is_taken_back(env: syncing.Env)
 
 
 @syncing.deadline(150)
-async def test_super_pod_stripped_of_our_labels_keeps_its_tenant_pod(env: syncing.Env) -> None:
+@pytest.mark.security
+async def test_super_pod_stripped_of_our_labels_keeps_its_tenant_pod(env: syncing.Env, tally: Tally) -> None:
     """Removing the tenancy labels from a running super Pod takes it out of the label-filtered
     cache, which looks like a deletion. The tenant Pod must survive (a live read shows the super
     Pod still runs), and the super Pod gets its labels back."""
@@ -165,3 +167,4 @@ async def test_super_pod_stripped_of_our_labels_keeps_its_tenant_pod(env: syncin
     tenant_pod = await t.client.get(resources.PODS, "web", namespace="app")
     assert tenant_pod["metadata"]["uid"] == created["metadata"]["uid"]
     assert "deletionTimestamp" not in tenant_pod["metadata"]
+    tally.add("syncer: super Pod stripped of its tenancy labels (tenant Pod kept, labels restored)", tried=1, held=1)

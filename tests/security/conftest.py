@@ -1,9 +1,7 @@
-"""Fixtures of the isolation and security suite, and the summary it prints at the end.
+"""Fixtures of the isolation and security suite.
 
-Every test of the suite records what it tried in the session's `Tally` (kept in the pytest
-config's stash, not in a module global); `pytest_terminal_summary` prints the table that
-SECURITY.md quotes: crafted proxy requests tried and refused, tenant-controlled inputs tried
-and contained, super objects compared, key files and log lines inspected, RBAC denials.
+Every test of the suite (marker `security`, here and elsewhere) records what it tried in the
+session's `Tally` (`tests/tally.py`; the fixture and the printed summary are in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from _pytest.terminal import TerminalReporter
 
 from appliance.kube import creds as kcreds
 from appliance.kube import resources
@@ -28,38 +25,6 @@ from tests.integration import syncing
 from tests.testbed import SuperCluster, TenantFactory
 
 ROLE = Path(__file__).resolve().parents[2] / "configs" / "rbac.yaml"
-
-
-@dataclasses.dataclass
-class Tally:
-    """Counters per category: (tried, held) where held = refused, contained or clean."""
-
-    rows: dict[str, list[int]] = dataclasses.field(default_factory=dict)
-
-    def add(self, category: str, *, tried: int, held: int) -> None:
-        row = self.rows.setdefault(category, [0, 0])
-        row[0] += tried
-        row[1] += held
-
-
-_TALLY = pytest.StashKey[Tally]()
-
-
-@pytest.fixture(scope="session")
-def tally(pytestconfig: pytest.Config) -> Tally:
-    """The session's counters (printed by `pytest_terminal_summary`)."""
-    return pytestconfig.stash.setdefault(_TALLY, Tally())
-
-
-def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
-    tally_ = config.stash.get(_TALLY, None)
-    if tally_ is None or not tally_.rows:
-        return
-    terminalreporter.write_sep("=", "security suite summary")
-    width = max(len(c) for c in tally_.rows)
-    terminalreporter.write_line(f"{'category':<{width}}  {'tried':>6}  {'held':>6}")
-    for category, (tried, held) in tally_.rows.items():
-        terminalreporter.write_line(f"{category:<{width}}  {tried:>6}  {held:>6}")
 
 
 @pytest.fixture

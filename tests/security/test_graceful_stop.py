@@ -24,7 +24,7 @@ from appliance.util import naming
 from tests.e2e.appliance_proc import Appliance, running
 from tests.faultproxy import Fault, FaultProxy, open_fault_proxy
 from tests.integration import syncing
-from tests.security.conftest import Tally
+from tests.tally import Tally
 from tests.testbed import SuperCluster, TenantFactory, wait_for
 
 pytestmark = [pytest.mark.security, pytest.mark.e2e, pytest.mark.integration]

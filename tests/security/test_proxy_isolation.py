@@ -36,8 +36,9 @@ from appliance.pki import certs
 from appliance.proxy import forward, server
 from appliance.util import naming
 from tests.integration import syncing
-from tests.security.conftest import Tally, keyed_tenant
+from tests.security.conftest import keyed_tenant
 from tests.security.rawtls import TLS_REFUSED, Answer, client_context, exchange, request
+from tests.tally import Tally
 from tests.testbed import SuperCluster, append_pod_log
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]

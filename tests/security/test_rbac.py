@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.conftest import RoleIdentity, Tally
+from tests.security.conftest import RoleIdentity
+from tests.tally import Tally
 from tests.testbed import SuperCluster, run_kubectl
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]

@@ -27,7 +27,8 @@ from appliance import config
 from appliance.controlplane import process
 from tests.e2e.appliance_proc import running
 from tests.e2e.test_appliance_tenants import CV, VC
-from tests.security.conftest import RoleIdentity, Tally
+from tests.security.conftest import RoleIdentity
+from tests.tally import Tally
 from tests.testbed import SuperCluster, append_pod_log, run_kubectl, wait_for
 
 pytestmark = [pytest.mark.security, pytest.mark.integration, pytest.mark.e2e]

@@ -26,7 +26,7 @@ from appliance.syncer import runtime, supervisor
 from appliance.syncer.tenant import TenantId
 from tests.faultproxy import Fault, open_fault_proxy
 from tests.integration import syncing
-from tests.security.conftest import Tally
+from tests.tally import Tally
 from tests.testbed import SuperCluster, TenantFactory, wait_for
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]

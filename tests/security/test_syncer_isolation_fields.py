@@ -23,7 +23,8 @@ import trio
 from appliance.kube import errors, resources
 from appliance.util import naming
 from tests.integration import syncing
-from tests.security.conftest import Tally, keyed_tenant
+from tests.security.conftest import keyed_tenant
+from tests.tally import Tally
 from tests.testbed import run_kubectl, wait_for
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]

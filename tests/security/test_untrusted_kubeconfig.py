@@ -27,7 +27,7 @@ from appliance.syncer import vcstatus
 from appliance.syncer.tenant import TenantId
 from appliance.util import naming
 from tests.integration import syncing
-from tests.security.conftest import Tally
+from tests.tally import Tally
 from tests.testbed import SuperCluster, TenantFactory, wait_for
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
