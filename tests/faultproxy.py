@@ -94,7 +94,8 @@ class FaultProxy:
         self.retry_after = retry_after
         self.port = 0
         #: requests by what they met (`Fault.value`), "forwarded" (response head relayed),
-        #: "cut_open" (connections reset by a CUT), "upstream_unreachable"
+        #: "cut_open" (connections reset by a CUT), "upstream_unreachable", "released", and
+        #: "hold <METHOD> <path>" for each write held
         self.counts: collections.Counter[str] = collections.Counter()
         self._counted = trio.Event()
         self._upstream_ssl = upstream_ssl
@@ -136,7 +137,8 @@ class FaultProxy:
     def injected(self) -> int:
         """Requests (and open connections) that met a fault so far."""
         return sum(v for k, v in self.counts.items()
-                   if k not in ("pass", "forwarded", "upstream_unreachable", "released"))
+                   if k not in ("pass", "forwarded", "upstream_unreachable", "released")
+                   and not k.startswith("hold "))
 
     async def wait_count(self, key: str, n: int) -> None:
         """Return once `counts[key]` has reached `n` (the caller sets the deadline)."""
@@ -205,6 +207,8 @@ class FaultProxy:
                 fault = self._decide()
                 if fault is Fault.HOLD and event.method in (b"POST", b"PUT", b"PATCH", b"DELETE"):
                     self._count(fault.value)
+                    path = event.target.decode(errors="replace").split("?", 1)[0]
+                    self._count(f"hold {event.method.decode()} {path}")  # what is held, for tests
                     await self._released.wait()
                     self._count("released")
                     fault = Fault.PASS

@@ -9,6 +9,7 @@ A second SIGTERM during that wait stops it at once.
 from __future__ import annotations
 
 import base64
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -36,13 +37,19 @@ async def _log_has(app: Appliance, text: str) -> bool:
     return text in app.log.read_text(errors="replace")
 
 
-async def _write_in_flight(proxy: FaultProxy, tenant: ApiClient, name: str) -> None:
-    """Hold the appliance's writes and make the syncer start one (a ConfigMap copy)."""
-    held = proxy.counts["hold"]
+async def _write_in_flight(proxy: FaultProxy, tenant: ApiClient, super_ns: str, name: str) -> None:
+    """Hold the appliance's writes and make the syncer start one: the ConfigMap copy's create."""
+    key = f"hold POST /api/v1/namespaces/{super_ns}/configmaps"
+    held = proxy.counts[key]
     proxy.inject(Fault.HOLD)
     await tenant.create(resources.CONFIGMAPS, {"metadata": {"name": name}, "data": {"k": name}}, namespace="drain")
     with trio.fail_after(60):
-        await proxy.wait_count("hold", held + 1)
+        await proxy.wait_count(key, held + 1)
+
+
+async def _waiting_for_writes(app: Appliance) -> bool:
+    """The appliance logged that it waits for at least one write in flight."""
+    return re.search(r"waiting up to \d+ s for [1-9]\d* writes in flight", app.log.read_text(errors="replace")) is not None
 
 
 async def test_sigterm_lets_writes_in_flight_finish_and_a_second_signal_stops_at_once(
@@ -78,9 +85,9 @@ async def test_sigterm_lets_writes_in_flight_finish_and_a_second_signal_stops_at
                 await syncing.wait_object(superc, resources.NAMESPACES, super_ns, what="the synced namespace",
                                           timeout=120)
 
-                await _write_in_flight(proxy, tenant, "first")
+                await _write_in_flight(proxy, tenant, super_ns, "first")
                 app.proc.send_signal(signal.SIGTERM)
-                await wait_for(lambda: _log_has(app, "writes in flight"), timeout=20,
+                await wait_for(lambda: _waiting_for_writes(app), timeout=20,
                                what="the appliance to wait for its writes in flight")
                 assert app.proc.returncode is None, "it exited with a write in flight"
                 assert not await app.ready(), "/readyz must fail while stopping"
@@ -94,9 +101,9 @@ async def test_sigterm_lets_writes_in_flight_finish_and_a_second_signal_stops_at
 
             async with running(sc, tmp_path, extra=extra, data_dir=data_dir, super_kubeconfig=via_proxy,
                                graceful_timeout=GRACE) as app:
-                await _write_in_flight(proxy, tenant, "second")
+                await _write_in_flight(proxy, tenant, super_ns, "second")
                 app.proc.send_signal(signal.SIGTERM)
-                await wait_for(lambda: _log_has(app, "writes in flight"), timeout=20,
+                await wait_for(lambda: _waiting_for_writes(app), timeout=20,
                                what="the appliance to wait for its writes in flight")
                 signalled = trio.current_time()
                 app.proc.send_signal(signal.SIGTERM)
