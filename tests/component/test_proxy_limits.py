@@ -268,21 +268,6 @@ async def test_handshake_cap_sheds_extra_unauthenticated_connections(nursery: tr
 
 def test_limits_follow_the_proxy_config() -> None:
     """Every deadline and limit of the [proxy] config section reaches the server."""
-    section = config.ProxySection(
-        handshake_timeout=1.0,
-        header_timeout=2.0,
-        body_timeout=3.0,
-        keep_alive_timeout=4.0,
-        max_connections=5,
-        max_connections_per_tenant=6,
-        max_handshakes=7,
-    )
-    assert server.ServerLimits(
-        handshake_timeout=1.0,
-        header_timeout=2.0,
-        body_timeout=3.0,
-        keep_alive_timeout=4.0,
-        max_connections=5,
-        max_connections_per_tenant=6,
-        max_handshakes=7,
-    ) == server.ServerLimits.from_config(section)
+    values = {"handshake_timeout": 1.0, "header_timeout": 2.0, "body_timeout": 3.0, "keep_alive_timeout": 4.0,
+              "max_connections": 5, "max_connections_per_tenant": 6, "max_handshakes": 7}
+    assert server.ServerLimits(**values) == server.ServerLimits.from_config(config.ProxySection(**values))
