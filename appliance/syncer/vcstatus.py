@@ -45,10 +45,15 @@ async def set_kubeconfig_condition(
 ) -> None:
     """Set `KubeconfigAccepted` on the live VC; best effort (a failure is logged, not raised).
 
-    `only_if_present` skips VCs that never had the condition: a healthy tenant costs no write.
+    `only_if_present` skips VCs whose given (cached) copy lacks the condition: a healthy tenant
+    costs no request at all.
     """
     meta = vc["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    if only_if_present and not any(
+        c.get("type") == COND_KUBECONFIG for c in (vc.get("status") or {}).get("conditions") or ()
+    ):
+        return  # the cached VC never had it: no read on every tenant start
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for _ in range(_ATTEMPTS):
         try:
@@ -56,8 +61,6 @@ async def set_kubeconfig_condition(
             if live["metadata"].get("uid") != meta.get("uid"):
                 return  # another VC of the same name: not ours to annotate
             have = list((live.get("status") or {}).get("conditions") or [])
-            if only_if_present and not any(c.get("type") == COND_KUBECONFIG for c in have):
-                return
             want = with_condition(have, type_=COND_KUBECONFIG, status="True" if accepted else "False",
                                   reason=reason, message=message, now=now)
             if want is None:
