@@ -247,14 +247,12 @@ async def _run_proxy(
     accepting = trio.CancelScope()
 
     async def serve(handlers: trio.Nursery, *, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-        with accepting:
+        with accepting:  # serve closes its listeners when this is cancelled
             await server.serve(
                 host=p.address, port=p.port, server_cert_pem=cert, server_key_pem=key, cas=cas,
                 upstream=upstream, lookup_pod=lookup_pod, limits=server.ServerLimits.from_config(p),
                 handler_nursery=handlers, task_status=task_status,
             )
-        for listener in listeners:
-            await listener.aclose()
         log.info("proxy: stopped accepting connections")
 
     async with trio.open_nursery() as nursery:

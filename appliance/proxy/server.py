@@ -232,7 +232,8 @@ async def serve(
     ``listeners[0].socket.getsockname()``) once the certificate has loaded and they listen.
 
     Resource handling: connection handlers run in ``handler_nursery`` (default: one of our
-    own); each closes its connection, forcefully at the end, whatever happens.
+    own); each closes its connection, forcefully at the end, whatever happens. The listeners
+    are closed when serving ends.
     """
     stats = statistics if statistics is not None else ProxyStatistics()
     contexts = _Contexts(cert_pem=server_cert_pem, key_pem=server_key_pem, cas=cas)
@@ -247,12 +248,16 @@ async def serve(
         limits=limits,
         stats=stats,
     )
-    async with trio.open_nursery() as nursery:
-        handlers = handler_nursery if handler_nursery is not None else nursery
+    try:
+        async with trio.open_nursery() as nursery:
+            handlers = handler_nursery if handler_nursery is not None else nursery
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, handlers, limiter, conn)
+            log.info("vn-agent proxy listening on %s (mode %s)", _addresses(listeners), upstream.mode)
+            task_status.started(listeners)
+    finally:  # cancelled: stop listening at once (connections in `handler_nursery` go on)
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handlers, limiter, conn)
-        log.info("vn-agent proxy listening on %s (mode %s)", _addresses(listeners), upstream.mode)
-        task_status.started(listeners)
+            await trio.aclose_forcefully(listener)
     raise AssertionError("unreachable")
 
 
