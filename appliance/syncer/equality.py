@@ -11,7 +11,7 @@ transparent prefixes, or the opaque domains are never pushed down and never remo
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from appliance.syncer import conversion
@@ -166,6 +166,12 @@ def pod_dw_patch(
     only in super, e.g. webhook sidecars, are kept as they are) and `activeDeadlineSeconds`.
     A tenant that has no activeDeadlineSeconds never clears super's: Kubernetes forbids unsetting it.
     """
+    spec = _pod_spec_dw_patch(tenant_pod, super_pod)
+    meta = meta_dw_patch(tenant_pod, super_pod, exception_prefixes=exception_prefixes, opaque_domains=opaque_domains)
+    return merge_patches(meta, {"spec": spec} if spec else None)
+
+
+def _pod_spec_dw_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> dict[str, Any]:
     t_spec, s_spec = tenant_pod.get("spec") or {}, super_pod.get("spec") or {}
     spec: dict[str, Any] = {}
     for field in ("containers", "initContainers"):
@@ -175,8 +181,31 @@ def pod_dw_patch(
     deadline = t_spec.get("activeDeadlineSeconds")
     if deadline is not None and deadline != s_spec.get("activeDeadlineSeconds"):
         spec["activeDeadlineSeconds"] = deadline
-    meta = meta_dw_patch(tenant_pod, super_pod, exception_prefixes=exception_prefixes, opaque_domains=opaque_domains)
-    return merge_patches(meta, {"spec": spec} if spec else None)
+    return spec
+
+
+def _generation_map(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> Callable[[Any, Any], Any]:
+    """How a super `observedGeneration` reads in the tenant.
+
+    The two Pods count generations apart (tenant-only changes such as added tolerations bump only
+    the tenant's), but once the super Pod carries every tenant change the syncer copies down,
+    the kubelet having observed super generation g means it has seen tenant generation
+    g + (tenant generation - super generation). While a change is still on its way down the
+    tenant keeps what it had: the kubelet has not seen that change."""
+    t_gen = (tenant_pod.get("metadata") or {}).get("generation")
+    s_gen = (super_pod.get("metadata") or {}).get("generation")
+    if not isinstance(t_gen, int) or not isinstance(s_gen, int) or _pod_spec_dw_patch(tenant_pod, super_pod):
+        return lambda observed, current: current
+    return lambda observed, current: (max(0, min(t_gen, observed + t_gen - s_gen))
+                                      if isinstance(observed, int) else observed)
+
+
+def missing_ephemeral_containers(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> list[str]:
+    """Names of the tenant's ephemeral containers the super Pod lacks. Ephemeral containers are
+    only ever added (the API refuses changes and removals), so names are enough."""
+    have = {c.get("name") for c in (super_pod.get("spec") or {}).get("ephemeralContainers") or ()}
+    return [str(c.get("name")) for c in (tenant_pod.get("spec") or {}).get("ephemeralContainers") or ()
+            if c.get("name") not in have]
 
 
 def readiness_gates(pod: Mapping[str, Any]) -> set[str]:
@@ -209,10 +238,12 @@ def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, A
 
     Readiness-gate conditions are the tenant's own: those for gates the tenant declares keep the
     tenant value (and are kept even if super lacks them); those for gates only super declares
-    are dropped. Everything else comes from super.
+    are dropped. Everything else comes from super, observed generations counted in the tenant's
+    generations (`_generation_map`).
     """
     t_gates, s_gates = readiness_gates(tenant_pod), readiness_gates(super_pod)
     tenant_conds = {c.get("type"): c for c in _conditions(tenant_pod)}
+    generation = _generation_map(tenant_pod, super_pod)
     conditions = []
     for cond in _conditions(super_pod):
         kind = cond.get("type")
@@ -220,16 +251,32 @@ def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, A
             if kind in tenant_conds:
                 conditions.append(tenant_conds[kind])
         elif kind not in s_gates:
-            conditions.append(cond)
+            conditions.append(_condition_generation(cond, tenant_conds.get(kind), generation))
     super_types = {c.get("type") for c in _conditions(super_pod)}
     conditions.extend(
         c for c in _conditions(tenant_pod) if c.get("type") in t_gates and c.get("type") not in super_types
     )
     desired = dict(super_pod.get("status") or {})
+    have = tenant_pod.get("status") or {}
+    if "observedGeneration" in desired:
+        desired["observedGeneration"] = generation(desired["observedGeneration"], have.get("observedGeneration"))
+        if desired["observedGeneration"] is None:
+            del desired["observedGeneration"]
     if conditions or "conditions" in desired:
         desired["conditions"] = conditions
-    patch = json_merge_patch(tenant_pod.get("status") or {}, desired)
+    patch = json_merge_patch(have, desired)
     return {"status": patch} if patch is not None else None
+
+
+def _condition_generation(cond: dict[str, Any], have: Mapping[str, Any] | None,
+                          generation: Callable[[Any, Any], Any]) -> dict[str, Any]:
+    if "observedGeneration" not in cond:
+        return cond
+    out = dict(cond)
+    out["observedGeneration"] = generation(cond["observedGeneration"], (have or {}).get("observedGeneration"))
+    if out["observedGeneration"] is None:
+        del out["observedGeneration"]
+    return out
 
 
 # --- services, config maps, secrets, status ---------------------------------------------------

@@ -12,6 +12,7 @@ subclasses, which the caller treats as "retry later".
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -160,6 +161,10 @@ class PodContext:
     sa_secrets: Mapping[str, str | None] = field(default_factory=dict)
     token_volume: TokenVolume | None = None
     root_ca_configmap: str | None = None  # e.g. "tenant-kube-root-ca.crt" (RootCACertConfigMapSupport)
+    # The tenant Pod's own labels and annotations, for downward-API references to keys that are
+    # not copied down (e.g. the Job controller's `batch.kubernetes.io/job-completion-index`).
+    tenant_labels: Mapping[str, str] = field(default_factory=dict)
+    tenant_annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def reject_reason(tenant_pod: Mapping[str, Any]) -> str | None:
@@ -213,7 +218,7 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         raise ServiceNotReady
     _add_host_aliases(spec, ctx)
     _inject_env(spec, ctx)
-    _rewrite_downward_api(spec, ctx)
+    _rewrite_downward_api(pod, ctx)
     _rewire_secret_volumes(spec, ctx)
     _scope_to_cluster(pod, ctx.cluster_key)
     if ctx.mutate_dns:
@@ -223,7 +228,7 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
 
 
 def _containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    for group in ("initContainers", "containers"):
+    for group in ("initContainers", "containers", "ephemeralContainers"):
         yield from spec.get(group) or ()
 
 
@@ -346,12 +351,23 @@ def _inject_env(spec: dict[str, Any], ctx: PodContext) -> None:
         container["env"] = ours + user_env
 
 
-def _rewrite_downward_api(spec: dict[str, Any], ctx: PodContext) -> None:
+_META_KEY_PATH = re.compile(r"metadata\.(labels|annotations)\['([^']*)'\]$")
+
+
+def _rewrite_downward_api(pod: dict[str, Any], ctx: PodContext) -> None:
+    """Environment variables from the tenant's view of the Pod become literals where the super
+    Pod differs: its namespace and UID, and label or annotation keys not copied down (the
+    kubelet would read an empty value from the super Pod)."""
     literals = {"metadata.namespace": ctx.tenant_namespace, "metadata.uid": ctx.tenant_pod_uid}
-    for container in _containers(spec):
+    meta = pod.get("metadata") or {}
+    tenant_meta = {"labels": ctx.tenant_labels, "annotations": ctx.tenant_annotations}
+    for container in _containers(pod["spec"]):
         for index, env in enumerate(container.get("env") or ()):
-            field_ref = (env.get("valueFrom") or {}).get("fieldRef") or {}
-            value = literals.get(field_ref.get("fieldPath", ""))
+            path = ((env.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", "")
+            value = literals.get(path)
+            m = _META_KEY_PATH.match(path)
+            if m is not None and m.group(2) not in (meta.get(m.group(1)) or {}):
+                value = tenant_meta[m.group(1)].get(m.group(2))
             if value is not None:
                 container["env"][index] = {"name": env["name"], "value": value}
 

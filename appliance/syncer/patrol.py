@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, cast
 import trio
 
 from appliance.kube import errors, resources
-from appliance.syncer import conversion
+from appliance.syncer import conversion, vnode
 
 if TYPE_CHECKING:
     from appliance.syncer.resources.base import Kind
@@ -79,10 +79,14 @@ async def collect_vnodes(sx: Syncer, tenant: Tenant, empty_since: dict[tuple[str
         return
     busy = {(p.get("spec") or {}).get("nodeName") for p in pods.list()}
     now = trio.current_time()
-    for _, name in nodes.keys():
+    for node in nodes.list():
+        name = node["metadata"]["name"]
         key = (tenant.key, name)
         if name in busy:
             empty_since.pop(key, None)
+            super_node = sx.super_nodes.get(name)
+            if super_node is not None and vnode.spec_patch(node, super_node):
+                sx.enqueue_upward(tenant.key, "node", "", name)  # drift, or a vnode an older version tainted
             continue
         since = empty_since.setdefault(key, now)
         if now - since >= sx.settings.vnode_gc_grace:

@@ -1,8 +1,15 @@
 """Virtual nodes: the tenant's view of the super nodes its Pods run on.
 
 A virtual node is created in a tenant when one of its Pods is bound to a super node of
-that name. It is unschedulable and tainted (tenants have no scheduler of their own to
-confuse), carries the super node's os/arch/hostname labels, capacity and node info, and
+that name. It is schedulable and untainted unless the super node is cordoned, which it
+mirrors, and tainted only while the super node is not Ready (`_MANAGED_TAINTS`): the
+original marked every vnode unschedulable and tainted, but the tenant has no
+scheduler to keep away, and workloads that pick nodes (the conformance suite, operators
+placing Pods by node affinity) read such a node as unusable. Super taints are not copied:
+the super scheduler enforces them, and a NoExecute taint in the tenant would make the
+tenant's taint-eviction controller delete Pods the super cluster keeps running. Vnodes
+created as tainted by an older version are fixed by `spec_patch`. A vnode carries the
+super node's os/arch/hostname labels, capacity and node info, and
 advertises the appliance's kubelet proxy as its address and kubelet port, so tenant
 `kubectl logs/exec` reach the proxy. It never carries `status.declaredFeatures`, so the
 tenant apiserver talks SPDY to the proxy, which passes it through untouched.
@@ -12,7 +19,6 @@ tenant apiserver talks SPDY to the proxy, which passes it through untouched.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +34,25 @@ log = logging.getLogger(__name__)
 
 BASE_LABELS = ("kubernetes.io/os", "kubernetes.io/arch", "kubernetes.io/hostname")
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+#: Taints the syncer owns on a vnode. The apiserver's TaintNodesByCondition admission puts
+#: not-ready on every new Node and the tenant runs no node-lifecycle controller to lift it,
+#: so the syncer sets these from the super node's Ready condition, NoSchedule only: the
+#: NoExecute twins would have the tenant evict Pods the super cluster keeps running.
+_MANAGED_TAINTS = (UNSCHEDULABLE_TAINT, NOT_READY_TAINT, UNREACHABLE_TAINT)
+
+
+def _cordoned(super_node: dict[str, Any]) -> bool:
+    return bool((super_node.get("spec") or {}).get("unschedulable"))
+
+
+def _condition_taints(super_node: dict[str, Any]) -> list[dict[str, str]]:
+    ready = next((c.get("status") for c in (super_node.get("status") or {}).get("conditions") or ()
+                  if c.get("type") == "Ready"), "Unknown")
+    if ready == "True":
+        return []
+    return [{"key": NOT_READY_TAINT if ready == "False" else UNREACHABLE_TAINT, "effect": "NoSchedule"}]
 
 
 def _addresses(address: str) -> list[dict[str, str]]:
@@ -36,10 +61,8 @@ def _addresses(address: str) -> list[dict[str, str]]:
 
 def build(
     super_node: dict[str, Any], *, address: str, port: int, extra_labels: tuple[str, ...] = (),
-    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The virtual node for `super_node` (pure)."""
-    now = now or dt.datetime.now(dt.UTC)
     meta, status = super_node["metadata"], super_node.get("status") or {}
     keep = (*BASE_LABELS, *extra_labels)
     labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in keep}
@@ -48,13 +71,8 @@ def build(
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": meta["name"], "labels": labels},
-        "spec": {
-            "unschedulable": True,
-            "taints": [{
-                "key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule",
-                "timeAdded": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }],
-        },
+        "spec": {**({"unschedulable": True} if _cordoned(super_node) else {}),
+                 **({"taints": taints} if (taints := _condition_taints(super_node)) else {})},
         "status": {
             "capacity": copy.deepcopy(status.get("capacity") or {}),
             "allocatable": copy.deepcopy(status.get("allocatable") or {}),
@@ -80,6 +98,22 @@ def status_patch(vnode: dict[str, Any], super_node: dict[str, Any], *, address: 
     return {"status": diff} if diff else None
 
 
+def spec_patch(vnode: dict[str, Any], super_node: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge patch mirroring the super node's cordon and readiness, which also removes the
+    taint older versions put on every vnode (pure)."""
+    spec = vnode.get("spec") or {}
+    diff: dict[str, Any] = {}
+    if bool(spec.get("unschedulable")) != _cordoned(super_node):
+        diff["unschedulable"] = True if _cordoned(super_node) else None
+    taints = spec.get("taints") or []
+    ours = [{"key": t.get("key"), "effect": t.get("effect")} for t in taints if t.get("key") in _MANAGED_TAINTS]
+    want = _condition_taints(super_node)
+    if ours != want:
+        kept = [t for t in taints if t.get("key") not in _MANAGED_TAINTS] + want
+        diff["taints"] = kept or None
+    return {"spec": diff} if diff else None
+
+
 async def ensure(sx: Syncer, tenant: Tenant, node_name: str) -> None:
     """Create the vnode in the tenant if it is missing; raises Retry if the super node is unknown."""
     from appliance.syncer.resources.base import Retry
@@ -99,6 +133,9 @@ async def ensure(sx: Syncer, tenant: Tenant, node_name: str) -> None:
     patch = status_patch(created, super_node, address=s.vnode_address, port=s.vnode_port)
     full = {"status": {**body["status"], **((patch or {}).get("status") or {})}}
     await tenant.client.patch(resources.NODES, node_name, full, subresource="status")
+    spec = spec_patch(created, super_node)  # admission added the not-ready taint
+    if spec:
+        await tenant.client.patch(resources.NODES, node_name, spec)
     log.info("tenant %s: virtual node %s created", tenant.key, node_name)
 
 
@@ -110,6 +147,9 @@ async def upward(sx: Syncer, tenant: Tenant, node_name: str) -> None:
     patch = status_patch(vnode, super_node, address=sx.settings.vnode_address, port=sx.settings.vnode_port)
     if patch:
         await tenant.client.patch(resources.NODES, node_name, patch, subresource="status")
+    spec = spec_patch(vnode, super_node)
+    if spec:
+        await tenant.client.patch(resources.NODES, node_name, spec)
 
 
 def _interesting(new: dict[str, Any] | None, old: dict[str, Any] | None) -> bool:
@@ -118,7 +158,8 @@ def _interesting(new: dict[str, Any] | None, old: dict[str, Any] | None) -> bool
     ns, os_ = new.get("status") or {}, old.get("status") or {}
     strip = [{k: v for k, v in c.items() if k != "lastHeartbeatTime"} for c in ns.get("conditions") or []]
     strip_old = [{k: v for k, v in c.items() if k != "lastHeartbeatTime"} for c in os_.get("conditions") or []]
-    return strip != strip_old or ns.get("addresses") != os_.get("addresses")
+    return (strip != strip_old or ns.get("addresses") != os_.get("addresses")
+            or _cordoned(new) != _cordoned(old) or _condition_taints(new) != _condition_taints(old))
 
 
 def super_node_handler(sx: Syncer) -> kinformer.Handler:

@@ -277,6 +277,33 @@ def test_pod_uw_status_patch_mirrors_fields() -> None:
     assert equality.pod_uw_status_patch(super_, super_) is None
 
 
+def _generations(p: dict[str, Any], generation: int, observed: int | None = None) -> dict[str, Any]:
+    p = copy.deepcopy(p)
+    p["metadata"]["generation"] = generation
+    if observed is not None:
+        p["status"]["observedGeneration"] = observed
+        p["status"]["conditions"] = [{**c, "observedGeneration": observed} for c in p["status"]["conditions"]]
+    return p
+
+
+def test_pod_uw_status_patch_counts_observed_generations_in_the_tenant() -> None:
+    """A kubelet that observed the latest super generation has observed the latest tenant one,
+    even when tenant-only changes made the counts differ; while an image change is on its way
+    down, the tenant keeps the generation it had."""
+    tenant = _generations(pod(containers={"c": "img:1"}, conditions=[], status={}), 4, observed=2)
+    super_ = _generations(pod(containers={"c": "img:1"}, conditions=[cond("Ready")], status={}), 3, observed=3)
+    patch = equality.pod_uw_status_patch(tenant, super_)
+    assert patch is not None
+    assert patch["status"]["observedGeneration"] == 4
+    assert [c["observedGeneration"] for c in patch["status"]["conditions"]] == [4]
+    behind = _generations(super_, 3, observed=2)
+    assert equality.pod_uw_status_patch(tenant, behind)["status"]["observedGeneration"] == 3  # type: ignore[index]
+    moving = _generations(pod(containers={"c": "img:2"}, conditions=[], status={}), 5, observed=2)
+    patch = equality.pod_uw_status_patch(moving, super_)
+    assert patch is not None and "observedGeneration" not in patch["status"]
+    assert ["observedGeneration" in c for c in patch["status"]["conditions"]] == [False]
+
+
 def svc(spec: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {"name": "s"}, "spec": spec}
 

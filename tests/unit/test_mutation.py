@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from appliance.syncer import mutation
+from appliance.syncer import equality, mutation
 from appliance.syncer.mutation import PodContext, ServiceInfo, ServicePort, TokenVolume
 from appliance.util import naming
 
@@ -216,6 +216,44 @@ def test_env_injected_into_init_containers() -> None:
         "kubernetes"
         == {e["name"]: e["value"] for e in pod["spec"]["initContainers"][0]["env"]}["KUBERNETES_SERVICE_HOST"]
     )
+
+
+def test_ephemeral_containers_are_mutated_like_the_others() -> None:
+    """A `kubectl debug` container added later sees the same service variables and literal
+    downward-API values as the Pod's own containers."""
+    debug = {"name": "debugger", "image": "busybox",
+             "env": [{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]}
+    pod = mutation.mutate_pod(super_pod(ephemeralContainers=[debug]), context())
+    env = {e["name"]: e.get("value") for e in pod["spec"]["ephemeralContainers"][0]["env"]}
+    assert env["KUBERNETES_SERVICE_HOST"] == "kubernetes" and env["NS"] == "app"
+    assert "WEB_SERVICE_HOST" in env
+
+
+def test_missing_ephemeral_containers_by_name() -> None:
+    """Only tenant ephemeral containers the super Pod lacks are to be added, in tenant order."""
+    tenant = {"spec": {"ephemeralContainers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}
+    assert equality.missing_ephemeral_containers(tenant, {"spec": {"ephemeralContainers": [{"name": "b"}]}}) == ["a", "c"]
+    assert equality.missing_ephemeral_containers(tenant, tenant) == []
+    assert equality.missing_ephemeral_containers({"spec": {}}, tenant) == []
+
+
+def test_downward_api_keys_not_copied_down_become_tenant_literals() -> None:
+    """An env var from a label or annotation the super Pod lacks (an opaque key such as the Job
+    controller's completion index) gets the tenant's value; copied keys, and keys neither Pod
+    has, stay references."""
+    def ref(path: str) -> dict[str, Any]:
+        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+    pod = super_pod(containers=[{"name": "c", "image": "busybox", "env": [
+        {"name": "INDEX", **ref("metadata.annotations['batch.kubernetes.io/job-completion-index']")},
+        {"name": "APP", **ref("metadata.labels['app']")},
+        {"name": "GONE", **ref("metadata.labels['batch.kubernetes.io/job-name']")},
+    ]}])
+    out = mutation.mutate_pod(pod, context(
+        tenant_annotations={"batch.kubernetes.io/job-completion-index": "3"}, tenant_labels={"app": "web"}))
+    env = {e["name"]: e for e in out["spec"]["containers"][0]["env"]}
+    assert env["INDEX"] == {"name": "INDEX", "value": "3"}
+    assert env["APP"] == {"name": "APP", **ref("metadata.labels['app']")}
+    assert env["GONE"] == {"name": "GONE", **ref("metadata.labels['batch.kubernetes.io/job-name']")}
 
 
 def test_tenant_kubernetes_service_host_wins() -> None:

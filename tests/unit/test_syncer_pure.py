@@ -24,16 +24,46 @@ SUPER_NODE = {
 
 
 def test_vnode_points_at_the_proxy_and_hides_super_details() -> None:
-    """A vnode is unschedulable, tainted once, labelled, and its address and port are the proxy's."""
+    """A vnode is schedulable and untainted, labelled, and its address and port are the proxy's."""
     node = vnode.build(SUPER_NODE, address="127.0.0.9", port=10550)
     assert node["metadata"]["labels"] == {
         "kubernetes.io/os": "linux", "kubernetes.io/hostname": "n1", naming.LABEL_VIRTUAL_NODE: "true"}
-    assert node["spec"]["unschedulable"] is True
-    assert [t["key"] for t in node["spec"]["taints"]] == [vnode.UNSCHEDULABLE_TAINT]
+    assert node["spec"] == {}
     assert node["status"]["addresses"] == [{"type": "InternalIP", "address": "127.0.0.9"}]
     assert node["status"]["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10550}}
     assert "declaredFeatures" not in node["status"]
     assert node["status"]["capacity"] == {"cpu": "4"}
+
+
+def test_vnode_spec_follows_the_super_cordon_and_sheds_the_old_taint() -> None:
+    """A cordoned super node makes its vnode unschedulable and uncordoning undoes it; a vnode
+    tainted by an older version loses that taint and keeps any other."""
+    node = vnode.build(SUPER_NODE, address="127.0.0.9", port=10550)
+    assert vnode.spec_patch(node, SUPER_NODE) is None
+    cordoned = {**SUPER_NODE, "spec": {"unschedulable": True}}
+    assert vnode.build(cordoned, address="127.0.0.9", port=10550)["spec"] == {"unschedulable": True}
+    assert vnode.spec_patch(node, cordoned) == {"spec": {"unschedulable": True}}
+    assert vnode.spec_patch({**node, "spec": {"unschedulable": True}}, SUPER_NODE) == {"spec": {"unschedulable": None}}
+    other = {"key": "example.com/gpu", "effect": "NoSchedule"}
+    legacy = {**node, "spec": {"unschedulable": True, "taints": [
+        {"key": vnode.UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}, other]}}
+    assert vnode.spec_patch(legacy, SUPER_NODE) == {"spec": {"unschedulable": None, "taints": [other]}}
+    only = {**node, "spec": {"taints": [{"key": vnode.UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}]}}
+    assert vnode.spec_patch(only, SUPER_NODE) == {"spec": {"taints": None}}
+
+
+def test_vnode_taints_follow_super_readiness_not_admission() -> None:
+    """The not-ready taint admission puts on a new Node goes once the super node is Ready; a
+    super node that is not Ready, or unknown, taints its vnode NoSchedule (never NoExecute)."""
+    node = vnode.build(SUPER_NODE, address="127.0.0.9", port=10550)
+    admitted = {**node, "spec": {"taints": [{"key": vnode.NOT_READY_TAINT, "effect": "NoSchedule"}]}}
+    assert vnode.spec_patch(admitted, SUPER_NODE) == {"spec": {"taints": None}}
+    for status, key in (("False", vnode.NOT_READY_TAINT), ("Unknown", vnode.UNREACHABLE_TAINT)):
+        sick = {**SUPER_NODE, "status": {**SUPER_NODE["status"], "conditions": [{"type": "Ready", "status": status}]}}
+        assert vnode.build(sick, address="127.0.0.9", port=10550)["spec"] == {
+            "taints": [{"key": key, "effect": "NoSchedule"}]}
+        assert vnode.spec_patch(node, sick) == {"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}}
+        assert vnode.spec_patch(vnode.build(sick, address="127.0.0.9", port=10550), sick) is None
 
 
 def test_vnode_status_patch_follows_conditions_and_drops_declared_features() -> None:

@@ -73,6 +73,8 @@ class PodKind(Kind):
             disable_service_links=sx.settings.disable_service_links,
             token_volume=mutation.TokenVolume(token_secret) if token_secret else None,
             root_ca_configmap="tenant-kube-root-ca.crt",
+            tenant_labels=meta.get("labels") or {},
+            tenant_annotations=meta.get("annotations") or {},
         )
 
     async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
@@ -85,12 +87,9 @@ class PodKind(Kind):
             return
         super_ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
         secret = await tokens.ensure_secret(sx, tenant, vobj) if tokens.needs_tokens(vobj) else None
-        try:
-            body = mutation.mutate_pod(
-                self.build(sx, tenant, vobj), self.context(sx, tenant, vobj, secret)
-            )
-        except mutation.MutationError as exc:
-            raise Retry(str(exc)) from None
+        body = self._mutated(sx, tenant, vobj, secret)
+        # The API refuses ephemeral containers on create; `update` adds them through their subresource.
+        body["spec"].pop("ephemeralContainers", None)
         try:
             created = await sx.super_client.create(self.resource, body, namespace=super_ns)
         except errors.AlreadyExists:
@@ -102,6 +101,24 @@ class PodKind(Kind):
             raise
         if secret is not None:
             await tokens.own_by_pod(sx, secret, created)
+
+    def _mutated(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], secret: str | None) -> dict[str, Any]:
+        try:
+            return mutation.mutate_pod(self.build(sx, tenant, vobj), self.context(sx, tenant, vobj, secret))
+        except mutation.MutationError as exc:
+            raise Retry(str(exc)) from None
+
+    async def _add_ephemeral_containers(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any],
+                                        pobj: dict[str, Any], missing: list[str]) -> None:
+        """Copy the tenant's new ephemeral containers (`kubectl debug`) to the super Pod, mutated
+        as its other containers are (service env, downward API, renamed volumes)."""
+        secret = await tokens.ensure_secret(sx, tenant, vobj) if tokens.needs_tokens(vobj) else None
+        mutated = self._mutated(sx, tenant, vobj, secret)
+        added = [c for c in mutated["spec"].get("ephemeralContainers") or () if c.get("name") in missing]
+        have = list((pobj.get("spec") or {}).get("ephemeralContainers") or ())
+        meta = pobj["metadata"]
+        await sx.super_client.patch(self.resource, meta["name"], {"spec": {"ephemeralContainers": have + added}},
+                                    namespace=meta["namespace"], subresource="ephemeralcontainers")
 
     async def _finish_orphaned_tenant_pod(
         self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], *, grace: int = 0,
@@ -145,6 +162,9 @@ class PodKind(Kind):
         if pobj["metadata"].get("deletionTimestamp") is not None:
             return  # the super Pod is going away; upward deals with the tenant Pod
         await super().update(sx, tenant, vobj, pobj)
+        missing = equality.missing_ephemeral_containers(vobj, pobj)
+        if missing:
+            await self._add_ephemeral_containers(sx, tenant, vobj, pobj, missing)
         status = equality.pod_dw_status_patch(vobj, pobj)
         if status:
             meta = pobj["metadata"]
@@ -222,4 +242,6 @@ class PodKind(Kind):
             return True
         if mutation.reject_reason(vobj) is not None:
             return False
+        if pobj is not None and equality.missing_ephemeral_containers(vobj, pobj):
+            return True
         return super().drifted(sx, tenant, vobj, pobj)
