@@ -95,8 +95,8 @@ async def test_super_events_about_tenant_pods_appear_in_the_tenant(env: syncing.
 @syncing.deadline(240)
 async def test_public_storage_and_priority_classes_are_broadcast_to_tenants(env: syncing.Env) -> None:
     """Public super StorageClasses and (opted-in) PriorityClasses appear in a tenant and follow
-    changes; they vanish when unpublished or deleted; tenant StorageClasses and public-labelled
-    PriorityClasses without a super twin are deleted, the tenant's own PriorityClasses kept."""
+    changes; they vanish when unpublished or deleted; public-labelled tenant objects without a
+    super twin are deleted, the tenant's own StorageClasses and PriorityClasses kept."""
     s = _suffix()
     pub_sc, priv_sc, pub_pc = f"pub-{s}", f"priv-{s}", f"pub-{s}"
     for res, name in ((resources.STORAGECLASSES, pub_sc), (resources.STORAGECLASSES, priv_sc),
@@ -121,10 +121,13 @@ async def test_public_storage_and_priority_classes_are_broadcast_to_tenants(env:
     await t.client.create(resources.PRIORITYCLASSES, {"metadata": {"name": f"own-{s}"}, "value": 5})
     await t.client.create(resources.PRIORITYCLASSES, {"metadata": {"name": f"fake-{s}", "labels": PUBLIC},
                                                       "value": 6})
-    await syncing.wait_gone(t.client, resources.STORAGECLASSES, f"own-{s}")
+    await t.client.create(resources.STORAGECLASSES, {"metadata": {"name": f"fake-{s}", "labels": PUBLIC},
+                                                     "provisioner": "x.io/y"})
+    await syncing.wait_gone(t.client, resources.STORAGECLASSES, f"fake-{s}")
     await syncing.wait_gone(t.client, resources.PRIORITYCLASSES, f"fake-{s}")
-    await syncing.wait_quiet(sx, scans=0)  # `own-` was queued before `fake-` was seen
+    await syncing.wait_quiet(sx, scans=0)  # `own-` were queued before `fake-` were seen
     assert await syncing.get_or_none(t.client, resources.PRIORITYCLASSES, f"own-{s}") is not None
+    assert await syncing.get_or_none(t.client, resources.STORAGECLASSES, f"own-{s}") is not None
     assert await syncing.get_or_none(t.client, resources.STORAGECLASSES, priv_sc) is None
 
     await env.superc.patch(resources.STORAGECLASSES, pub_sc, {"allowVolumeExpansion": True})

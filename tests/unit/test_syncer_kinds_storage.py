@@ -56,13 +56,14 @@ def test_public_super_objects_go_to_every_tenant() -> None:
 
 
 def test_patrol_finds_missing_changed_and_foreign_storage_classes() -> None:
-    """Missing and changed copies are requeued, and so is any tenant StorageClass without a public twin."""
+    """Missing and changed copies are requeued, and so is a public-labelled tenant StorageClass
+    without a super twin; the tenant's own StorageClasses are left alone."""
     kind = storage.StorageClassKind()
     super_objs = [sc("missing", labels=PUBLIC), sc("changed", labels=PUBLIC, allowVolumeExpansion=True),
                   sc("same", labels=PUBLIC)]
-    sx, _ = _sx([sc("changed"), sc("same"), sc("tenant-made")], super_objs, "storageclass")
+    sx, _ = _sx([sc("changed"), sc("same"), sc("tenant-made"), sc("fake", labels=PUBLIC)], super_objs, "storageclass")
     kind.scan(sx)  # type: ignore[arg-type]
-    assert sorted(k for _, t, k in sx.queued if t == "t1") == [("", "changed"), ("", "missing"), ("", "tenant-made")]
+    assert sorted(k for _, t, k in sx.queued if t == "t1") == [("", "changed"), ("", "fake"), ("", "missing")]
     assert sorted(k for _, t, k in sx.queued if t == "t2") == [("", "changed"), ("", "missing"), ("", "same")]
 
 

@@ -5,9 +5,11 @@ super informer's selector, so an object that loses the label leaves the cache (t
 watch reports it deleted). Every tenant gets a copy (metadata reset) of each public
 object; a copy is patched when anything but metadata differs, and replaced when the
 change touches an immutable field (e.g. a StorageClass provisioner, a PriorityClass
-value). Tenant objects without a public super twin are deleted: every StorageClass (the
-original's rule: tenants use the super cluster's storage only), but only the
-PriorityClasses that carry the public label (tenants may define their own).
+value). Tenant objects that carry the public label without a public super twin are
+deleted; a tenant's own StorageClasses and PriorityClasses stay. The original deleted
+every tenant StorageClass, which breaks tools and tests that manage StorageClasses
+through the API (conformance's StorageClass lifecycle test); keeping them costs nothing,
+since a claim naming a class the super cluster lacks just stays Pending there.
 """
 
 from __future__ import annotations
@@ -95,9 +97,6 @@ class PublicKind(SuperSourcedKind):
 class StorageClassKind(PublicKind):
     name = "storageclass"
     resource = resources.STORAGECLASSES
-
-    def removable(self, vobj: Mapping[str, Any]) -> bool:
-        return True  # tenants use the super cluster's storage classes only
 
 
 class PriorityClassKind(PublicKind):
