@@ -9,7 +9,7 @@ agnhost:2.66.1`, ...) and Pods find it locally with the default `IfNotPresent` p
 What each image is (`RECIPES`; the layers are shared, so the set costs little more than agnhost):
 
 * the *Debian userland*: Debian bookworm packages (`DEBIAN_PACKAGES`: bind9-dnsutils, curl,
-  netcat-openbsd, iproute2, iperf, bash, dash as /bin/sh, socat, libc-bin, nginx) resolved with
+  netcat-openbsd, iproute2, iperf, bash as /bin/sh, dash, socat, libc-bin, nginx) resolved with
   apt against an empty package database, unpacked with `dpkg-deb -x` (no maintainer scripts),
   over busybox (which supplies the coreutils);
 * agnhost 2.66.1 = that userland + `agnhost` built from v1.37.2 + CoreDNS at `/coredns` (the
@@ -20,7 +20,8 @@ What each image is (`RECIPES`; the layers are shared, so the set costs little mo
   serve them with `agnhost test-webserver`, as upstream;
 * nginx 1.27/1.28 = Debian's nginx 1.22 with the official image's configuration (port 80,
   /usr/share/nginx/html, logs to stdout/stderr, SIGQUIT to stop);
-* busybox 1.37 = the node's busybox image (Debian's busybox 1.35); pause 3.10.2 = busybox
+* busybox 1.37 = the userland (busybox applets under a bash /bin/sh, which keeps environment
+  variables with any name as upstream's busybox 1.37 does); pause 3.10.2 = busybox
   waiting for SIGTERM; etcd 3.7.0 = the test bed's multi-call binary (its etcd applet);
   sample-apiserver and nonewprivs = those programs built from the same module.
 
@@ -54,8 +55,11 @@ _PRUNED = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale
            "usr/share/bug")
 #: What Debian's maintainer scripts would have created (update-alternatives, dash's diversion).
 #: /bin/sh must not be busybox: Debian builds its ash to run its own applets before PATH, so a
-#: test's `sh -c 'nc ...'` would get busybox's nc instead of netcat-openbsd.
-_ALTERNATIVES = {"bin/sh": "dash", "bin/nc": "nc.openbsd", "usr/bin/awk": "mawk"}
+#: test's `sh -c 'nc ...'` would get busybox's nc instead of netcat-openbsd. Nor dash: dash and
+#: Debian's busybox 1.35 ash drop environment variables whose names are not shell identifiers
+#: (`data-1` from a ConfigMap's envFrom) before running `env`, which upstream's busybox 1.37 and
+#: Alpine images keep; bash keeps them.
+_ALTERNATIVES = {"bin/sh": "bash", "bin/nc": "nc.openbsd", "usr/bin/awk": "mawk"}
 
 #: manifest ImageID -> how the image is made here (the key of `_RECIPE_BUILDERS`).
 RECIPES: dict[str, str] = {
@@ -301,7 +305,7 @@ def build_images(manifest: Mapping[str, str], src: Sources) -> list[images.Image
             out.append(images.Image(name, userland, cmd=("nginx", "-g", "daemon off;"), stop_signal="SIGQUIT",
                                     labels=labels))
         elif recipe == "busybox":
-            out.append(images.Image(name, base, cmd=("sh",), labels=labels))
+            out.append(images.Image(name, userland, cmd=("sh",), labels=labels))
         elif recipe == "pause":
             out.append(images.Image(name, base, layers=((images.Entry("pause", data=_PAUSE.encode()),),),
                                     entrypoint=("/pause",), labels=labels))
