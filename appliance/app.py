@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import secrets
 import signal
 import socket
@@ -42,6 +41,7 @@ from appliance.kube.client import ApiClient, open_client
 from appliance.metrics import Registry
 from appliance.pki import certs
 from appliance.replicas.ownership import Ownership
+from appliance.util import private
 from appliance.util.drain import Drain
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,11 @@ def proxy_serving_cert(data_dir: Path) -> tuple[bytes, bytes]:
     crt, key = d / "tls.crt", d / "tls.key"
     if crt.exists() and key.exists():
         return crt.read_bytes(), key.read_bytes()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = certs.new_ca("vc-appliance-proxy-ca")
     leaf = certs.issue(ca, common_name="vc-appliance-proxy", dns_names=("localhost",),
                        ip_addresses=("127.0.0.1",), server=True, days=3650)
-    crt.write_bytes(leaf.cert_pem)
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(leaf.key_pem)
+    private.write_file(key, leaf.key_pem)
+    private.write_file(crt, leaf.cert_pem)
     return leaf.cert_pem, leaf.key_pem
 
 

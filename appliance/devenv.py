@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from appliance.controlplane import build, images, nodehost, process
+from appliance.util import private
 
 SAMPLE_CV = "cv-process"
 T = TypeVar("T")
@@ -210,8 +211,7 @@ def up(state: Path, *, tenants: int = 1, node: str = "auto") -> int:
 
     info = _wait("local super cluster", cluster_info, timeout=240, log=cluster_log, pid_file=cluster_pid)
     super_kubeconfig = state / "super.kubeconfig"
-    super_kubeconfig.write_bytes(Path(info["super"]["admin_kubeconfig"]).read_bytes())
-    os.chmod(super_kubeconfig, 0o600)
+    private.write_file(super_kubeconfig, Path(info["super"]["admin_kubeconfig"]).read_bytes())
 
     real_node = info.get("real_node") or None
     cfg = _config(state, super_kubeconfig, node_address=real_node["host_ip"] if real_node else None)
@@ -245,8 +245,7 @@ def up(state: Path, *, tenants: int = 1, node: str = "auto") -> int:
         data = _kubectl(state, super_kubeconfig, "get", "secret", "admin-kubeconfig", "-n", secret_ns,
                         "-o", "jsonpath={.data.admin-kubeconfig}")
         out = state / "tenants" / f"{name}.kubeconfig"
-        out.write_bytes(base64.b64decode(data))
-        os.chmod(out, 0o600)
+        private.write_file(out, base64.b64decode(data))
     elapsed = time.monotonic() - started
     first = state / "tenants" / f"{names[0]}.kubeconfig" if names else None
     print(f"""

@@ -40,8 +40,10 @@ import h11
 import trio
 import yaml
 
+from appliance.kube import creds as kube_creds
 from appliance.pki import certs, kubeconfig
 from appliance.proxy import h11io, tls
+from appliance.util import private
 
 __all__ = ["Fault", "FaultProxy", "open_fault_proxy"]
 
@@ -154,12 +156,11 @@ class FaultProxy:
         """Write a kubeconfig naming this proxy (its CA) with the admin client certificate."""
         doc = yaml.safe_load(self._admin_kubeconfig.read_bytes())
         user = doc["users"][0]["user"]
-        path.write_bytes(kubeconfig.render(
+        private.write_file(path, kubeconfig.render(
             cluster_name="faultproxy", server=f"https://127.0.0.1:{self.port}", ca_pem=self.ca_pem,
             user="admin", cert_pem=base64.b64decode(user["client-certificate-data"]),
             key_pem=base64.b64decode(user["client-key-data"]),
         ))
-        path.chmod(0o600)
         return path
 
     def _decide(self) -> Fault:
@@ -355,7 +356,7 @@ def _server_context(ca: certs.CertKey) -> ssl.SSLContext:
                        ip_addresses=("127.0.0.1",), server=True, days=2)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.set_alpn_protocols(tls.ALPN)
-    tls.load_cert_chain_pem(ctx, cert_pem=leaf.cert_pem, key_pem=leaf.key_pem)
+    kube_creds.load_cert_chain_pem(ctx, cert_pem=leaf.cert_pem, key_pem=leaf.key_pem)
     return ctx
 
 

@@ -23,6 +23,7 @@ import trio
 from appliance.controlplane import components, ports, process
 from appliance.controlplane.build import Binaries
 from appliance.pki import certs, kubeconfig
+from appliance.util import private
 
 LOOPBACK = components.LOOPBACK
 
@@ -85,18 +86,9 @@ def generate_pki(
     )
 
 
-def write_private(path: Path, data: bytes | str) -> None:
-    """Write a file only its owner reads (keys, kubeconfigs, node configs); mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(path, 0o600)
-
-
 def write_pki(pki: ControlPlanePKI, pki_dir: Path, *, server: str, cluster_name: str) -> None:
     """Lay the PKI out as the component flags in `components` expect it."""
-    pki_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(pki_dir, 0o700)
+    private.make_dir(pki_dir)
     files = {
         "ca.crt": pki.ca.cert_pem,
         "ca.key": pki.ca.key_pem,
@@ -118,7 +110,7 @@ def write_pki(pki: ControlPlanePKI, pki_dir: Path, *, server: str, cluster_name:
             cert_pem=ck.cert_pem, key_pem=ck.key_pem,
         )
     for fname, data in files.items():
-        write_private(pki_dir / fname, data)
+        private.write_file(pki_dir / fname, data)
 
 
 def _point_kubeconfigs_at(pki_dir: Path, server: str) -> None:
@@ -134,7 +126,7 @@ def _point_kubeconfigs_at(pki_dir: Path, server: str) -> None:
             continue
         for c in doc["clusters"]:
             c["cluster"]["server"] = server
-        write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
+        private.write_file(path, yaml.safe_dump(doc, sort_keys=False).encode())
 
 
 def admin_ssl_context(pki_dir: Path) -> ssl.SSLContext:
@@ -155,8 +147,8 @@ def _admin_pair(pki_dir: Path) -> tuple[Path, Path]:
 
         doc = yaml.safe_load((pki_dir / "admin.kubeconfig").read_bytes())
         user = doc["users"][0]["user"]
-        write_private(crt, base64.b64decode(user["client-certificate-data"]))
-        write_private(key, base64.b64decode(user["client-key-data"]))
+        private.write_file(crt, base64.b64decode(user["client-certificate-data"]))
+        private.write_file(key, base64.b64decode(user["client-key-data"]))
     return crt, key
 
 
@@ -339,46 +331,28 @@ async def start_control_plane(
         service_cidr=service_cidr, bind_address=address, advertise_address=address,
     )
     logs = state_dir / "logs"
-    handles = [
-        await nursery.start(
-            process.supervise,
-            process.ProcessSpec(
-                name=f"{name}/kube-apiserver",
-                argv=components.apiserver_argv(bins, flags),
-                log_path=logs / f"{name}-kube-apiserver.log",
-                ready=http_probe(f"{url}/readyz", ctx=ctx),
-                env=dict(os.environ, GOMAXPROCS="2"),
-                keep_on_cancel=keep_on_cancel,
-            ),
+
+    async def start(
+        component: str, argv: list[str], *, ready: process.Probe | None = None, env: dict[str, str] | None = None,
+    ) -> process.ProcessHandle:
+        """Supervise one component of this control plane, named and logged after it."""
+        spec = process.ProcessSpec(
+            name=f"{name}/{component}", argv=argv, log_path=logs / f"{name}-{component}.log",
+            ready=ready, env=env, keep_on_cancel=keep_on_cancel,
         )
-    ]
+        handle: process.ProcessHandle = await nursery.start(process.supervise, spec)
+        return handle
+
+    handles = [await start(
+        "kube-apiserver", components.apiserver_argv(bins, flags),
+        ready=http_probe(f"{url}/readyz", ctx=ctx), env=dict(os.environ, GOMAXPROCS="2"),
+    )]
     if controller_manager:
-        handles.append(
-            await nursery.start(
-                process.supervise,
-                process.ProcessSpec(
-                    name=f"{name}/kube-controller-manager",
-                    argv=components.controller_manager_argv(
-                        bins, pki_dir=pki_dir, service_cidr=service_cidr,
-                        virtual_nodes=virtual_nodes,
-                    ),
-                    log_path=logs / f"{name}-kube-controller-manager.log",
-                    keep_on_cancel=keep_on_cancel,
-                ),
-            )
-        )
+        handles.append(await start("kube-controller-manager", components.controller_manager_argv(
+            bins, pki_dir=pki_dir, service_cidr=service_cidr, virtual_nodes=virtual_nodes,
+        )))
     if scheduler:
-        handles.append(
-            await nursery.start(
-                process.supervise,
-                process.ProcessSpec(
-                    name=f"{name}/kube-scheduler",
-                    argv=components.scheduler_argv(bins, pki_dir=pki_dir),
-                    log_path=logs / f"{name}-kube-scheduler.log",
-                    keep_on_cancel=keep_on_cancel,
-                ),
-            )
-        )
+        handles.append(await start("kube-scheduler", components.scheduler_argv(bins, pki_dir=pki_dir)))
     return ControlPlane(
         name=name, url=url, port=port, dir=cp_dir, etcd_prefix=prefix, processes=tuple(handles)
     )

@@ -33,6 +33,7 @@ import trio
 
 from appliance.controlplane import build, cluster, images, nodeconfig, nodehost, process
 from appliance.pki import certs, kubeconfig
+from appliance.util import private
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +202,12 @@ def _issue_node_pki(plan: nodeconfig.NodePlan, *, super_pki: Path, server: str) 
         "kubelet_kubeconfig": d / "kubelet.kubeconfig", "proxy_kubeconfig": d / "kube-proxy.kubeconfig",
     }
     d.mkdir(parents=True, exist_ok=True)
-    cluster.write_private(paths["ca"], ca.cert_pem)
-    cluster.write_private(paths["serving_cert"], serving.cert_pem)
-    cluster.write_private(paths["serving_key"], serving.key_pem)
+    private.write_file(paths["ca"], ca.cert_pem)
+    private.write_file(paths["serving_cert"], serving.cert_pem)
+    private.write_file(paths["serving_key"], serving.key_pem)
     for key, user, ck in (("kubelet_kubeconfig", f"system:node:{plan.name}", kubelet),
                           ("proxy_kubeconfig", "system:kube-proxy", proxy)):
-        cluster.write_private(paths[key], kubeconfig.render(
+        private.write_file(paths[key], kubeconfig.render(
             cluster_name="super", server=server, ca_pem=ca.cert_pem, user=user, cert_pem=ck.cert_pem,
             key_pem=ck.key_pem))
     return paths
@@ -249,11 +250,11 @@ async def start_node(
     logs = plan.logs_dir
     for d in (plan.containerd_dir, plan.pod_logs_dir, plan.state_dir / "volume-plugins", plan.cni_conf_dir):
         d.mkdir(parents=True, exist_ok=True)
-    cluster.write_private(plan.cni_conf_dir / "10-vc-node.conflist", json.dumps(nodeconfig.cni_conflist(plan), indent=2))
+    private.write_file(plan.cni_conf_dir / "10-vc-node.conflist", json.dumps(nodeconfig.cni_conflist(plan), indent=2))
     # Pods with dnsPolicy Default see this; nothing outside the machine is reachable anyway.
-    cluster.write_private(plan.state_dir / "resolv.conf", f"nameserver {plan.host_ip}\noptions timeout:1 attempts:1\n")
+    private.write_file(plan.state_dir / "resolv.conf", f"nameserver {plan.host_ip}\noptions timeout:1 attempts:1\n")
     ctrd_config = plan.containerd_dir / "config.toml"
-    cluster.write_private(ctrd_config, nodeconfig.containerd_config(
+    private.write_file(ctrd_config, nodeconfig.containerd_config(
         plan, sandbox_image=images.PAUSE_IMAGE, runc=nodehost.RUNC, cni_bin_dir=nodehost.CNI_BIN_DIR))
     ctr = str(nodebins.path("ctr"))
 
@@ -275,7 +276,7 @@ async def start_node(
 
     pki = await trio.to_thread.run_sync(lambda: _issue_node_pki(plan, super_pki=super_cp.pki_dir, server=super_cp.url))
     kubelet_config = plan.state_dir / "kubelet-config.yaml"
-    cluster.write_private(kubelet_config, nodeconfig.render_json(nodeconfig.kubelet_config(
+    private.write_file(kubelet_config, nodeconfig.render_json(nodeconfig.kubelet_config(
         plan, client_ca=pki["ca"], serving_cert=pki["serving_cert"], serving_key=pki["serving_key"],
         max_open_files=_max_open_files(), taints=taints)))
     ctx = await trio.to_thread.run_sync(cluster.admin_ssl_context, super_cp.pki_dir)
@@ -294,7 +295,7 @@ async def start_node(
             log_path=logs / "kubelet.log", ready=kubelet_ready, env=env, ready_timeout=120,
         )))
     proxy_config = plan.state_dir / "kube-proxy-config.yaml"
-    cluster.write_private(proxy_config, nodeconfig.render_json(nodeconfig.kube_proxy_config(
+    private.write_file(proxy_config, nodeconfig.render_json(nodeconfig.kube_proxy_config(
         plan, kubeconfig=pki["proxy_kubeconfig"])))
 
     async def proxy_ready() -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "PluginRequired",
     "UntrustedKubeconfig",
     "in_cluster",
+    "load_cert_chain_pem",
     "load_kubeconfig",
     "parse_kubeconfig",
     "parse_untrusted_kubeconfig",
@@ -458,18 +459,24 @@ def ssl_context(creds: Credentials, *, alpn: list[str] | None = None) -> ssl.SSL
 
 
 def _load_client_cert(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    """`load_cert_chain` only takes files: write them 0600 in a 0700 dir, load, delete."""
-    private_dir = tempfile.mkdtemp(prefix="vc-tls-")  # mode 0700
     try:
-        cert_path = os.path.join(private_dir, "client.crt")
-        key_path = os.path.join(private_dir, "client.key")
-        for file_path, content in ((cert_path, cert), (key_path, key)):
-            fd = os.open(file_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        load_cert_chain_pem(ctx, cert_pem=cert, key_pem=key)
+    except ssl.SSLError as exc:
+        raise KubeconfigError(f"client certificate and key do not load: {exc.reason}") from None
+
+
+def load_cert_chain_pem(ctx: ssl.SSLContext, *, cert_pem: bytes | str, key_pem: bytes | str) -> None:
+    """Load a PEM certificate chain and its unencrypted key into `ctx`.
+
+    `load_cert_chain` only takes files, so they exist for the duration of the call: 0600 in a
+    fresh 0700 temporary directory, removed afterwards. This is the one place besides
+    `util.private` that writes key material; `kube/` may not import that module (DESIGN §2).
+    Raises ssl.SSLError when they do not load. Blocking: run it in a thread or at start-up.
+    """
+    with tempfile.TemporaryDirectory(prefix="vc-tls-") as private_dir:
+        cert_path, key_path = Path(private_dir, "tls.crt"), Path(private_dir, "tls.key")
+        for path, pem in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(content)
-        try:
-            ctx.load_cert_chain(cert_path, key_path)
-        except ssl.SSLError as exc:
-            raise KubeconfigError(f"client certificate and key do not load: {exc.reason}") from None
-    finally:
-        shutil.rmtree(private_dir, ignore_errors=True)
+                f.write(pem.encode("ascii") if isinstance(pem, str) else pem)
+        ctx.load_cert_chain(cert_path, key_path)

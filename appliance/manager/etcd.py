@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from appliance.controlplane import cluster, ports, process, stale
 from appliance.controlplane.build import Binaries
 from appliance.controlplane.components import TLSFiles
 from appliance.manager import etcdcreds, etcdgateway
+from appliance.util import private
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +69,13 @@ def load_or_choose_ports(
                 logger.warning("%s: port %s %d is taken by another program; using %d instead",
                                path, n, chosen[n], port)
             chosen.update(moved)
-            write_json_private(path, chosen)
+            private.write_file(path, json.dumps(chosen, indent=2))
             return chosen
     except (OSError, ValueError):
         pass
     fresh = {n: cluster.free_port() for n in names}
-    write_json_private(path, fresh)
+    private.write_file(path, json.dumps(fresh, indent=2))
     return fresh
-
-
-def write_json_private(path: Path, data: object) -> None:
-    """Write JSON atomically with mode 0600 (the directory is created 0700)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    tmp.replace(path)
 
 
 @dataclass(frozen=True, slots=True)

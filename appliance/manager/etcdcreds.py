@@ -19,7 +19,6 @@ issued by another CA or within 30 days of expiry. Blocking (files, key generatio
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from appliance.controlplane import cluster
 from appliance.controlplane.components import TLSFiles
 from appliance.pki import certs
+from appliance.util import private
 
 CA_DAYS = 3650
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -89,8 +89,8 @@ def _fresh(pair: certs.CertKey | None, *, ca: certs.CertKey, common_name: str | 
 
 
 def _write_pair(crt: Path, key: Path, pair: certs.CertKey) -> None:
-    cluster.write_private(key, pair.key_pem)
-    cluster.write_private(crt, pair.cert_pem)
+    private.write_file(key, pair.key_pem)
+    private.write_file(crt, pair.cert_pem)
 
 
 def _ca(pki_dir: Path) -> certs.CertKey:
@@ -109,8 +109,7 @@ def ensure(pki_dir: Path) -> SharedEtcdCreds:
     `pki_dir` and its parent (the shared etcd's state directory) become 0700.
     """
     for d in (pki_dir.parent, pki_dir):
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
+        private.make_dir(d)
     ca = _ca(pki_dir)
     creds = SharedEtcdCreds(pki_dir)
     server = creds.server
@@ -123,7 +122,7 @@ def ensure(pki_dir: Path) -> SharedEtcdCreds:
         _write_pair(admin.cert, admin.key, certs.issue(
             ca, common_name="", organizations=(ADMIN_ORG,), client=True, days=CA_DAYS))
     if not creds.password_file.exists():
-        cluster.write_private(creds.password_file, secrets.token_urlsafe(32))
+        private.write_file(creds.password_file, secrets.token_urlsafe(32))
     return creds
 
 
@@ -136,5 +135,5 @@ def issue_client(creds: SharedEtcdCreds, *, user: str, out_dir: Path) -> TLSFile
     if not _fresh(_read_pair(crt, key), ca=ca, common_name=user):
         _write_pair(crt, key, certs.issue(ca, common_name=user, client=True, days=CA_DAYS))
     if not ca_crt.exists() or ca_crt.read_bytes() != ca.cert_pem:
-        cluster.write_private(ca_crt, ca.cert_pem)
+        private.write_file(ca_crt, ca.cert_pem)
     return TLSFiles(ca_crt, crt, key)

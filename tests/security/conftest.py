@@ -7,7 +7,6 @@ session's `Tally` (`tests/tally.py`; the fixture and the printed summary are in 
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +20,7 @@ from appliance.kube.client import open_client
 from appliance.pki import kubeconfig
 from appliance.syncer import runtime
 from appliance.syncer.tenant import TenantId
+from appliance.util import private
 from tests.integration import syncing
 from tests.testbed import SuperCluster, TenantFactory
 
@@ -76,10 +76,8 @@ def appliance_identity(super_cluster: SuperCluster, tmp_path_factory: pytest.Tem
         kubectl("create", "clusterrolebinding", ns, "--clusterrole=vc-appliance", f"--serviceaccount={ns}:{name}")
         token = kubectl("create", "token", name, "-n", ns, "--duration=2h").strip()
         path = tmp_path_factory.mktemp("rbac") / "appliance.kubeconfig"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(kubeconfig.render(cluster_name="super", server=sc.url, ca_pem=(sc.pki_dir / "ca.crt").read_bytes(),
-                                      user=name, token=token))
+        private.write_file(path, kubeconfig.render(
+            cluster_name="super", server=sc.url, ca_pem=(sc.pki_dir / "ca.crt").read_bytes(), user=name, token=token))
         yield RoleIdentity(path, token, f"system:serviceaccount:{ns}:{name}")
     finally:
         subprocess.run([str(sc.kubectl), f"--kubeconfig={sc.kubeconfig}", "delete", "clusterrolebinding", ns,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from appliance.kube import creds as kube_creds
 from appliance.pki import certs
 from appliance.proxy import tls
 
@@ -39,7 +40,7 @@ def client_context(identity: certs.CertKey | None, *, chain: bytes = b"") -> ssl
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(tls.ALPN)
     if identity is not None:
-        tls.load_cert_chain_pem(ctx, cert_pem=identity.cert_pem + chain, key_pem=identity.key_pem)
+        kube_creds.load_cert_chain_pem(ctx, cert_pem=identity.cert_pem + chain, key_pem=identity.key_pem)
     return ctx
 
 

@@ -33,6 +33,7 @@ bind fails the attempt ("address already in use"), and the next attempt moves it
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -50,6 +51,7 @@ from appliance.kube import resources
 from appliance.manager import etcd, model, pkisecrets, reconcile, rootns
 from appliance.manager.provision.base import Context, RunningPlane, Tenant
 from appliance.pki import kubeconfig
+from appliance.util import private
 
 logger = logging.getLogger(__name__)
 
@@ -117,21 +119,14 @@ def _read_pki(pki_dir: Path) -> pkisecrets.TenantPKI | None:
     return pki
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def _write_tenant_dir(tdir: Path, plan: Plan, pki: pkisecrets.TenantPKI, *, cluster_name: str) -> None:
     for d in (tdir.parent, tdir, tdir / "pki", tdir / "logs"):
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
+        private.make_dir(d)
     for name, data in pkisecrets.files(pki, server=plan.server, cluster_name=cluster_name).items():
         path = tdir / "pki" / name
         if not path.exists() or path.read_bytes() != data:
-            _write_private(path, data)
-    etcd.write_json_private(tdir / "plan.json", msgspec.to_builtins(plan))
+            private.write_file(path, data)
+    private.write_file(tdir / "plan.json", json.dumps(msgspec.to_builtins(plan), indent=2))
 
 
 @dataclass(frozen=True, slots=True)
