@@ -217,11 +217,7 @@ def pids_mentioning(text: str) -> list[int]:
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
-        try:
-            cmd = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if text.encode() in cmd:
+        if any(text in arg for arg in process.cmdline(int(d.name))):
             found.append(int(d.name))
     return found
 
@@ -926,9 +922,9 @@ def cpu_snapshot(bed: Bed) -> dict[str, float]:
     for pid in pids_mentioning(str(bed.state_dir)):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
+        cmd = process.cmdline(pid)
         fields = stat.rsplit(")", 1)[1].split()
         out[_component(cmd)] += (int(fields[11]) + int(fields[12])) / _TICK
     t = os.times()

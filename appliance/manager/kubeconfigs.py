@@ -21,7 +21,7 @@ from typing import Any
 
 from appliance.kube import creds, errors, resources
 from appliance.kube.client import ApiClient
-from appliance.manager import model, reconcile
+from appliance.manager import model, pkisecrets, reconcile
 from appliance.util import naming
 
 __all__ = ["Found", "NotRunning", "admin_kubeconfig", "checked_credentials", "find"]
@@ -38,16 +38,6 @@ class Found:
     where: str
     namespace: str = ""  # of the secret it came from, "" for the annotation
     secret: str = ""
-
-
-def _secret_value(secret: dict[str, Any], key: str) -> bytes | None:
-    raw = (secret.get("data") or {}).get(key)
-    if not raw:
-        return None
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 async def _get_secret(client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
@@ -78,7 +68,7 @@ async def find(client: ApiClient, vc: model.VirtualCluster, *, root_namespace: s
             if secret is None:
                 continue
             where = f"secret {namespace}/{secret_name}"
-            value = _secret_value(secret, naming.ANNOTATED_KUBECONFIG_SECRET_KEY)
+            value = pkisecrets.secret_data(secret, naming.ANNOTATED_KUBECONFIG_SECRET_KEY)
             if value is None:
                 raise reconcile.Rejected(
                     "InvalidKubeconfig",
@@ -92,7 +82,7 @@ async def find(client: ApiClient, vc: model.VirtualCluster, *, root_namespace: s
     secret = await _get_secret(client, root_namespace, naming.ADMIN_KUBECONFIG_SECRET)
     if secret is None:
         return None
-    value = _secret_value(secret, naming.ADMIN_KUBECONFIG_SECRET_KEY)
+    value = pkisecrets.secret_data(secret, naming.ADMIN_KUBECONFIG_SECRET_KEY)
     where = f"secret {root_namespace}/{naming.ADMIN_KUBECONFIG_SECRET}"
     return None if value is None else Found(value, where, root_namespace, naming.ADMIN_KUBECONFIG_SECRET)
 

@@ -152,7 +152,11 @@ def secrets(pki: TenantPKI, *, namespace: str, server: str, cluster_name: str) -
     ]
 
 
-def _data(secret: Mapping[str, Any] | None, key: str) -> bytes | None:
+def secret_data(secret: Mapping[str, Any] | None, key: str) -> bytes | None:
+    """`data[key]` of a Secret decoded, or None when it is missing, empty or not base64.
+
+    None lets the caller decide: regenerate damaged PKI, or report a kubeconfig as absent.
+    """
     raw = ((secret or {}).get("data") or {}).get(key)
     if not raw:
         return None
@@ -164,7 +168,7 @@ def _data(secret: Mapping[str, Any] | None, key: str) -> bytes | None:
 
 def secret_cert(secret: Mapping[str, Any] | None) -> certs.CertKey | None:
     """The certificate and key of a `kubernetes.io/tls` secret, if both are there."""
-    crt, key = _data(secret, "tls.crt"), _data(secret, "tls.key")
+    crt, key = secret_data(secret, "tls.crt"), secret_data(secret, "tls.key")
     return certs.CertKey(crt, key) if crt and key else None
 
 
@@ -182,15 +186,15 @@ def _kubeconfig_cert(data: bytes | None) -> certs.CertKey | None:
 
 def from_secrets(by_name: Mapping[str, Mapping[str, Any]]) -> TenantPKI | None:
     """The PKI stored in the root namespace's secrets, or None if any piece is missing."""
-    sa = _data(by_name.get(SECRET_SERVICE_ACCOUNT), "tls.key")
+    sa = secret_data(by_name.get(SECRET_SERVICE_ACCOUNT), "tls.key")
     parts = {
         "root_ca": secret_cert(by_name.get(SECRET_ROOT_CA)),
         "apiserver": secret_cert(by_name.get(SECRET_APISERVER)),
         "etcd": secret_cert(by_name.get(SECRET_ETCD)),
         "front_proxy": secret_cert(by_name.get(SECRET_FRONT_PROXY)),
         "controller_manager": _kubeconfig_cert(
-            _data(by_name.get(SECRET_CONTROLLER_MANAGER), SECRET_CONTROLLER_MANAGER)),
-        "admin": _kubeconfig_cert(_data(by_name.get(SECRET_ADMIN), SECRET_ADMIN)),
+            secret_data(by_name.get(SECRET_CONTROLLER_MANAGER), SECRET_CONTROLLER_MANAGER)),
+        "admin": _kubeconfig_cert(secret_data(by_name.get(SECRET_ADMIN), SECRET_ADMIN)),
         "kubelet_client": secret_cert(by_name.get(SECRET_KUBELET_CLIENT)),
     }
     if sa is None or any(v is None for v in parts.values()):

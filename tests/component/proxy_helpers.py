@@ -8,8 +8,6 @@ handler. The tenant client is a raw h11 client over a real TLS connection with a
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,13 +17,10 @@ from typing import Any
 import h11
 import trio
 import trio.testing
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.kube import creds as kube_creds
-from appliance.proxy import forward, routes, server, tls
+from appliance.pki import certs
+from appliance.proxy import forward, routes, server
 
 READ = 64 * 1024
 DEADLINE = 20.0  # absolute per-test deadline on trio's clock
@@ -33,91 +28,20 @@ DEADLINE = 20.0  # absolute per-test deadline on trio's clock
 # --- PKI ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Issued:
-    cert_pem: bytes
-    key_pem: bytes
-    cert: x509.Certificate = field(repr=False)
-    key: ec.EllipticCurvePrivateKey = field(repr=False)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+#: a certificate and its key as PEM (`.cert` parses it), built by the appliance's own `pki.certs`
+Issued = certs.CertKey
 
 
 def make_ca(cn: str) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), cert, key)
+    return certs.new_ca(cn, days=1)
 
 
 def issue(ca: Issued, cn: str, *, server_auth: bool = False, orgs: tuple[str, ...] = ()) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] + [
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs
-    ]
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attrs))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [
-                    ExtendedKeyUsageOID.SERVER_AUTH
-                    if server_auth
-                    else ExtendedKeyUsageOID.CLIENT_AUTH
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
-    )
+    """A one-day client certificate, or a serving one for localhost and 127.0.0.1."""
     if server_auth:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(ca.key, hashes.SHA256())
-    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), cert, key)
+        return certs.issue(ca, common_name=cn, organizations=orgs, dns_names=("localhost",),
+                           ip_addresses=("127.0.0.1",), server=True, days=1)
+    return certs.issue(ca, common_name=cn, organizations=orgs, client=True, days=1)
 
 
 @dataclass(frozen=True)
@@ -165,7 +89,7 @@ def super_ns(key: str, ns: str) -> str:
 def server_ssl_context(serving: Issued) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.set_alpn_protocols(["http/1.1"])
-    tls.load_cert_chain_pem(ctx, cert_pem=serving.cert_pem, key_pem=serving.key_pem)
+    kube_creds.load_cert_chain_pem(ctx, cert_pem=serving.cert_pem, key_pem=serving.key_pem)
     return ctx
 
 
@@ -174,7 +98,7 @@ def client_ssl_context(pki: Pki, identity: Issued | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cadata=pki.proxy_ca.cert_pem.decode())
     ctx.set_alpn_protocols(["http/1.1"])
     if identity is not None:
-        tls.load_cert_chain_pem(ctx, cert_pem=identity.cert_pem, key_pem=identity.key_pem)
+        kube_creds.load_cert_chain_pem(ctx, cert_pem=identity.cert_pem, key_pem=identity.key_pem)
     return ctx
 
 
@@ -211,6 +135,31 @@ class UpstreamConn:
 
 
 UpstreamHandler = Callable[[UpstreamConn], Awaitable[None]]
+
+
+class HoldingUpstream:
+    """An upstream handler that answers with `events` (then raw `then` bytes) and holds the
+    connection open, reading, until the proxy closes its leg.
+
+    `saw_eof` is set once it reads EOF or finds the stream broken: the proof, in tests of
+    hang-ups, idle deadlines and shutdown, that the proxy let go of the upstream.
+    """
+
+    def __init__(self, *events: h11.Event, then: bytes = b"") -> None:
+        self._events, self._then = events, then
+        self.saw_eof = trio.Event()
+
+    async def __call__(self, conn: UpstreamConn) -> None:
+        await conn.read_request()
+        await conn.send(*self._events)
+        if self._then:
+            await conn.stream.send_all(self._then)
+        try:
+            while await conn.stream.receive_some(1024):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        self.saw_eof.set()
 
 
 @dataclass

@@ -7,7 +7,9 @@ import pytest
 import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
-from proxy_helpers import (
+
+from appliance.proxy import routes, server
+from tests.component.proxy_helpers import (
     DEADLINE,
     TENANT_A,
     TENANT_B,
@@ -23,8 +25,6 @@ from proxy_helpers import (
     start_harness,
     super_ns,
 )
-
-from appliance.proxy import routes, server
 
 
 async def serve_ok(conn: UpstreamConn) -> None:

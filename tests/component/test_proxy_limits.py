@@ -15,7 +15,10 @@ import re
 import h11
 import pytest
 import trio
-from proxy_helpers import (
+
+from appliance import config
+from appliance.proxy import server
+from tests.component.proxy_helpers import (
     DEADLINE,
     READ,
     TENANT_A,
@@ -27,9 +30,6 @@ from proxy_helpers import (
     start_harness,
     super_ns,
 )
-
-from appliance import config
-from appliance.proxy import server
 
 HEADER_TIMEOUT, BODY_TIMEOUT, KEEP_ALIVE_TIMEOUT = 1.0, 1.5, 2.0
 SLACK = 3.0  # the proxy reacts within deadline + SLACK even on a busy machine

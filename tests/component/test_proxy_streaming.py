@@ -5,10 +5,12 @@ from __future__ import annotations
 import h11
 import trio
 import trio.testing
-from proxy_helpers import (
+
+from tests.component.proxy_helpers import (
     DEADLINE,
     SUPER_TOKEN,
     TENANT_A,
+    HoldingUpstream,
     TenantClient,
     UpstreamConn,
     respond,
@@ -184,19 +186,8 @@ async def test_client_disconnect_closes_upstream(nursery: trio.Nursery) -> None:
     with trio.fail_after(DEADLINE):
         h = await start_harness(nursery)
         h.pods.add_tenant_pod(TENANT_A, "default", "web-0")
-        upstream_saw_eof = trio.Event()
-
-        async def upstream(conn: UpstreamConn) -> None:
-            await conn.read_request()
-            await conn.send(h11.Response(status_code=200, headers=[]), h11.Data(data=b"first\n"))
-            # Idle follow stream: nothing more to send. Only the proxy closing can end this.
-            try:
-                while await conn.stream.receive_some(1024):
-                    pass
-            except trio.BrokenResourceError:
-                pass
-            upstream_saw_eof.set()
-
+        # Idle follow stream: nothing more to send. Only the proxy closing can end this.
+        upstream = HoldingUpstream(h11.Response(status_code=200, headers=[]), h11.Data(data=b"first\n"))
         h.upstream.handler = upstream
         stream = await h.connect(h.pki.tenant_a)
         client = TenantClient(stream)
@@ -204,7 +195,7 @@ async def test_client_disconnect_closes_upstream(nursery: trio.Nursery) -> None:
         assert 200 == (await client.next_event()).status_code
         assert b"first\n" == (await client.next_event()).data
         await trio.aclose_forcefully(stream)
-        await upstream_saw_eof.wait()
+        await upstream.saw_eof.wait()
         await h.upstream.closed.wait()
         while h.stats.connections:
             await trio.testing.wait_all_tasks_blocked()
@@ -244,9 +235,8 @@ async def test_upstream_hangs_up_gives_502(nursery: trio.Nursery) -> None:
 
 async def test_untrusted_upstream_certificate_gives_502(nursery: trio.Nursery) -> None:
     """The upstream leg verifies the super apiserver's certificate; a stranger gets nothing."""
-    from proxy_helpers import make_ca
-
     from appliance.kube import creds as kube_creds
+    from tests.component.proxy_helpers import make_ca
 
     with trio.fail_after(DEADLINE):
         other_ca = make_ca("someone-else")
@@ -359,18 +349,7 @@ async def test_stopping_the_proxy_closes_both_legs(nursery: trio.Nursery) -> Non
     with trio.fail_after(DEADLINE):
         h = await start_harness(nursery)
         h.pods.add_tenant_pod(TENANT_A, "default", "web-0")
-        upstream_saw_eof = trio.Event()
-
-        async def upstream(conn: UpstreamConn) -> None:
-            await conn.read_request()
-            await conn.send(h11.Response(status_code=200, headers=[]), h11.Data(data=b"a\n"))
-            try:
-                while await conn.stream.receive_some(1024):
-                    pass
-            except trio.BrokenResourceError:
-                pass
-            upstream_saw_eof.set()
-
+        upstream = HoldingUpstream(h11.Response(status_code=200, headers=[]), h11.Data(data=b"a\n"))
         h.upstream.handler = upstream
         stream = await h.connect(h.pki.tenant_a)
         client = TenantClient(stream)
@@ -380,7 +359,7 @@ async def test_stopping_the_proxy_closes_both_legs(nursery: trio.Nursery) -> Non
         assert 1 == h.stats.in_flight
         h.proxy_scope.cancel()
         await h.proxy_stopped.wait()
-        await upstream_saw_eof.wait()
+        await upstream.saw_eof.wait()
         try:
             rest = await stream.receive_some(1024)
         except trio.BrokenResourceError:

@@ -10,10 +10,13 @@ import h11
 import trio
 import trio.testing
 import trio_websocket
-from proxy_helpers import (
+
+from appliance.proxy import forward
+from tests.component.proxy_helpers import (
     DEADLINE,
     READ,
     TENANT_A,
+    HoldingUpstream,
     TenantClient,
     UpstreamConn,
     client_ssl_context,
@@ -25,8 +28,8 @@ from proxy_helpers import (
     super_ns,
 )
 
-from appliance.proxy import forward
-
+#: the upstream's answer headers when it switches to SPDY
+SPDY_SWITCH = [(b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1")]
 SPDY_HEADERS = [
     (b"connection", b"Upgrade"),
     (b"upgrade", b"SPDY/3.1"),
@@ -146,30 +149,14 @@ async def test_client_hangup_during_upgrade_closes_upstream(nursery: trio.Nurser
     with trio.fail_after(DEADLINE):
         h = await start_harness(nursery)
         h.pods.add_tenant_pod(TENANT_A, "default", "web-0")
-        upstream_saw_eof = trio.Event()
-
-        async def upstream(conn: UpstreamConn) -> None:
-            await conn.read_request()
-            await conn.send(
-                h11.InformationalResponse(
-                    status_code=101,
-                    headers=[(b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1")],
-                )
-            )
-            try:
-                while await conn.stream.receive_some(1024):
-                    pass
-            except trio.BrokenResourceError:
-                pass
-            upstream_saw_eof.set()
-
+        upstream = HoldingUpstream(h11.InformationalResponse(status_code=101, headers=SPDY_SWITCH))
         h.upstream.handler = upstream
         stream = await h.connect(h.pki.tenant_a)
         client = TenantClient(stream)
         await client.send_request("POST", b"/portForward/default/web-0", SPDY_HEADERS)
         assert 101 == (await client.next_event()).status_code
         await trio.aclose_forcefully(stream)
-        await upstream_saw_eof.wait()
+        await upstream.saw_eof.wait()
         while h.stats.connections:
             await settle()
 
@@ -261,22 +248,7 @@ async def test_idle_upgraded_stream_is_closed(nursery: trio.Nursery) -> None:
     with trio.fail_after(DEADLINE):
         h = await start_harness(nursery, idle_timeout=0.3)
         h.pods.add_tenant_pod(TENANT_A, "default", "web-0")
-        upstream_saw_eof = trio.Event()
-
-        async def upstream(conn: UpstreamConn) -> None:
-            await conn.read_request()
-            switch = h11.InformationalResponse(
-                status_code=101, headers=[(b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1")]
-            )
-            await conn.send(switch)
-            await conn.stream.send_all(b"prompt$ ")
-            try:
-                while await conn.stream.receive_some(1024):
-                    pass
-            except trio.BrokenResourceError:
-                pass
-            upstream_saw_eof.set()
-
+        upstream = HoldingUpstream(h11.InformationalResponse(status_code=101, headers=SPDY_SWITCH), then=b"prompt$ ")
         h.upstream.handler = upstream
         stream = await h.connect(h.pki.tenant_a)
         client = TenantClient(stream)
@@ -287,7 +259,7 @@ async def test_idle_upgraded_stream_is_closed(nursery: trio.Nursery) -> None:
         while chunk := await stream.receive_some(1024):  # ends when the proxy gives up
             data += chunk
         assert b"prompt$ " == data
-        await upstream_saw_eof.wait()
+        await upstream.saw_eof.wait()
 
 
 class _ReadsAfterTail(trio.abc.Stream):

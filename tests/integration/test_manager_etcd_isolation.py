@@ -17,13 +17,13 @@ import httpx
 import pytest
 import trio
 
-from appliance.controlplane import cluster, components
+from appliance.controlplane import cluster, components, process
 from appliance.kube import resources
 from appliance.kube.client import open_client
 from appliance.manager import etcdgateway, model
 from appliance.pki import kubeconfig
-from tests.integration import test_manager_common as common
-from tests.integration.test_manager_common import Harness
+from tests.integration import manager_harness as common
+from tests.integration.manager_harness import Harness
 from tests.tally import Tally
 from tests.testbed import SuperCluster, wait_for
 
@@ -32,7 +32,7 @@ ETCD_FLAGS = ("etcd-servers", "etcd-cafile", "etcd-certfile", "etcd-keyfile")
 
 @pytest.fixture
 async def harness(super_cluster: SuperCluster, nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Harness]:
-    """The manager test harness (see test_manager_common)."""
+    """The manager test harness (see manager_harness)."""
     async with common.open_harness(super_cluster, nursery, tmp_path) as h:
         yield h
 
@@ -40,7 +40,7 @@ async def harness(super_cluster: SuperCluster, nursery: trio.Nursery, tmp_path: 
 def _apiserver_etcd_flags(h: Harness, key: str) -> dict[str, str]:
     """The etcd flags of the tenant's running kube-apiserver, read from its command line."""
     pid = int((h.data_dir / "tenants" / key / "logs" / "kube-apiserver.pid").read_text().split()[0])
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    argv = process.cmdline(pid)
     flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     return {k: v for k, v in flags.items() if k in ETCD_FLAGS}
 

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.kube import events, resources
 from appliance.kube.client import ApiClient
-from tests.integration import test_manager_common as common
+from tests.integration import manager_harness as common
 from tests.testbed import SuperCluster
 
 

@@ -12,14 +12,14 @@ import trio
 from appliance.kube import creds, resources
 from appliance.kube.client import open_client
 from appliance.manager import model
-from tests.integration import test_manager_common as common
-from tests.integration.test_manager_common import Harness
+from tests.integration import manager_harness as common
+from tests.integration.manager_harness import Harness
 from tests.testbed import SuperCluster, TenantFactory
 
 
 @pytest.fixture
 async def harness(super_cluster: SuperCluster, nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Harness]:
-    """The manager test harness (see test_manager_common)."""
+    """The manager test harness (see manager_harness)."""
     async with common.open_harness(super_cluster, nursery, tmp_path) as h:
         yield h
 

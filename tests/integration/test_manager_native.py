@@ -23,8 +23,8 @@ from cryptography import x509
 from appliance.kube import errors, resources
 from appliance.manager import model
 from appliance.pki import certs
-from tests.integration import test_manager_common as common
-from tests.integration.test_manager_common import Harness
+from tests.integration import manager_harness as common
+from tests.integration.manager_harness import Harness
 from tests.testbed import SuperCluster, wait_for
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "samples" / "clusterversion_native.yaml"
@@ -33,7 +33,7 @@ BUNDLES = {"etcd": "etcd", "apiServer": "apiserver", "controllerManager": "contr
 
 @pytest.fixture
 async def harness(super_cluster: SuperCluster, nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Harness]:
-    """The manager test harness (see test_manager_common)."""
+    """The manager test harness (see manager_harness)."""
     async with common.open_harness(super_cluster, nursery, tmp_path) as h:
         yield h
 
