@@ -13,6 +13,7 @@ object before the syncer stamps its own. Pod mutation lives in `mutation.py`; di
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -204,11 +205,13 @@ def tenant_uid(super_obj: Mapping[str, Any]) -> str | None:
 
 
 # --- per-kind rewrites, applied to the result of build_super_object ----------------------------
-def adapt_service(super_svc: Mapping[str, Any]) -> dict[str, Any]:
+def adapt_service(super_svc: Mapping[str, Any], *, own_range: str | None = None) -> dict[str, Any]:
     """Let the super cluster allocate a Service's addresses (SPEC §3.7 Service DWS create).
 
     A real tenant ClusterIP moves to annotation `tenancy.x-k8s.io/clusterIP` and clusterIP(s)
-    are cleared (headless `None` is kept); every nodePort and healthCheckNodePort is cleared.
+    are cleared (headless `None` is kept), unless every one of them lies in `own_range`, the
+    tenant's own ServiceCIDR in the super cluster, where they are kept as they are. Every
+    nodePort and healthCheckNodePort is cleared.
     """
     new = copy.deepcopy(dict(super_svc))
     spec = new.get("spec") or {}
@@ -216,11 +219,33 @@ def adapt_service(super_svc: Mapping[str, Any]) -> dict[str, Any]:
     if cluster_ip and cluster_ip != "None":
         annotations = new.setdefault("metadata", {}).setdefault("annotations", {})
         annotations[naming.ANNOTATION_CLUSTER_IP] = cluster_ip
-        spec.pop("clusterIP", None)
-        spec.pop("clusterIPs", None)
+        if not in_range(spec.get("clusterIPs") or [cluster_ip], own_range):
+            spec.pop("clusterIP", None)
+            spec.pop("clusterIPs", None)
     spec.pop("healthCheckNodePort", None)
     for port in spec.get("ports") or ():
         port.pop("nodePort", None)
+    return new
+
+
+def in_range(addresses: Iterable[str], cidr: str | None) -> bool:
+    """Whether every address lies in `cidr` (False without one, or for anything unparsable)."""
+    if not cidr:
+        return False
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+        return all(ipaddress.ip_address(a) in net for a in addresses)
+    except ValueError:
+        return False
+
+
+def without_cluster_ips(super_svc: Mapping[str, Any]) -> dict[str, Any]:
+    """`super_svc` with clusterIP(s) cleared, for the super cluster to allocate."""
+    new = copy.deepcopy(dict(super_svc))
+    spec = new.get("spec") or {}
+    if spec.get("clusterIP") != "None":
+        spec.pop("clusterIP", None)
+        spec.pop("clusterIPs", None)
     return new
 
 

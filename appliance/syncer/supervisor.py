@@ -27,7 +27,7 @@ from appliance.kube import errors, resources
 from appliance.kube import events as kevents
 from appliance.kube import informer as kinformer
 from appliance.kube.backoff import Backoff
-from appliance.kube.client import open_client
+from appliance.kube.client import ApiClient, open_client
 from appliance.replicas.ownership import Ownership
 from appliance.syncer import vcstatus
 from appliance.syncer.runtime import Syncer
@@ -115,12 +115,25 @@ async def _keep_serving(
             await trio.sleep(delay)
 
 
+async def own_service_range(super_client: ApiClient, key: str) -> str | None:
+    """The tenant's ServiceCIDR in the super cluster (`manager/servicecidrs.py`), if it has one."""
+    try:
+        obj = await super_client.get(resources.SERVICECIDRS, naming.service_cidr_name(key))
+    except (errors.NotFound, errors.Forbidden):
+        return None
+    labels = obj["metadata"].get("labels") or {}
+    cidrs = (obj.get("spec") or {}).get("cidrs") or []
+    if labels.get(naming.LABEL_CLUSTER) != key or obj["metadata"].get("deletionTimestamp") or not cidrs:
+        return None
+    return str(cidrs[0])
+
+
 async def _serve_tenant(sx: Syncer, vc: dict[str, Any], tid: TenantId) -> NoReturn:
     creds = await tenant_credentials(sx.super_client, vc, tid)
     await vcstatus.set_kubeconfig_condition(sx.super_client, vc, accepted=True, reason="InlineCredentials",
                                             message=f"syncing {creds.server}", only_if_present=True)
     async with open_client(creds, user_agent=f"vc-syncer/{tid.key}") as client:
-        tenant = Tenant(tid, client)
+        tenant = Tenant(tid, client, service_cidr=await own_service_range(sx.super_client, tid.key))
         async with trio.open_nursery() as nursery:
             for name, kind in sx.kinds.items():
                 tenant.informers[name] = kinformer.Informer(client, kind.resource, name=f"{tid.key}/{name}")

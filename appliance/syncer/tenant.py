@@ -59,6 +59,9 @@ class Tenant:
     #: cancel scopes of this tenant's work items being processed; `Syncer.unregister` cancels them
     #: so that no reconcile outlives the tenant's client
     inflight: set[trio.CancelScope] = field(default_factory=set)
+    #: the tenant's Service range when the super cluster has it as the tenant's own ServiceCIDR:
+    #: its Services then keep their tenant ClusterIPs in the super cluster
+    service_cidr: str | None = None
 
     def __post_init__(self) -> None:
         self.events = kevents.EventRecorder(self.client, component="vc-syncer")

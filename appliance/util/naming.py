@@ -133,6 +133,11 @@ def cluster_key(vc_namespace: str, vc_name: str, vc_uid: str, *, cluster_namespa
     return "-".join(part for part in (ns_part, name_part, digest) if part)
 
 
+def service_cidr_name(cluster: str) -> str:
+    """Name of the super ServiceCIDR holding a tenant's Service range (`vc-<cluster key>`)."""
+    return f"vc-{cluster}"
+
+
 def _sanitise(text: str) -> str:
     return _INVALID_LABEL_CHARS.sub("-", text.lower()).strip("-")
 

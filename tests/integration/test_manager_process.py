@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import trio
 from appliance.kube import creds, errors, resources
 from appliance.kube.client import open_client
 from appliance.manager import model
+from appliance.util import naming
 from tests.integration import manager_harness as common
 from tests.integration.manager_harness import Harness
 from tests.testbed import SuperCluster, run_kubectl, wait_for
@@ -242,6 +244,16 @@ async def test_same_name_in_two_namespaces_is_isolated_and_deleted_alone(harness
                                               "metadata": {"name": "only-in-a"}})
         names_b = {n["metadata"]["name"] for n in (await b.list(resources.NAMESPACES)).items}
         assert "only-in-a" not in names_b
+        # Each has a Service range of its own, registered in the super cluster, disjoint.
+        ranges = []
+        for key, tenant in ((key_a, a), (key_b, b)):
+            own = await h.client.get(resources.SERVICECIDRS, naming.service_cidr_name(key))
+            assert own["metadata"]["labels"][naming.LABEL_CLUSTER] == key
+            net = ipaddress.ip_network(own["spec"]["cidrs"][0])
+            api_ip = (await tenant.get(resources.SERVICES, "kubernetes", namespace="default"))["spec"]["clusterIP"]
+            assert ipaddress.ip_address(api_ip) in net
+            ranges.append(net)
+        assert not ranges[0].overlaps(ranges[1])
 
     # Super namespaces as the syncer makes them (a syncer on the shared test bed may be first).
     for key, vc in ((key_a, vc_a), (key_b, vc_b)):
@@ -264,6 +276,16 @@ async def test_same_name_in_two_namespaces_is_isolated_and_deleted_alone(harness
     assert f"{key_a}-default" not in names
     assert key_b in names
     assert f"{key_b}-default" in names
+
+    async def range_released() -> bool:
+        try:
+            await h.client.get(resources.SERVICECIDRS, naming.service_cidr_name(key_a))
+        except errors.NotFound:
+            return True
+        return False
+
+    await wait_for(range_released, timeout=60, what=f"ServiceCIDR of {key_a} deleted")
+    await h.client.get(resources.SERVICECIDRS, naming.service_cidr_name(key_b))
     assert (h.data_dir / "tenants" / key_b / "plan.json").exists()
     assert await _etcd_keys(h, f"/tenants/{key_b}/") > 0
     async with open_client(creds_b) as b:

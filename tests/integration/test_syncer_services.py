@@ -1,16 +1,22 @@
-"""Syncer on the real test bed: Services get super cluster IPs, and Pods are wired to them."""
+"""Syncer on the real test bed: Services get super cluster IPs (or keep the tenant's, when its
+range is its own ServiceCIDR in the super cluster), and Pods are wired to them."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from appliance.kube import creds as kcreds
 from appliance.kube import resources
+from appliance.kube.client import open_client
+from appliance.manager import servicecidrs
+from appliance.syncer.tenant import TenantId
 from appliance.util import naming
 from tests.integration import syncing
-from tests.testbed import SuperCluster, TenantFactory
+from tests.testbed import SuperCluster, TenantFactory, wait_for
 
 TRANSPARENT_IP = naming.ANNOTATION_TRANSPARENT_CLUSTER_IP
 
@@ -118,3 +124,55 @@ async def test_pods_resolve_dns_env_and_kubernetes_alias_to_super_ips(
     aliases = {a["ip"]: a["hostnames"] for a in spec.get("hostAliases") or ()}
     assert set(aliases) == {api_ip}
     assert {"kubernetes", "kubernetes.default", "kubernetes.default.svc"} <= set(aliases[api_ip])
+
+
+@syncing.deadline(180)
+async def test_a_tenant_with_its_own_service_cidr_keeps_its_cluster_ips(env: syncing.Env) -> None:
+    """When the tenant's Service range is its ServiceCIDR in the super cluster, the super twin
+    of a tenant Service has the tenant's very ClusterIP; an address the super cluster already
+    gave away is not taken from its owner: that Service gets a super address and the tenant a
+    ClusterIPNotKept Warning."""
+    cidrs = (await env.superc.list(resources.SERVICECIDRS)).items
+    own = servicecidrs.pick_free(servicecidrs.DEFAULT_POOL, 24, cidrs)
+    assert own is not None
+    taken_ip = str(list(ipaddress.ip_network(own).hosts())[200])
+    cp = await env.make("own", controller_manager=True, virtual_nodes=True, service_cidr=own)
+    vc = await syncing.register_vc(env.superc, cp, kubeconfig=False)
+    env.stack.push_async_callback(syncing.forget_vc, env.superc, vc)
+    key = TenantId.from_vc(vc).key
+    assert await servicecidrs.ensure(env.superc, key, requested=own) == own
+    env.stack.push_async_callback(servicecidrs.release, env.superc, key)
+    # A super Service created first, at an address of the range (as one made before the range
+    # was the tenant's would have).
+    squatter_ns = f"squat-{key[-8:]}"
+    await env.superc.create(resources.NAMESPACES, {"metadata": {"name": squatter_ns}})
+    env.stack.push_async_callback(env.superc.delete, resources.NAMESPACES, squatter_ns)
+    await env.superc.create(resources.SERVICES, {"metadata": {"name": "squatter"}, "spec": {
+        "clusterIP": taken_ip, "ports": [{"port": 80}]}}, namespace=squatter_ns)
+
+    sx = await env.start()
+    t = syncing.SyncedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=await env.stack.enter_async_context(
+        open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig))))
+    await env.serve(sx, t)
+    await syncing.tenant_namespace(t, "shop")
+    await t.client.create(resources.SERVICES, service(
+        "web", selector={"app": "web"}, ports=[{"port": 80, "targetPort": 8080}]), namespace="shop")
+    ten, sup = await synced_service(env, t, "shop", "web")
+    assert ipaddress.ip_address(ten["spec"]["clusterIP"]) in ipaddress.ip_network(own)
+    assert sup["spec"]["clusterIP"] == ten["spec"]["clusterIP"]
+    assert sup["spec"]["clusterIPs"] == ten["spec"]["clusterIPs"]
+
+    clash = service("clash", selector={"app": "web"}, ports=[{"port": 80}])
+    clash["spec"]["clusterIP"] = taken_ip
+    await t.client.create(resources.SERVICES, clash, namespace="shop")
+    ten, sup = await synced_service(env, t, "shop", "clash")
+    assert ten["spec"]["clusterIP"] == taken_ip and sup["spec"]["clusterIP"] != taken_ip
+    squatter = await env.superc.get(resources.SERVICES, "squatter", namespace=squatter_ns)
+    assert squatter["spec"]["clusterIP"] == taken_ip  # untouched
+
+    async def warned() -> bool:
+        events = (await t.client.list(resources.EVENTS, namespace="shop")).items
+        return any(e["reason"] == "ClusterIPNotKept" and e["involvedObject"]["name"] == "clash"
+                   and taken_ip in e["message"] for e in events)
+
+    await wait_for(warned, timeout=30, what="ClusterIPNotKept Warning on tenant service clash")

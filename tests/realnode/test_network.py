@@ -3,7 +3,8 @@
 The tenant installs CoreDNS as `kube-system/kube-dns` (the sample in
 `configs/samples/tenant-coredns.yaml`, with the `tenantip` plugin that answers with the
 super cluster's address of each Service); its Pods then resolve their own Services and
-`kubernetes.default`, and reach another tenant Pod through a Service.
+`kubernetes.default`, and reach another tenant Pod through a Service, also at the ClusterIP the
+tenant allocated (its Service range is its own ServiceCIDR in the super cluster).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ async def test_tenant_pods_resolve_their_services_and_reach_them_through_the_clu
     await nodebed.apply(env, t, web, service)
     await nodebed.wait_running(env, t, "web")
     web_ip = await _annotated_cluster_ip(env, t, "default", "web")
+    # The tenant's Service range is its own ServiceCIDR in the super cluster: the address the
+    # tenant allocated is the one that works (manager/servicecidrs.py).
+    tenant_ip = (await nodebed.get_json(env, t, "service", "web"))["spec"]["clusterIP"]
+    assert web_ip == tenant_ip
 
     # busybox's nslookup asks the cluster DNS itself; fetching by name goes through Go's
     # resolver (kubectl's, with the search path): busybox-static's wget crashes in glibc's static
@@ -64,11 +69,12 @@ echo "api=$(nslookup kubernetes.default.svc.cluster.local | awk '/^Address/ {a=$
 printf 'apiVersion: v1\\nkind: Config\\n' > /tmp/none
 echo "byname=$(kubectl --kubeconfig=/tmp/none --server=http://web get --raw /index.html)"
 echo "env=$WEB_SERVICE_HOST:$WEB_SERVICE_PORT"
+echo "bytenantip=$(kubectl --kubeconfig=/tmp/none --server=http://%s get --raw /index.html)"
 echo "byenv=$(kubectl --kubeconfig=/tmp/none --server=http://$WEB_SERVICE_HOST:$WEB_SERVICE_PORT \\
   get --raw /index.html)"
 """
     name = f"client-{uuid.uuid4().hex[:6]}"
-    await nodebed.apply(env, t, nodebed.pod(name, image=nodebed.KUBERNETES, command=["sh", "-c", script],
+    await nodebed.apply(env, t, nodebed.pod(name, image=nodebed.KUBERNETES, command=["sh", "-c", script % tenant_ip],
                                             restartPolicy="Never"))
     out = await nodebed.wait_succeeded(env, t, name)
     lines = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -77,5 +83,6 @@ echo "byenv=$(kubectl --kubeconfig=/tmp/none --server=http://$WEB_SERVICE_HOST:$
     assert lines["fqdn"] == web_ip, out
     assert lines["api"] == api_ip, out
     assert lines["byname"] == token, out
+    assert lines["bytenantip"] == token, out
     assert lines["env"] == f"{web_ip}:80", out
     assert lines["byenv"] == token, out

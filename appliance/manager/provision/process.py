@@ -48,7 +48,7 @@ import trio
 from appliance.controlplane import cluster, components, ports, process, stale
 from appliance.controlplane.components import TLSFiles
 from appliance.kube import resources
-from appliance.manager import etcd, model, pkisecrets, reconcile, rootns
+from appliance.manager import etcd, model, pkisecrets, reconcile, rootns, servicecidrs
 from appliance.manager.provision.base import Context, RunningPlane, Tenant
 from appliance.pki import kubeconfig
 from appliance.util import private
@@ -168,11 +168,14 @@ class ProcessProvisioner:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    def _new_plan(self, t: Tenant) -> Plan:
+    async def _new_plan(self, t: Tenant) -> Plan:
         settings = self._ctx.settings
         cidr, problem = reconcile.parse_service_cidr(t.vc.spec.service_cidr)
         if problem is not None:
             raise reconcile.Rejected(problem.reason, problem.message)
+        # A range of its own, which the super cluster routes (else the default, translated).
+        t.progress = "registering the tenant's Service range in the super cluster"
+        cidr = await servicecidrs.ensure(self._ctx.super, t.key, requested=t.vc.spec.service_cidr) or cidr
         mode = etcd_mode(t.vc, shared_default=settings.shared_etcd)
         return Plan(
             vc_namespace=t.vc.metadata.namespace, vc_name=t.vc.metadata.name, vc_uid=t.vc.metadata.uid,
@@ -220,7 +223,7 @@ class ProcessProvisioner:
             if plan is not None:  # left behind by an earlier VirtualCluster with this key
                 await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(t.dir, ignore_errors=True))
-            plan = self._new_plan(t)
+            plan = await self._new_plan(t)
         plan = await self._move_taken_ports(t, plan)
         pki = await self._pki(t, plan)
         await trio.to_thread.run_sync(
@@ -377,6 +380,7 @@ class ProcessProvisioner:
             return
         # Processes kept by an earlier appliance run that this one never adopted.
         await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
+        await servicecidrs.release(self._ctx.super, t.key)
         if plan.etcd_mode == "shared":
             deleted = await self._ctx.etcd.forget_tenant(t.key)
             logger.info("tenant %s: removed %d keys and its user from the shared etcd", t.key, deleted)

@@ -142,7 +142,9 @@ class Kind:
 
     async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
         body = self.build(sx, tenant, vobj)
-        ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
+        await self.create_super(sx, tenant, body, own_super_namespace(sx, tenant, vobj["metadata"]["namespace"]))
+
+    async def create_super(self, sx: Syncer, tenant: Tenant, body: dict[str, Any], ns: str) -> None:
         try:
             await sx.super_client.create(self.resource, body, namespace=ns)
         except errors.AlreadyExists:

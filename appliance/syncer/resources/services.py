@@ -1,6 +1,11 @@
-"""Services: copied down with the tenant's addresses removed; the super's flow back up.
+"""Services: copied down with the tenant's addresses removed or kept; the super's flow back up.
 
-The super cluster allocates the cluster IP and node ports of every synced Service. Upward,
+The super cluster allocates the node ports of every synced Service, and its cluster IP unless
+the tenant's Service range is its own ServiceCIDR in the super cluster
+(`manager/servicecidrs.py`, `Tenant.service_cidr`): then the super Service is created with
+the tenant's ClusterIP, so the address the tenant sees is the one that works; if the super
+cluster refuses it (taken by a Service made before the range was the tenant's) the Service
+gets a super address and the tenant a `ClusterIPNotKept` Warning. Upward,
 the tenant Service gets the super cluster IP in annotation
 `transparency.tenancy.x-k8s.io/clusterIP` (what tenant DNS should answer, and how a tenant
 finds the address that works), the transparent labels/annotations, and the load-balancer
@@ -15,9 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from appliance.kube import resources
+from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality
-from appliance.syncer.resources.base import Kind, Permanent
+from appliance.syncer.resources.base import Kind, Permanent, own_super_namespace
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
 
@@ -55,7 +60,24 @@ class ServiceKind(Kind):
     def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
         if has_external_ips(vobj):
             raise Permanent(MESSAGE_EXTERNAL_IPS)
-        return conversion.adapt_service(super().build(sx, tenant, vobj))
+        return conversion.adapt_service(super().build(sx, tenant, vobj), own_range=tenant.service_cidr)
+
+    async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+        body = self.build(sx, tenant, vobj)
+        ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
+        try:
+            await self.create_super(sx, tenant, body, ns)
+        except errors.Invalid as exc:
+            if (body.get("spec") or {}).get("clusterIP") in (None, "None"):
+                raise
+            # The address is taken in the super cluster (by a Service created there before the
+            # range was the tenant's): the Service still works, at the address DNS answers.
+            ip = body["spec"]["clusterIP"]
+            await tenant.events.post(vobj, type="Warning", reason="ClusterIPNotKept", message=(
+                f"ClusterIP {ip} is not available in the super cluster ({exc.message}); this Service is "
+                f"reachable at the address in annotation {naming.ANNOTATION_TRANSPARENT_CLUSTER_IP}, "
+                "which cluster DNS answers"))
+            await self.create_super(sx, tenant, conversion.without_cluster_ips(body), ns)
 
     async def update(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
         if has_external_ips(vobj):
