@@ -30,6 +30,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from appliance import config as cfgmod
@@ -38,11 +39,15 @@ from appliance.controlplane import build
 from appliance.kube import creds as kcreds
 from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient, open_client
+from appliance.manager import settings as manager_settings
 from appliance.metrics import Registry
 from appliance.pki import certs
+from appliance.replicas import settings as replicas_settings
 from appliance.replicas.ownership import Ownership
+from appliance.syncer import settings as syncer_settings
 from appliance.util import private
 from appliance.util.drain import Drain
+from appliance.util.settings import extend
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +119,7 @@ async def run(
                            timeout=cfg.super.request_timeout, user_agent=agent) as superc:
         async with trio.open_nursery() as nursery:
             http_port = await nursery.start(lambda task_status: health.serve(
-                address=cfg.http.address, port=cfg.http.port, readiness=readiness,
-                registry=registry, task_status=task_status))
+                settings=cfg.http, readiness=readiness, registry=registry, task_status=task_status))
             readiness.mark("http")
             version = await check_super(superc, timeout=cfg.super.request_timeout)
             log.info("super cluster %s (%s)", creds.server, version)
@@ -130,20 +134,10 @@ async def run(
             # with Leases, tenantcas.follow tells the proxy every tenant's CA, not just ours
             syncer_cas = None if cfg.leases.enabled else cas
             if cfg.syncer.enabled:
-                s = cfg.syncer
                 sx = runtime.Syncer(
                     super_client=superc, registry=registry,
-                    settings=runtime.SyncerSettings(
-                        workers=s.workers, pod_workers=s.pod_workers, upward_workers=s.upward_workers,
-                        patrol_period=s.patrol_period, vnode_gc_grace=s.vnode_gc_grace,
-                        health_period=s.health_period, opaque_meta_domains=tuple(s.opaque_meta_domains),
-                        disable_service_account_token=s.disable_service_account_token,
-                        disable_service_links=s.disable_service_links,
-                        dns_options=tuple(s.dns_options.items()), extra_node_labels=tuple(s.extra_node_labels),
-                        extra_resources=tuple(s.extra_resources),
-                        vnode_address=cfg.proxy.advertise_address or cfg.proxy.address,
-                        vnode_port=cfg.proxy.port,
-                    ),
+                    settings=extend(cfg.syncer, syncer_settings.SyncerSettings,
+                                    vnode_address=cfg.proxy.vnode_address, vnode_port=cfg.proxy.port),
                     on_register=(lambda tid, tcreds: syncer_cas.set(tid.key, tcreds.ca_pem)
                                  if syncer_cas is not None and tcreds.ca_pem else None),
                     on_unregister=(lambda key: syncer_cas.remove(key) if syncer_cas is not None else None),
@@ -153,12 +147,11 @@ async def run(
             if cfg.leases.enabled:
                 from appliance.replicas import coordinator
 
-                lc = cfg.leases
-                ownership = coordinator.Coordinator(superc, coordinator.LeaseSettings(
-                    namespace=lc.namespace, identity=identity,
-                    placement=lc.placement or f"{socket.gethostname()}:{data_dir.resolve()}",
-                    lease_duration=lc.lease_duration, renew_deadline=lc.renew_deadline,
-                    retry_period=lc.retry_period, label_selector=cfg.tenant_selector or None))
+                lc = msgspec.structs.replace(
+                    cfg.leases, identity=identity,
+                    placement=cfg.leases.placement or f"{socket.gethostname()}:{data_dir.resolve()}")
+                ownership = coordinator.Coordinator(superc, extend(
+                    lc, replicas_settings.LeaseSettings, label_selector=cfg.tenant_selector or None))
                 try:
                     await nursery.start(ownership.run)
                 except errors.KubeError as exc:  # e.g. Forbidden: the RBAC lacks leases/namespaces
@@ -191,18 +184,13 @@ async def _run_manager(
     from appliance.manager import controller
 
     bins_dir = cfg.binaries_dir
-    if cfg.manager.provisioner == "process" or bins_dir:
+    if cfg.manager.default_provisioner == "process" or bins_dir:
         bins = (build.Binaries(Path(bins_dir)) if bins_dir
                 else await trio.to_thread.run_sync(build.ensure_binaries))
     else:
         bins = build.Binaries(Path("/nonexistent"))
-    settings = controller.ManagerSettings(
-        data_dir=data_dir, bins=bins, default_provisioner=cfg.manager.provisioner,
-        num_reconciles=cfg.manager.num_reconciles, provisioner_timeout=cfg.manager.provisioner_timeout,
-        keep_control_planes=cfg.manager.keep_control_planes,
-        tenant_bind_address=cfg.manager.tenant_bind_address, shared_etcd=cfg.manager.shared_etcd,
-        label_selector=cfg.tenant_selector or None,
-    )
+    settings = extend(cfg.manager, manager_settings.ManagerSettings, data_dir=data_dir, bins=bins,
+                      label_selector=cfg.tenant_selector or None)
     await controller.run(super_client=superc, settings=settings, ownership=ownership, drain=drain,
                          task_status=task_status)
 

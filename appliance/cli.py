@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from appliance import app
 
     cfg = _load_config(args.config)
-    logsetup.configure(level=cfg.log.level, fmt=cfg.log.format)
+    logsetup.configure(cfg.log)
     return trio.run(app.main, cfg)
 
 
@@ -51,7 +51,7 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
         print("vc-appliance: expected NAMESPACE/NAME", file=sys.stderr)
         return EXIT_USAGE
     cfg = _load_config(args.config)
-    logsetup.configure(level="WARNING", fmt="console")
+    logsetup.configure(logsetup.LogSettings(level="WARNING"))
 
     async def fetch() -> bytes:
         creds = await app.super_credentials(cfg)
@@ -74,7 +74,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from appliance.replicas import status
 
     cfg = _load_config(args.config)
-    logsetup.configure(level="WARNING", fmt="console")
+    logsetup.configure(logsetup.LogSettings(level="WARNING"))
 
     async def fetch() -> str:
         creds = await app.super_credentials(cfg)
@@ -101,7 +101,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from appliance import devenv
 
-    logsetup.configure(level="INFO" if args.verbose else "WARNING", fmt="console")
+    logsetup.configure(logsetup.LogSettings(level="INFO" if args.verbose else "WARNING"))
     state = args.state_dir.expanduser().resolve()
     try:
         if args.action == "up":

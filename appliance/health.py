@@ -16,8 +16,17 @@ import h11
 import trio
 
 from appliance.metrics import Registry
+from appliance.util.settings import ConfigBase, Port
 
 log = logging.getLogger(__name__)
+
+
+class HttpSettings(ConfigBase, frozen=True):
+    """`[http]`: where /healthz, /readyz and /metrics are served."""
+
+    address: str = "127.0.0.1"
+    #: port 0 picks a free port (logged).
+    port: Port = 8080
 
 
 class Readiness:
@@ -81,16 +90,15 @@ async def _handle(stream: trio.abc.Stream, *, readiness: Readiness, registry: Re
 
 async def serve(
     *,
-    address: str,
-    port: int,
+    settings: HttpSettings,
     readiness: Readiness,
     registry: Registry,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve forever; reports the bound port (useful with port 0)."""
-    listeners = await trio.open_tcp_listeners(port, host=address)
+    listeners = await trio.open_tcp_listeners(settings.port, host=settings.address)
     bound = listeners[0].socket.getsockname()[1]
-    log.info("http endpoint on %s:%d (/healthz /readyz /metrics)", address, bound)
+    log.info("http endpoint on %s:%d (/healthz /readyz /metrics)", settings.address, bound)
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
         await trio.serve_listeners(

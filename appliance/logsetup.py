@@ -14,6 +14,9 @@ import logging
 import re
 import sys
 import time
+from typing import Literal
+
+from appliance.util.settings import ConfigBase
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
 obj: contextvars.ContextVar[str] = contextvars.ContextVar("obj", default="")
@@ -61,12 +64,20 @@ class _Json(logging.Formatter):
         return redact(json.dumps(doc))
 
 
-def configure(*, level: str = "INFO", fmt: str = "console") -> None:
+class LogSettings(ConfigBase, frozen=True):
+    """`[log]`: how much is logged, and in which line format."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: console (key=value lines) | json
+    format: Literal["console", "json"] = "console"
+
+
+def configure(settings: LogSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Json() if fmt == "json" else _Console())
+    handler.setFormatter(_Json() if settings.format == "json" else _Console())
     handler.addFilter(_Context())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(settings.level)
     for noisy in ("httpx", "httpcore", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -23,13 +23,13 @@ from typing import Any
 
 import trio
 
-from bench import common
+from bench import clocks, cpu, load, report, testbed, verification
 
 NS = "bench"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser("fairness", __doc__.splitlines()[0])
+    p = report.parser("fairness", __doc__.splitlines()[0])
     p.add_argument("--flood", type=int, default=2000, help="pods the flood tenant creates")
     p.add_argument("--flood-concurrency", type=int, default=50)
     p.add_argument("--quiet-tenants", type=int, default=5)
@@ -39,21 +39,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def quiet_sequences(quiet: list[common.Tenant], prefix: str, n: int, sup: common.PodClock,
-                          created: dict[common.Key, float], backlog: dict[common.Key, int] | None,
-                          backlog_of: Any, timeout: float) -> list[common.Key]:
-    keys: list[common.Key] = []
+async def quiet_sequences(quiet: list[testbed.Tenant], prefix: str, n: int, sup: clocks.PodClock,
+                          created: dict[clocks.Key, float], backlog: dict[clocks.Key, int] | None,
+                          backlog_of: Any, timeout: float) -> list[clocks.Key]:
+    keys: list[clocks.Key] = []
 
-    async def one(t: common.Tenant) -> None:
+    async def one(t: testbed.Tenant) -> None:
         for i in range(n):
             k = (t.key, NS, f"{prefix}-{i:03d}")
             keys.append(k)
             if backlog is not None:
                 backlog[k] = backlog_of()
-            await common.create_one(t.client, NS, common.pod_body(k[2]))
+            await load.create_one(t.client, NS, load.pod_body(k[2]))
             created[k] = trio.current_time()
             if await sup.wait("added", [k], timeout=timeout):
-                raise common.Misbehaved(f"{t.name}: {k[2]} never reached the super cluster")
+                raise report.Misbehaved(f"{t.name}: {k[2]} never reached the super cluster")
 
     async with trio.open_nursery() as nursery:
         for t in quiet:
@@ -64,24 +64,24 @@ async def quiet_sequences(quiet: list[common.Tenant], prefix: str, n: int, sup: 
 async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     problems: list[str] = []
-    async with common.open_bed(args) as bed:
+    async with testbed.open_bed(args) as bed:
         tenants = await bed.add_tenants(["flood", *(f"q{i}" for i in range(args.quiet_tenants))])
         flood, quiet = tenants[0], tenants[1:]
         host = await bed.start_host()
         async with trio.open_nursery() as watchers:
-            sup, ten = await common.start_clocks(watchers, bed, tenants)
+            sup, ten = await clocks.start_clocks(watchers, bed, tenants)
             await bed.prepare(host, tenants, NS)
 
             # idle: the quiet tenants alone
-            created: dict[common.Key, float] = {}
+            created: dict[clocks.Key, float] = {}
             idle_keys = await quiet_sequences(quiet, "idle", args.quiet_pods, sup, created, None, None, args.timeout)
             await ten.wait("running", idle_keys, timeout=args.timeout)
             await host.call("wait_quiet", tenants=len(tenants), stable=1.0, timeout=300)
 
             # flood
             flood_keys = [(flood.key, NS, f"f-{i:05d}") for i in range(args.flood)]
-            flood_jobs = [common.Job(flood.cp.admin_kubeconfig, NS, k[2], k) for k in flood_keys]
-            flood_created: dict[common.Key, float] = {}
+            flood_jobs = [load.Job(flood.cp.admin_kubeconfig, NS, k[2], k) for k in flood_keys]
+            flood_created: dict[clocks.Key, float] = {}
 
             def backlog() -> int:
                 return sum(1 for k in flood_created if k not in sup.added)
@@ -90,12 +90,12 @@ async def run(args: argparse.Namespace) -> int:
             flood_keys_set = set(flood_keys)
 
             async def flood_all() -> None:
-                t0, t1 = await common.create_pods(bed, flood_jobs, qps=0, concurrency=args.flood_concurrency,
+                t0, t1 = await load.create_pods(bed, flood_jobs, qps=0, concurrency=args.flood_concurrency,
                                                   created=flood_created)
                 flood_result.update(create_s=t1 - t0, t0=t0)
 
-            backlog_at: dict[common.Key, int] = {}
-            cpu0, w0 = common.cpu_snapshot(bed), trio.current_time()
+            backlog_at: dict[clocks.Key, int] = {}
+            cpu0, w0 = cpu.snapshot(bed), trio.current_time()
             async with trio.open_nursery() as n:
                 n.start_soon(flood_all)
                 with trio.move_on_after(args.timeout):
@@ -107,43 +107,43 @@ async def run(args: argparse.Namespace) -> int:
                 flood_done_after = len(flood_keys_set & sup.added.keys())
             missing = await sup.wait("added", flood_keys, timeout=args.timeout)
             not_running = await ten.wait("running", [*flood_keys, *busy_keys], timeout=args.timeout)
-            flood_cpu, flood_wall = common.cpu_delta(cpu0, common.cpu_snapshot(bed)), trio.current_time() - w0
+            flood_cpu, flood_wall = cpu.delta(cpu0, cpu.snapshot(bed)), trio.current_time() - w0
             flood_exist_s = max((sup.added[k] for k in flood_keys if k in sup.added), default=0) - flood_result["t0"]
-            idle_stages = await common.down_stages(host, idle_keys, created, sup.added)
-            busy_stages = await common.down_stages(host, busy_keys, created, sup.added)
-            busy_up = await common.up_stages(host, busy_keys, sup.running, ten.running)
-            busy_sched = common.summary(common.latencies(sup.added, sup.running, busy_keys))
+            idle_stages = await clocks.down_stages(host, idle_keys, created, sup.added)
+            busy_stages = await clocks.down_stages(host, busy_keys, created, sup.added)
+            busy_up = await clocks.up_stages(host, busy_keys, sup.running, ten.running)
+            busy_sched = report.summary(clocks.latencies(sup.added, sup.running, busy_keys))
             stats = await host.call("stats")
             watchers.cancel_scope.cancel()
         expected = {t.key: {NS: {"warm-up"}} for t in tenants}
         expected[flood.key][NS] |= {k[2] for k in flood_keys}
         for k in (*idle_keys, *busy_keys):
             expected[k[0]][NS].add(k[2])
-        problems += await common.verify_synced(bed, tenants, expected, running=True)
+        problems += await verification.verify_synced(bed, tenants, expected, running=True)
         if missing or not_running:
             problems.append(f"flood: {len(missing)} pods never synced, {len(not_running)} never Running")
 
-    idle_down = common.summary(common.latencies(created, sup.added, idle_keys))
-    busy_down = common.summary(common.latencies(created, sup.added, busy_keys))
-    idle_ready = common.summary(common.latencies(created, ten.running, idle_keys))
-    busy_ready = common.summary(common.latencies(created, ten.running, busy_keys))
+    idle_down = report.summary(clocks.latencies(created, sup.added, idle_keys))
+    busy_down = report.summary(clocks.latencies(created, sup.added, busy_keys))
+    idle_ready = report.summary(clocks.latencies(created, ten.running, idle_keys))
+    busy_ready = report.summary(clocks.latencies(created, ten.running, busy_keys))
     backlogs = sorted(backlog_at.values())
     rows = [[label, s["n"], s["p50"], s["p90"], s["p99"], s["max"]] for label, s in (
         ("quiet down, idle", idle_down), ("quiet down, flood", busy_down),
         ("quiet ready, idle", idle_ready), ("quiet ready, flood", busy_ready))]
-    text = common.table(["latency (s)", "n", "p50", "p90", "p99", "max"], rows)
+    text = report.table(["latency (s)", "n", "p50", "p90", "p99", "max"], rows)
     text += (f"\nflood: {args.flood} pods created in {flood_result['create_s']:.1f} s, all in super after "
              f"{flood_exist_s:.1f} s; backlog at quiet creates min/median/max "
              f"{backlogs[0] if backlogs else '-'}/{backlogs[len(backlogs) // 2] if backlogs else '-'}/"
              f"{backlogs[-1] if backlogs else '-'}; flood pods synced while the quiet tenants ran: "
              f"{flood_done_after - flood_done_before}")
-    text += "\n" + common.stages_text("quiet down, idle", idle_stages)
-    text += "\n" + common.stages_text("quiet down, flood", busy_stages)
+    text += "\n" + clocks.stages_text("quiet down, idle", idle_stages)
+    text += "\n" + clocks.stages_text("quiet down, flood", busy_stages)
     text += (f"\nquiet pods during the flood, super pod created → Running (super scheduler + kwok) "
              f"p50/p99 {busy_sched['p50']:.3f}/{busy_sched['p99']:.3f} s")
-    text += "\n" + common.stages_text("quiet up, flood", busy_up)
-    text += "\n" + common.cpu_text("flood phase:", flood_cpu, flood_wall)
-    return common.finish(
+    text += "\n" + clocks.stages_text("quiet up, flood", busy_up)
+    text += "\n" + cpu.text("flood phase:", flood_cpu, flood_wall)
+    return report.finish(
         "fairness", args=args, started=started, problems=problems,
         sizes={"flood": args.flood, "quiet_tenants": args.quiet_tenants, "quiet_pods": args.quiet_pods,
                "flood_concurrency": args.flood_concurrency, "nodes": args.nodes},
@@ -160,7 +160,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.main("fairness", parse(argv), run)
+    return report.main("fairness", parse(argv), run)
 
 
 if __name__ == "__main__":

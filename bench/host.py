@@ -121,12 +121,8 @@ async def _run(args: argparse.Namespace, started_wall: float) -> None:
                 if cas is not None and c.ca_pem:
                     cas.set(tid.key, c.ca_pem)
 
-            s = defaults.syncer
-            base = {
-                "workers": s.workers, "pod_workers": s.pod_workers, "upward_workers": s.upward_workers,
-                "patrol_period": s.patrol_period, "vnode_gc_grace": s.vnode_gc_grace,
-                "vnode_address": "127.0.0.1", "vnode_port": proxy_port or defaults.proxy.port,
-            }
+            # the syncer's own defaults (its settings extend the [syncer] section), pointed at our proxy
+            base = {"vnode_address": "127.0.0.1", "vnode_port": proxy_port or defaults.proxy.port}
             sx = runtime.Syncer(
                 super_client=superc, registry=Registry(),
                 settings=runtime.SyncerSettings(**{**base, **settings}),

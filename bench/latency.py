@@ -19,14 +19,14 @@ from typing import Any
 
 import trio
 
-from bench import common
+from bench import clocks, cpu, load, report, testbed, verification
 
 NS = "bench"
 DIRECT_NS = "bench-direct"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser("latency", __doc__.splitlines()[0])
+    p = report.parser("latency", __doc__.splitlines()[0])
     p.add_argument("--tenants", type=int, default=5)
     p.add_argument("--rate", type=float, default=20.0, help="steady creates per second")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of steady load")
@@ -36,30 +36,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def phase(name: str, jobs: list[common.Job], *, qps: float, concurrency: int, sup: common.PodClock,
-                ten: common.PodClock | None, timeout: float, host: common.SyncerHost) -> dict[str, Any]:
+async def phase(name: str, jobs: list[load.Job], *, qps: float, concurrency: int, sup: clocks.PodClock,
+                ten: clocks.PodClock | None, timeout: float, host: testbed.SyncerHost) -> dict[str, Any]:
     keys = [j.key for j in jobs]
-    created: dict[common.Key, float] = {}
-    common.progress("%s: %d pods", name, len(keys))
-    cpu0 = common.cpu_snapshot(host.bed)
+    created: dict[clocks.Key, float] = {}
+    report.progress("%s: %d pods", name, len(keys))
+    cpu0 = cpu.snapshot(host.bed)
     await host.call("stats")  # resets the syncer's event-loop lag record
-    t0, t1 = await common.create_pods(host.bed, jobs, qps=qps, concurrency=concurrency, created=created)
+    t0, t1 = await load.create_pods(host.bed, jobs, qps=qps, concurrency=concurrency, created=created)
     missing = await sup.wait("added", keys, timeout=timeout)
     clock = ten if ten is not None else sup
     not_running = await clock.wait("running", keys, timeout=timeout)
     res: dict[str, Any] = {
-        "cpu": common.cpu_delta(cpu0, common.cpu_snapshot(host.bed)), "wall_s": trio.current_time() - t0,
+        "cpu": cpu.delta(cpu0, cpu.snapshot(host.bed)), "wall_s": trio.current_time() - t0,
         "syncer_loop_lag": (await host.call("stats"))["loop_lag"],
         "pods": len(keys), "create_s": t1 - t0, "achieved_rate": len(keys) / (t1 - t0),
         "missing_super": len(missing), "not_running": len(not_running),
-        "ready": common.summary(common.latencies(created, clock.running, keys)),
+        "ready": report.summary(clocks.latencies(created, clock.running, keys)),
     }
     if ten is not None:
-        res["down"] = common.summary(common.latencies(created, sup.added, keys))
-        res["up"] = common.summary(common.latencies(sup.running, ten.running, keys))
-        res["down_stages"] = await common.down_stages(host, keys, created, sup.added)
-        res["up_stages"] = await common.up_stages(host, keys, sup.running, ten.running)
-    common.progress("%s: %s", name, {k: v for k, v in res.items() if not isinstance(v, dict)})
+        res["down"] = report.summary(clocks.latencies(created, sup.added, keys))
+        res["up"] = report.summary(clocks.latencies(sup.running, ten.running, keys))
+        res["down_stages"] = await clocks.down_stages(host, keys, created, sup.added)
+        res["up_stages"] = await clocks.up_stages(host, keys, sup.running, ten.running)
+    report.progress("%s: %s", name, {k: v for k, v in res.items() if not isinstance(v, dict)})
     return res
 
 
@@ -67,19 +67,19 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     problems: list[str] = []
     steady_n = int(args.rate * args.duration)
-    async with common.open_bed(args) as bed:
+    async with testbed.open_bed(args) as bed:
         tenants = await bed.add_tenants([f"t{i:02d}" for i in range(args.tenants)])
         host = await bed.start_host()
         async with trio.open_nursery() as watchers:
-            sup, ten = await common.start_clocks(watchers, bed, tenants)
+            sup, ten = await clocks.start_clocks(watchers, bed, tenants)
             await bed.prepare(host, tenants, NS, direct_ns=DIRECT_NS)
 
-            def synced_jobs(prefix: str, n: int) -> list[common.Job]:
+            def synced_jobs(prefix: str, n: int) -> list[load.Job]:
                 out = []
                 for i in range(n):
                     t = tenants[i % len(tenants)]
                     name = f"{prefix}-{i:05d}"
-                    out.append(common.Job(t.cp.admin_kubeconfig, NS, name, (t.key, NS, name)))
+                    out.append(load.Job(t.cp.admin_kubeconfig, NS, name, (t.key, NS, name)))
                 return out
 
             steady = await phase("steady", synced_jobs("s", steady_n), qps=args.rate,
@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace) -> int:
             burst = await phase("burst", synced_jobs("b", args.burst), qps=0, concurrency=args.concurrency,
                                 sup=sup, ten=ten, timeout=args.timeout, host=host)
             await host.call("wait_quiet", tenants=len(tenants), stable=1.0, timeout=300)
-            direct_jobs = [common.Job(bed.kubeconfig, DIRECT_NS, f"d-{i:05d}", ("", DIRECT_NS, f"d-{i:05d}"))
+            direct_jobs = [load.Job(bed.kubeconfig, DIRECT_NS, f"d-{i:05d}", ("", DIRECT_NS, f"d-{i:05d}"))
                            for i in range(args.burst)]
             direct = await phase("direct burst", direct_jobs, qps=0, concurrency=args.concurrency, sup=sup, ten=None,
                                  timeout=args.timeout, host=host)
@@ -98,8 +98,8 @@ async def run(args: argparse.Namespace) -> int:
         for prefix, count in (("s", steady_n), ("b", args.burst)):
             for i in range(count):
                 expected[tenants[i % len(tenants)].key][NS].add(f"{prefix}-{i:05d}")
-        problems += await common.verify_synced(bed, tenants, expected, running=True)
-        problems += await common.verify_direct(bed, DIRECT_NS, {f"d-{i:05d}" for i in range(args.burst)}, running=True)
+        problems += await verification.verify_synced(bed, tenants, expected, running=True)
+        problems += await verification.verify_direct(bed, DIRECT_NS, {f"d-{i:05d}" for i in range(args.burst)}, running=True)
 
     rows = []
     for label, res, key in (("steady down", steady, "down"), ("steady up", steady, "up"),
@@ -109,20 +109,20 @@ async def run(args: argparse.Namespace) -> int:
         s = res[key]
         rows.append([label, s["n"], s["p50"], s["p90"], s["p99"], s["max"]])
     ratio = burst["ready"]["p99"] / direct["ready"]["p99"]
-    text = common.table(["latency (s)", "n", "p50", "p90", "p99", "max"], rows)
+    text = report.table(["latency (s)", "n", "p50", "p90", "p99", "max"], rows)
     text += (f"\nsteady: {steady['achieved_rate']:.1f} creates/s achieved; burst: {burst['achieved_rate']:.1f} creates/s "
              f"(direct {direct['achieved_rate']:.1f}); burst ready p99 synced/direct = {ratio:.2f}")
-    text += "\n" + common.stages_text("steady down", steady["down_stages"])
-    text += "\n" + common.stages_text("steady up", steady["up_stages"])
-    text += "\n" + common.stages_text("burst down", burst["down_stages"])
-    text += "\n" + common.stages_text("burst up", burst["up_stages"])
+    text += "\n" + clocks.stages_text("steady down", steady["down_stages"])
+    text += "\n" + clocks.stages_text("steady up", steady["up_stages"])
+    text += "\n" + clocks.stages_text("burst down", burst["down_stages"])
+    text += "\n" + clocks.stages_text("burst up", burst["up_stages"])
     for label, r in (("steady", steady), ("burst", burst), ("direct burst", direct)):
-        text += "\n" + common.cpu_text(f"{label}:", r["cpu"], r["wall_s"])
+        text += "\n" + cpu.text(f"{label}:", r["cpu"], r["wall_s"])
     for label, r in (("steady", steady), ("burst", burst)):
         lag = r["syncer_loop_lag"]
         text += (f"\n{label}: syncer event-loop lag max {lag.get('max', 0):.3f} s, p99 {lag.get('p99', 0):.3f} s, "
                  f"{lag.get('over_100ms_s', 0):.1f} s spent in lags > 100 ms")
-    return common.finish(
+    return report.finish(
         "latency", args=args, started=started, problems=problems,
         sizes={"tenants": args.tenants, "rate": args.rate, "duration": args.duration, "steady_pods": steady_n,
                "burst": args.burst, "concurrency": args.concurrency, "nodes": args.nodes},
@@ -135,7 +135,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.main("latency", parse(argv), run)
+    return report.main("latency", parse(argv), run)
 
 
 if __name__ == "__main__":

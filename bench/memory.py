@@ -24,13 +24,13 @@ from typing import Any
 
 import trio
 
-from bench import common
+from bench import clocks, load, report, testbed, verification
 
 NS = "bench"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser("memory", __doc__.splitlines()[0])
+    p = report.parser("memory", __doc__.splitlines()[0])
     p.add_argument("--steps", default="1000,2500,5000",
                    help="synced pod counts to measure at, ascending (1000,5000,10000 takes ~12 min on 2 cores)")
     p.add_argument("--tenants", type=int, default=5, help="tenants (idle first, then holding the pods)")
@@ -58,17 +58,17 @@ async def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     points: list[tuple[int, dict[str, Any]]] = []
     timings: dict[str, float] = {}
-    async with common.open_bed(args) as bed:
+    async with testbed.open_bed(args) as bed:
         host = await bed.start_host(tracemalloc=not args.no_tracemalloc, trace=False)
         await host.call("wait_quiet", tenants=0, stable=2.0, timeout=60)
         empty = await host.call("memory", baseline=True)
         tenants = await bed.add_tenants([f"t{i:02d}" for i in range(args.tenants)])
         async with trio.open_nursery() as watchers:
-            sup, ten = await common.start_clocks(watchers, bed, tenants)
+            sup, ten = await clocks.start_clocks(watchers, bed, tenants)
             await bed.tenant_namespaces(tenants, NS)
             q = await host.call("wait_quiet", tenants=len(tenants), stable=2.0, timeout=300)
             if not q["ok"]:
-                raise common.Misbehaved(f"the syncer did not register all tenants: {q}")
+                raise report.Misbehaved(f"the syncer did not register all tenants: {q}")
             idle = await host.call("memory", top=10)
             await host.call("memory", baseline=True)
             points.append((0, idle))
@@ -78,22 +78,22 @@ async def run(args: argparse.Namespace) -> int:
                 for i in range(made, target):
                     t = tenants[i % len(tenants)]
                     name = f"p-{i:05d}"
-                    jobs.append(common.Job(t.cp.admin_kubeconfig, NS, name, (t.key, NS, name), gated=args.gated))
+                    jobs.append(load.Job(t.cp.admin_kubeconfig, NS, name, (t.key, NS, name), gated=args.gated))
                 t0 = trio.current_time()
-                await common.create_pods(bed, jobs, qps=args.qps, concurrency=args.concurrency)
+                await load.create_pods(bed, jobs, qps=args.qps, concurrency=args.concurrency)
                 keys = [j.key for j in jobs]
                 if args.gated:
                     missing = await sup.wait("added", keys, timeout=args.timeout)
                 else:
                     missing = await ten.wait("running", keys, timeout=args.timeout)
                 if missing:
-                    raise common.Misbehaved(f"{len(missing)} of {len(keys)} pods never synced (step {target})")
+                    raise report.Misbehaved(f"{len(missing)} of {len(keys)} pods never synced (step {target})")
                 q = await host.call("wait_quiet", tenants=len(tenants), stable=2.0, timeout=args.timeout)
                 timings[f"step_{target}_s"] = trio.current_time() - t0
                 made = target
                 m = await host.call("memory", top=15 if target == steps[-1] else 0)
                 points.append((target, m))
-                common.progress("%d pods: rss %.1f MiB (net %.1f), traced %.1f MiB, in %.0f s", target,
+                report.progress("%d pods: rss %.1f MiB (net %.1f), traced %.1f MiB, in %.0f s", target,
                                 m["rss"] / 2**20, m["rss_net"] / 2**20, m.get("traced", 0) / 2**20,
                                 timings[f"step_{target}_s"])
             stats = await host.call("stats")
@@ -101,7 +101,7 @@ async def run(args: argparse.Namespace) -> int:
         expected: dict[str, dict[str, set[str]]] = {t.key: {NS: set()} for t in tenants}
         for i in range(made):
             expected[tenants[i % len(tenants)].key][NS].add(f"p-{i:05d}")
-        problems += await common.verify_synced(bed, tenants, expected, running=not args.gated)
+        problems += await verification.verify_synced(bed, tenants, expected, running=not args.gated)
 
     per_pod = slope([(n, m["rss_net"]) for n, m in points])
     traced_per_pod = slope([(n, m.get("traced", float("nan"))) for n, m in points])
@@ -114,15 +114,15 @@ async def run(args: argparse.Namespace) -> int:
     for count, m in points:
         rows.append([f"{args.tenants} tenants", count, m["rss"] / mib, m["rss_net"] / mib, m.get("traced", 0) / mib,
                      (m["cache_json_bytes"]["super"] + m["cache_json_bytes"]["tenant"]) / mib])
-    text = common.table(["point", "pods", "rss_MiB", "rss_net_MiB", "traced_MiB", "cached_json_MiB"], rows)
+    text = report.table(["point", "pods", "rss_MiB", "rss_net_MiB", "traced_MiB", "cached_json_MiB"], rows)
     text += (f"\nper pod: {per_pod:.0f} B (rss_net slope), {traced_per_pod:.0f} B traced, "
              f"{json_per_pod:.0f} B of cached JSON (tenant + super copy)"
              f"\nper idle tenant: {per_tenant:.0f} B (rss_net), {traced_per_tenant:.0f} B traced")
     top = points[-1][1].get("top") or []
     if top:
-        text += "\ntop allocation sites, last step vs idle tenants:\n" + common.table(
+        text += "\ntop allocation sites, last step vs idle tenants:\n" + report.table(
             ["where", "KiB", "blocks"], [[t["where"], t["size_diff"] / 1024, t["count_diff"]] for t in top])
-    return common.finish(
+    return report.finish(
         "memory", args=args, started=started, problems=problems,
         sizes={"steps": steps, "tenants": args.tenants, "gated": args.gated, "nodes": args.nodes,
                "tracemalloc": not args.no_tracemalloc},
@@ -135,7 +135,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.main("memory", parse(argv), run)
+    return report.main("memory", parse(argv), run)
 
 
 if __name__ == "__main__":

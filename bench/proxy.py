@@ -35,7 +35,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from appliance.controlplane import cluster
-from bench import common
+from bench import clocks, cpu, load, report, testbed, verification
 
 NS = "bench"
 POD = "logger"
@@ -43,7 +43,7 @@ PROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser("proxy", __doc__.splitlines()[0])
+    p = report.parser("proxy", __doc__.splitlines()[0])
     p.add_argument("--log-mb", type=float, default=64.0, help="size of the log file kwok serves (MiB)")
     p.add_argument("--line-bytes", type=int, default=200, help="payload bytes per log line")
     p.add_argument("--repeat", type=int, default=5, help="log downloads per path")
@@ -76,7 +76,7 @@ def client_context(crt: Path, key: Path, *, verify: ssl.SSLContext | None = None
     return ctx
 
 
-def tenant_context(t: common.Tenant) -> ssl.SSLContext:
+def tenant_context(t: testbed.Tenant) -> ssl.SSLContext:
     """What a tenant apiserver presents to a kubelet: its kubelet-client certificate."""
     return client_context(t.cp.pki_dir / "kubelet-client.crt", t.cp.pki_dir / "kubelet-client.key")
 
@@ -87,7 +87,7 @@ async def download(ctx: ssl.SSLContext, url: str) -> tuple[int, float]:
         n = 0
         async with c.stream("GET", url) as r:
             if r.status_code != 200:
-                raise common.Misbehaved(f"GET {url}: HTTP {r.status_code} {(await r.aread())[:200]!r}")
+                raise report.Misbehaved(f"GET {url}: HTTP {r.status_code} {(await r.aread())[:200]!r}")
             async for chunk in r.aiter_raw():
                 n += len(chunk)
         return n, time.perf_counter() - t0
@@ -108,7 +108,7 @@ async def exec_once(ctx: ssl.SSLContext, url: str, token: str) -> float:
                 break
         elapsed = time.perf_counter() - t0
     if token.encode() not in out:
-        raise common.Misbehaved(f"exec {url}: expected {token!r} on stdout, got {out[:200]!r}")
+        raise report.Misbehaved(f"exec {url}: expected {token!r} on stdout, got {out[:200]!r}")
     return elapsed
 
 
@@ -150,21 +150,21 @@ def exec_query(kubelet: bool, argv: list[str], *, stdin: bool) -> str:
 async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     problems: list[str] = []
-    async with common.open_bed(args) as bed:
+    async with testbed.open_bed(args) as bed:
         (t,) = await bed.add_tenants(["p0"])
         host = await bed.start_host(proxy=True)
         port = host.ready["proxy_port"]
         q = await host.call("wait_quiet", tenants=1, stable=0.5, timeout=300)
         if not q["ok"]:
-            raise common.Misbehaved(f"the syncer did not register the tenant: {q}")
+            raise report.Misbehaved(f"the syncer did not register the tenant: {q}")
         await bed.tenant_namespace(t, NS)
-        await common.create_one(t.client, NS, common.pod_body(POD))
-        await common.wait_exists(t.client, common.PODS, POD, NS, timeout=120,
-                                 where=lambda p: common.phase(p) == "Running")
+        await load.create_one(t.client, NS, load.pod_body(POD))
+        await verification.wait_exists(t.client, testbed.PODS, POD, NS, timeout=120,
+                                 where=lambda p: clocks.phase(p) == "Running")
         sns = t.super_ns(NS)
         lines = await trio.to_thread.run_sync(write_log, bed.kwok_log, args.log_mb, args.line_bytes)
         file_bytes = bed.kwok_log.stat().st_size
-        common.progress("log file: %d lines, %.1f MiB", lines, file_bytes / 2**20)
+        report.progress("log file: %d lines, %.1f MiB", lines, file_bytes / 2**20)
 
         super_pki = Path(bed.info["super"]["dir"]) / "pki"
         direct_ctx = await trio.to_thread.run_sync(cluster.admin_ssl_context, super_pki)
@@ -179,9 +179,9 @@ async def run(args: argparse.Namespace) -> int:
         log_cpu: dict[str, dict[str, float]] = {k: {} for k in paths}
         for _ in range(args.repeat):
             for name, (ctx, url) in paths.items():
-                before = common.cpu_snapshot(bed)
+                before = cpu.snapshot(bed)
                 logs[name].append(await download(ctx, url))
-                for comp, v in common.cpu_delta(before, common.cpu_snapshot(bed)).items():
+                for comp, v in cpu.delta(before, cpu.snapshot(bed)).items():
                     log_cpu[name][comp] = log_cpu[name].get(comp, 0.0) + v
         sizes = {name: sorted({n for n, _ in runs}) for name, runs in logs.items()}
         if len({tuple(v) for v in sizes.values()}) != 1 or len(sizes["direct"]) != 1:
@@ -215,7 +215,7 @@ async def run(args: argparse.Namespace) -> int:
         echoes: dict[str, list[float]] = {}
         for name, (ctx, url) in session_urls.items():
             echoes[name] = await exec_session(ctx, url, args.exec_n)
-        problems += await common.verify_synced(bed, [t], {t.key: {NS: {POD}}}, running=True)
+        problems += await verification.verify_synced(bed, [t], {t.key: {NS: {POD}}}, running=True)
         stats = await host.call("stats")
 
     def mbps(runs: list[tuple[int, float]]) -> list[float]:
@@ -228,9 +228,9 @@ async def run(args: argparse.Namespace) -> int:
     rows_cpu: list[str] = []
     for k in paths:
         r = mbps(logs[k])
-        rows.append([k, sizes[k][0] / 2**20, rate[k], min(r), max(r), ex[k], common.percentile(execs[k], 90) * 1000,
-                     echo[k], common.percentile(echoes[k], 90) * 1000])
-    text = common.table(["path", "log_MiB", "log_MB/s", "min", "max", "exec_ms_p50", "exec_ms_p90",
+        rows.append([k, sizes[k][0] / 2**20, rate[k], min(r), max(r), ex[k], report.percentile(execs[k], 90) * 1000,
+                     echo[k], report.percentile(echoes[k], 90) * 1000])
+    text = report.table(["path", "log_MiB", "log_MB/s", "min", "max", "exec_ms_p50", "exec_ms_p90",
                          "echo_ms_p50", "echo_ms_p90"], rows)
     ratio = rate["proxy"] / rate["direct"]
     for k in paths:
@@ -242,7 +242,7 @@ async def run(args: argparse.Namespace) -> int:
     text += (f"\nproxy/direct log throughput {ratio:.3f}; exec overhead {ex['proxy'] - ex['direct']:.1f} ms; "
              f"echo overhead {echo['proxy'] - echo['direct']:.2f} ms")
     text += "".join(rows_cpu)
-    return common.finish(
+    return report.finish(
         "proxy", args=args, started=started, problems=problems,
         sizes={"log_mib": round(file_bytes / 2**20, 1), "line_bytes": args.line_bytes, "repeat": args.repeat,
                "exec_n": args.exec_n},
@@ -257,7 +257,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.main("proxy", parse(argv), run)
+    return report.main("proxy", parse(argv), run)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import trio
 from appliance.kube import informer as kinformer
 from appliance.kube import resources
 from appliance.util import naming
-from bench import common
+from bench import clocks, cpu, load, report, testbed, verification
 
 NS = "bench"
 SUPER_KINDS = (resources.NAMESPACES, resources.PODS, resources.CONFIGMAPS, resources.SECRETS,
@@ -36,7 +36,7 @@ TENANT_KINDS = (resources.PODS, resources.NODES, resources.SERVICES, resources.E
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser("recovery", __doc__.splitlines()[0])
+    p = report.parser("recovery", __doc__.splitlines()[0])
     p.add_argument("--pods", type=int, default=5000, help="synced pods (N)")
     p.add_argument("--tenants", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=50)
@@ -72,31 +72,31 @@ class WriteCounter:
 async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     problems: list[str] = []
-    async with common.open_bed(args) as bed:
+    async with testbed.open_bed(args) as bed:
         tenants = await bed.add_tenants([f"t{i:02d}" for i in range(args.tenants)])
         host = await bed.start_host(name="host-1")
         async with trio.open_nursery() as watchers:
-            _sup, ten = await common.start_clocks(watchers, bed, tenants)
+            _sup, ten = await clocks.start_clocks(watchers, bed, tenants)
             async with trio.open_nursery() as n:
                 for t in tenants:
                     n.start_soon(bed.tenant_namespace, t, NS)
             q = await host.call("wait_quiet", tenants=len(tenants), stable=0.5, timeout=300)
             if not q["ok"]:
-                raise common.Misbehaved(f"the syncer did not register all tenants: {q}")
+                raise report.Misbehaved(f"the syncer did not register all tenants: {q}")
             jobs = []
             for i in range(args.pods):
                 t = tenants[i % len(tenants)]
                 name = f"p-{i:05d}"
-                jobs.append(common.Job(t.cp.admin_kubeconfig, NS, name, (t.key, NS, name)))
+                jobs.append(load.Job(t.cp.admin_kubeconfig, NS, name, (t.key, NS, name)))
             t0 = trio.current_time()
-            await common.create_pods(bed, jobs, qps=0, concurrency=args.concurrency)
+            await load.create_pods(bed, jobs, qps=0, concurrency=args.concurrency)
             missing = await ten.wait("running", [j.key for j in jobs], timeout=args.timeout)
             if missing:
-                raise common.Misbehaved(f"{len(missing)} of {args.pods} pods never Running before the restart")
+                raise report.Misbehaved(f"{len(missing)} of {args.pods} pods never Running before the restart")
             q = await host.call("wait_quiet", tenants=len(tenants), stable=args.stable, timeout=args.timeout)
             populate_s = trio.current_time() - t0
             before = await host.call("stats")
-            common.progress("%d pods synced and Running in %.0f s; syncer caches %s", args.pods, populate_s,
+            report.progress("%d pods synced and Running in %.0f s; syncer caches %s", args.pods, populate_s,
                             before["super_cache"])
 
             counter = WriteCounter()
@@ -117,14 +117,14 @@ async def run(args: argparse.Namespace) -> int:
             bed.hosts.remove(host)
             bed.stopped_hosts.append(host)
             stopped_writes = counter.total()
-            cpu0 = common.cpu_snapshot(bed)
+            cpu0 = cpu.snapshot(bed)
             host2 = await bed.start_host(name="host-2")
             spawned = host2.spawned
             q = await host2.call("wait_quiet", tenants=len(tenants), stable=args.stable, timeout=args.timeout)
             if not q["ok"]:
-                raise common.Misbehaved(f"the restarted syncer never became quiet: {q}")
+                raise report.Misbehaved(f"the restarted syncer never became quiet: {q}")
             recovered = q["quiet_since"]
-            restart_cpu = common.cpu_delta(cpu0, common.cpu_snapshot(bed))
+            restart_cpu = cpu.delta(cpu0, cpu.snapshot(bed))
             await trio.sleep(args.settle)
             counter.armed = False
             after = await host2.call("stats")
@@ -132,7 +132,7 @@ async def run(args: argparse.Namespace) -> int:
         expected: dict[str, dict[str, set[str]]] = {t.key: {NS: set()} for t in tenants}
         for j in jobs:
             expected[j.key[0]][NS].add(j.key[2])
-        problems += await common.verify_synced(bed, tenants, expected, running=True)
+        problems += await verification.verify_synced(bed, tenants, expected, running=True)
 
     recovery_s = recovered - spawned
     registered = sorted(after["registered"].values())
@@ -148,12 +148,12 @@ async def run(args: argparse.Namespace) -> int:
         ["downward reconciles after restart", sum(v for k, v in after["dws"].items())],
         ["upward reconciles after restart", sum(v for k, v in after["uws"].items())],
     ]
-    text = common.table(["recovery", "value"], rows)
-    text += "\n" + common.cpu_text("restart → quiet (+stable):", restart_cpu, q["t"] - spawned)
+    text = report.table(["recovery", "value"], rows)
+    text += "\n" + cpu.text("restart → quiet (+stable):", restart_cpu, q["t"] - spawned)
     if by_kind:
         text += "\nwrites by kind: " + ", ".join(f"{k}={v}" for k, v in by_kind.items())
         text += "\nfirst writes: " + "; ".join(counter.samples[:10])
-    return common.finish(
+    return report.finish(
         "recovery", args=args, started=started, problems=problems,
         sizes={"pods": args.pods, "tenants": args.tenants, "synced_objects": objects, "stop": args.stop,
                "nodes": args.nodes},
@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.main("recovery", parse(argv), run)
+    return report.main("recovery", parse(argv), run)
 
 
 if __name__ == "__main__":

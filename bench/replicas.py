@@ -27,13 +27,13 @@ import trio
 
 from appliance.kube import errors, resources
 from appliance.replicas import lease
-from bench import common
+from bench import clocks, cpu, load, report, testbed, verification
 
 NS = "bench"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser("replicas", __doc__.splitlines()[0])
+    p = report.parser("replicas", __doc__.splitlines()[0])
     p.add_argument("--pods", type=int, default=600, help="pods per round (P)")
     p.add_argument("--tenants", type=int, default=6, help="tenants shared by the replicas (T)")
     p.add_argument("--replicas", default="1,2,3", help="replica counts, one round each")
@@ -58,7 +58,7 @@ class Replica:
                 await self.proc.wait()
 
 
-async def start_replica(bed: common.Bed, identity: str, lease_ns: str) -> Replica:
+async def start_replica(bed: testbed.Bed, identity: str, lease_ns: str) -> Replica:
     d = bed.state_dir / identity
     d.mkdir(parents=True, exist_ok=True)
     config = d / "appliance.toml"
@@ -81,11 +81,11 @@ namespace = "{lease_ns}"
     with open(log, "ab") as logf:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "appliance", "run", "--config", str(config)],
-            stdout=logf, stderr=logf, cwd=common.ROOT, env=dict(os.environ))
+            stdout=logf, stderr=logf, cwd=report.ROOT, env=dict(os.environ))
     return Replica(proc, identity, log)
 
 
-async def wait_balanced(bed: common.Bed, tenants: list[common.Tenant], replicas: list[Replica], lease_ns: str,
+async def wait_balanced(bed: testbed.Bed, tenants: list[testbed.Tenant], replicas: list[Replica], lease_ns: str,
                         *, timeout: float) -> dict[str, int]:
     """Every tenant Lease held by a live replica, none over its fair share; returns leases per replica."""
     idents = {r.identity for r in replicas}
@@ -96,7 +96,7 @@ async def wait_balanced(bed: common.Bed, tenants: list[common.Tenant], replicas:
         while True:
             for r in replicas:
                 if r.proc.poll() is not None:
-                    raise common.Misbehaved(f"replica {r.identity} exited {r.proc.returncode}")
+                    raise report.Misbehaved(f"replica {r.identity} exited {r.proc.returncode}")
             try:
                 items = (await bed.superc.list(resources.LEASES, namespace=lease_ns)).items
             except errors.NotFound:
@@ -107,18 +107,18 @@ async def wait_balanced(bed: common.Bed, tenants: list[common.Tenant], replicas:
                     (len(replicas) > len(tenants) or set(counts) == idents):
                 return dict(counts)
             await trio.sleep(0.5)  # polling another process's state; the bound is the deadline
-    raise common.Misbehaved(f"replicas not balanced after {timeout:.0f} s: {dict(counts)}")
+    raise report.Misbehaved(f"replicas not balanced after {timeout:.0f} s: {dict(counts)}")
 
 
-async def one_round(bed: common.Bed, n: int, tenants: list[common.Tenant], sup: common.PodClock,
-                    ten: common.PodClock, args: argparse.Namespace) -> dict[str, Any]:
+async def one_round(bed: testbed.Bed, n: int, tenants: list[testbed.Tenant], sup: clocks.PodClock,
+                    ten: clocks.PodClock, args: argparse.Namespace) -> dict[str, Any]:
     lease_ns = f"bench-leases-{n}"
     replicas = [await start_replica(bed, f"replica-{n}-{i}", lease_ns) for i in range(n)]
     try:
         t_start = trio.current_time()
         counts = await wait_balanced(bed, tenants, replicas, lease_ns, timeout=180)
         balanced_s = trio.current_time() - t_start
-        common.progress("%d replica(s) balanced in %.1f s: %s", n, balanced_s, counts)
+        report.progress("%d replica(s) balanced in %.1f s: %s", n, balanced_s, counts)
         # each replica's syncer has registered its tenants once a warm-up pod of each is Running
         await bed.warm_up_named(tenants, NS, f"warm-up-{n}")
         keys, jobs = [], []
@@ -126,15 +126,15 @@ async def one_round(bed: common.Bed, n: int, tenants: list[common.Tenant], sup: 
             t = tenants[i % len(tenants)]
             k = (t.key, NS, f"r{n}-{i:05d}")
             keys.append(k)
-            jobs.append(common.Job(t.cp.admin_kubeconfig, NS, k[2], k))
-        created: dict[common.Key, float] = {}
-        cpu0 = common.cpu_snapshot(bed)
-        t0, t_created = await common.create_pods(bed, jobs, qps=args.qps, concurrency=args.concurrency,
+            jobs.append(load.Job(t.cp.admin_kubeconfig, NS, k[2], k))
+        created: dict[clocks.Key, float] = {}
+        cpu0 = cpu.snapshot(bed)
+        t0, t_created = await load.create_pods(bed, jobs, qps=args.qps, concurrency=args.concurrency,
                                                  created=created)
         deadline = t0 + args.timeout
         lost_super = await sup.wait("added", keys, timeout=max(1.0, deadline - trio.current_time()))
         lost_running = await ten.wait("running", keys, timeout=max(1.0, deadline - trio.current_time()))
-        cpu = common.cpu_delta(cpu0, common.cpu_snapshot(bed))
+        used = cpu.delta(cpu0, cpu.snapshot(bed))
         got_super = [sup.added[k] for k in keys if k in sup.added]
         got_running = [ten.running[k] for k in keys if k in ten.running]
         res: dict[str, Any] = {
@@ -143,12 +143,12 @@ async def one_round(bed: common.Bed, n: int, tenants: list[common.Tenant], sup: 
             "exist_s": (max(got_super) - t0) if got_super else math.nan,
             "running_s": (max(got_running) - t0) if got_running else math.nan,
             "missing_super": len(lost_super), "not_running": len(lost_running),
-            "ready": common.summary(common.latencies(created, ten.running, keys)),
-            "cpu": cpu, "wall_s": trio.current_time() - t0,
+            "ready": report.summary(clocks.latencies(created, ten.running, keys)),
+            "cpu": used, "wall_s": trio.current_time() - t0,
         }
         res["exist_rate"] = len(keys) / res["exist_s"]
         res["running_rate"] = len(keys) / res["running_s"]
-        common.progress("round %d: %s", n, {k: v for k, v in res.items() if not isinstance(v, dict)})
+        report.progress("round %d: %s", n, {k: v for k, v in res.items() if not isinstance(v, dict)})
         return res
     finally:
         for r in replicas:
@@ -159,10 +159,10 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     problems: list[str] = []
     counts = [int(x) for x in args.replicas.split(",") if x.strip()]
-    async with common.open_bed(args) as bed:
+    async with testbed.open_bed(args) as bed:
         tenants = await bed.add_tenants([f"t{i:02d}" for i in range(args.tenants)])
         async with trio.open_nursery() as watchers:
-            sup, ten = await common.start_clocks(watchers, bed, tenants)
+            sup, ten = await clocks.start_clocks(watchers, bed, tenants)
             await bed.tenant_namespaces(tenants, NS)
             rounds = [await one_round(bed, n, tenants, sup, ten, args) for n in counts]
             watchers.cancel_scope.cancel()
@@ -176,7 +176,7 @@ async def run(args: argparse.Namespace) -> int:
         final = [await start_replica(bed, "replica-final", "bench-leases-final")]
         try:
             await wait_balanced(bed, tenants, final, "bench-leases-final", timeout=180)
-            problems += await common.verify_synced(bed, tenants, expected, running=True)
+            problems += await verification.verify_synced(bed, tenants, expected, running=True)
         finally:
             for r in final:
                 await r.stop()
@@ -189,11 +189,11 @@ async def run(args: argparse.Namespace) -> int:
     rows = [[r["replicas"], r["pods"], str(r["leases"]), r["balanced_s"], r["exist_s"], r["running_s"],
              r["exist_rate"], r["running_rate"], r["running_rate"] / base, r["ready"]["p50"], r["ready"]["p99"]]
             for r in rounds]
-    text = common.table(["replicas", "pods", "leases", "balanced_s", "exist_s", "running_s", "exist/s",
+    text = report.table(["replicas", "pods", "leases", "balanced_s", "exist_s", "running_s", "exist/s",
                          "running/s", "vs_1", "ready_p50_s", "ready_p99_s"], rows)
     for r in rounds:
-        text += "\n" + common.cpu_text(f"{r['replicas']} replica(s):", r["cpu"], r["wall_s"])
-    return common.finish(
+        text += "\n" + cpu.text(f"{r['replicas']} replica(s):", r["cpu"], r["wall_s"])
+    return report.finish(
         "replicas", args=args, started=started, problems=problems,
         sizes={"pods": args.pods, "tenants": args.tenants, "replicas": args.replicas, "qps": args.qps,
                "concurrency": args.concurrency, "nodes": args.nodes},
@@ -203,7 +203,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    return common.main("replicas", args, run)
+    return report.main("replicas", args, run)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ import trio
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from appliance import config
-from appliance.proxy import forward, h11io, routes, tls
+from appliance.proxy import forward, h11io, routes, settings, tls
 
 __all__ = ["PodLookup", "ProxyStatistics", "ServerLimits", "TenantCAs", "serve"]
 
@@ -130,31 +129,17 @@ class TenantCAs:
         self._version += 1
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerLimits:
-    """Bounds on the tenant-facing side (seconds, bytes, counts); see ``config.ProxySection``."""
+class ServerLimits(settings.ConnectionLimits, frozen=True):
+    """Bounds on the tenant-facing side (seconds, bytes, counts): the `[proxy]` section's
+    ``ConnectionLimits`` plus the bounds the file does not hold."""
 
-    max_connections: int = 1000  # beyond this, connections wait in the kernel backlog
-    max_handshakes: int = 128  # connections still in the TLS handshake; more are closed at once
-    max_connections_per_tenant: int = 64  # more get 429 and are closed
-    handshake_timeout: float = 10.0
-    header_timeout: float = 10.0  # a whole request head, from the handshake or its first byte
-    body_timeout: float = 10.0  # a whole request body, from the end of its head
-    keep_alive_timeout: float = 60.0  # idle between two requests
     lookup_timeout: float = 10.0  # super pod lookup
     max_header_bytes: int = h11io.MAX_HEADER_BYTES
 
     @classmethod
-    def from_config(cls, section: config.ProxySection) -> ServerLimits:
-        return cls(
-            max_connections=section.max_connections,
-            max_handshakes=section.max_handshakes,
-            max_connections_per_tenant=section.max_connections_per_tenant,
-            handshake_timeout=section.handshake_timeout,
-            header_timeout=section.header_timeout,
-            body_timeout=section.body_timeout,
-            keep_alive_timeout=section.keep_alive_timeout,
-        )
+    def from_config(cls, section: settings.ProxyConfig) -> ServerLimits:
+        """The limits of a `[proxy]` section (the others at their defaults)."""
+        return cls(**{name: getattr(section, name) for name in settings.ConnectionLimits.__struct_fields__})
 
 
 @dataclass(slots=True)
@@ -221,7 +206,7 @@ async def serve(
     cas: TenantCAs,
     upstream: forward.UpstreamConfig,
     lookup_pod: PodLookup,
-    limits: ServerLimits = ServerLimits(),  # frozen value object
+    limits: ServerLimits = ServerLimits(),  # noqa: B008  a frozen Struct, immutable
     statistics: ProxyStatistics | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,

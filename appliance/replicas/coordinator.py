@@ -35,21 +35,9 @@ from appliance.kube.informer import Informer
 from appliance.replicas import lease
 from appliance.replicas.lease import TenantRef
 from appliance.replicas.ownership import Ownership
+from appliance.replicas.settings import LeaseSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseSettings:
-    namespace: str = "vc-appliance-system"
-    identity: str
-    #: where process-mode control planes of this replica live (host and data dir)
-    placement: str
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
-    #: VirtualClusters this replica may serve ("" = all)
-    label_selector: str | None = None
 
 
 @dataclass(slots=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import trio
@@ -34,6 +33,7 @@ from appliance.metrics import Registry
 from appliance.syncer import conversion
 from appliance.syncer.fairqueue import TrioFairQueue
 from appliance.syncer.resources import base
+from appliance.syncer.settings import SyncerSettings
 from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming
 from appliance.util.drain import Drain
@@ -45,30 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Super objects the syncer created all carry this label (a tenancy label selector).
 SUPER_SELECTOR = naming.LABEL_VC_NAME
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SyncerSettings:
-    workers: int = 3
-    pod_workers: int = 10
-    upward_workers: int = 10
-    patrol_period: float = 60.0
-    vnode_gc_grace: float = 120.0
-    health_period: float = 60.0
-    health_timeout: float = 30.0
-    opaque_meta_domains: tuple[str, ...] = naming.DEFAULT_OPAQUE_DOMAINS
-    disable_service_account_token: bool = True
-    disable_service_links: bool = False
-    dns_options: tuple[tuple[str, str | None], ...] = (("ndots", "5"),)
-    extra_node_labels: tuple[str, ...] = ()
-    #: what virtual nodes advertise as their kubelet endpoint: the proxy
-    vnode_address: str = "127.0.0.1"
-    vnode_port: int = 10550
-    #: lifetime of the tenant service-account tokens handed to super Pods
-    token_expiration_seconds: int = 3600
-    reconcile_timeout: float = 60.0
-    #: opt-in kinds by the original's plugin IDs (`priorityclass`, `ingress`)
-    extra_resources: tuple[str, ...] = ()
 
 
 class Syncer:

@@ -29,6 +29,7 @@ from appliance.metrics import Registry
 from appliance.syncer import runtime, supervisor
 from appliance.syncer.tenant import TenantId
 from appliance.util import naming
+from bench import testbed as bench_testbed
 from tests.testbed import SuperCluster, TenantFactory, run_kubectl, wait_for
 
 _Test = TypeVar("_Test", bound=Callable[..., Awaitable[None]])
@@ -36,20 +37,9 @@ _Test = TypeVar("_Test", bound=Callable[..., Awaitable[None]])
 CRDS = Path(__file__).resolve().parents[2] / "appliance" / "manager" / "crds"
 
 
-@dataclass(frozen=True, slots=True)
-class SyncedTenant:
-    cp: cluster.ControlPlane
-    vc: dict[str, Any]
-    id: TenantId
-    client: ApiClient
-
-    @property
-    def key(self) -> str:
-        return self.id.key
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.cp.admin_kubeconfig
+#: a tenant apiserver registered as an imported, Running VirtualCluster, with its client: the
+#: benchmarks' record of a tenant, shared rather than copied
+SyncedTenant = bench_testbed.Tenant
 
 
 async def apply_crds(sc: SuperCluster) -> None:

@@ -22,8 +22,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "appliance"
 
 #: the three components (STYLE rule 1): independent of each other, wired by app.py only
 COMPONENTS = ("appliance.manager", "appliance.syncer", "appliance.proxy")
-#: modules that wire components together; nothing below them imports them
-WIRING = ("appliance.app", "appliance.cli", "appliance.__main__")
+#: modules that wire components together; nothing below them imports them. `config` composes
+#: the components' own settings Structs into the file's sections (DESIGN §2 groups it with these)
+WIRING = ("appliance.app", "appliance.cli", "appliance.config", "appliance.__main__")
 
 #: modules that say they are pure (no I/O); DESIGN §2, STYLE rules 11, 13, 27, 28
 PURE = (
