@@ -7,6 +7,7 @@ directory, the binaries found or built, and the appliance's tenant selector. Bot
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,22 @@ class ManagerConfig(ConfigBase, frozen=True):
     #: Process-mode tenants share the manager's etcd (own key prefix each) unless their
     #: VirtualCluster says `tenancy.x-k8s.io/etcd: dedicated`; False makes dedicated the default.
     shared_etcd: bool = True
+    #: Process-mode tenants without `spec.serviceCidr` get a Service range of this size from
+    #: this pool, registered as their own ServiceCIDR in the super cluster so their ClusterIPs
+    #: work there (`servicecidrs`); it must not overlap networks the super cluster routes.
+    #: An empty pool keeps such tenants on 10.32.0.0/16 with super-allocated addresses.
+    tenant_service_pool: str = "10.64.0.0/12"
+    tenant_service_prefix: int = msgspec.field(default=20)
+
+    def __post_init__(self) -> None:
+        if self.tenant_service_pool:
+            try:
+                pool = ipaddress.ip_network(self.tenant_service_pool)
+            except ValueError as exc:
+                raise msgspec.ValidationError(f"manager.tenant-service-pool: {exc}") from None
+            if not pool.prefixlen <= self.tenant_service_prefix <= pool.max_prefixlen - 4:
+                raise msgspec.ValidationError(
+                    f"manager.tenant-service-prefix /{self.tenant_service_prefix} does not fit the pool {pool}")
 
     @property
     def provisioner(self) -> str:

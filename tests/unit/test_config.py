@@ -62,6 +62,8 @@ def test_environment_overrides(env: dict[str, str], path: tuple[str, ...], expec
         pytest.param("[syncer]\nworkers = 0\n", "`$.syncer.workers`", id="constraint"),
         pytest.param("[proxy]\nupstream = 'ftp'\n", "`$.proxy.upstream`", id="bad-enum"),
         pytest.param("data-dir = \n", "not valid TOML", id="syntax"),
+        pytest.param("[manager]\ntenant-service-pool = '10.64.0.0/33'\n", "tenant-service-pool", id="bad-pool"),
+        pytest.param("[manager]\ntenant-service-prefix = 8\n", "does not fit the pool", id="prefix-wider"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:

@@ -175,7 +175,10 @@ class ProcessProvisioner:
             raise reconcile.Rejected(problem.reason, problem.message)
         # A range of its own, which the super cluster routes (else the default, translated).
         t.progress = "registering the tenant's Service range in the super cluster"
-        cidr = await servicecidrs.ensure(self._ctx.super, t.key, requested=t.vc.spec.service_cidr) or cidr
+        if t.vc.spec.service_cidr or settings.tenant_service_pool:
+            cidr = await servicecidrs.ensure(self._ctx.super, t.key, requested=t.vc.spec.service_cidr,
+                                             pool=settings.tenant_service_pool,
+                                             prefix=settings.tenant_service_prefix) or cidr
         mode = etcd_mode(t.vc, shared_default=settings.shared_etcd)
         return Plan(
             vc_namespace=t.vc.metadata.namespace, vc_name=t.vc.metadata.name, vc_uid=t.vc.metadata.uid,
