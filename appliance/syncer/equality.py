@@ -153,6 +153,30 @@ def _containers_patch(tenant: list[dict[str, Any]] | None, super_: list[dict[str
     return copy.deepcopy(desired) if changed else None
 
 
+def pod_resize_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Patch for the super Pod's `resize` subresource when the tenant resized a container
+    (in-place resize: resources change only through that subresource).
+
+    Only values the tenant sets are compared: requests and limits the super cluster added
+    (a LimitRange, a webhook) stay, since a resize could not remove them anyway."""
+    t_spec, s_spec = tenant_pod.get("spec") or {}, super_pod.get("spec") or {}
+    spec = {}
+    for group in ("containers", "initContainers"):
+        wanted = {c.get("name"): c.get("resources") or {} for c in t_spec.get(group) or ()}
+        desired, changed = [], False
+        for container in s_spec.get(group) or ():
+            have = container.get("resources") or {}
+            want = {kind: {**(have.get(kind) or {}), **(wanted.get(container.get("name"), {}).get(kind) or {})}
+                    for kind in ("requests", "limits")}
+            merged = {**have, **{k: v for k, v in want.items() if v}}
+            if merged != have:
+                container, changed = {**container, "resources": merged}, True
+            desired.append(container)
+        if changed:
+            spec[group] = copy.deepcopy(desired)
+    return {"spec": spec} if spec else None
+
+
 def pod_dw_patch(
     tenant_pod: Mapping[str, Any],
     super_pod: Mapping[str, Any],
@@ -194,7 +218,8 @@ def _generation_map(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any])
     tenant keeps what it had: the kubelet has not seen that change."""
     t_gen = (tenant_pod.get("metadata") or {}).get("generation")
     s_gen = (super_pod.get("metadata") or {}).get("generation")
-    if not isinstance(t_gen, int) or not isinstance(s_gen, int) or _pod_spec_dw_patch(tenant_pod, super_pod):
+    pending = _pod_spec_dw_patch(tenant_pod, super_pod) or pod_resize_patch(tenant_pod, super_pod)
+    if not isinstance(t_gen, int) or not isinstance(s_gen, int) or pending:
         return lambda observed, current: current
     return lambda observed, current: (max(0, min(t_gen, observed + t_gen - s_gen))
                                       if isinstance(observed, int) else observed)

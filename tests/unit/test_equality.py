@@ -418,3 +418,17 @@ def test_status_uw_patch() -> None:
     super_ = {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}
     assert {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}} == equality.status_uw_patch(tenant, super_)
     assert equality.status_uw_patch(super_, super_) is None
+
+
+def test_pod_resize_patch_carries_the_tenants_resources_and_keeps_what_super_added() -> None:
+    """A tenant resize changes the values it sets; limits a super LimitRange added stay; an
+    unchanged Pod needs no resize; the patch lists whole containers, as the subresource wants."""
+    def p(**resources: dict[str, str]) -> dict[str, Any]:
+        return {"spec": {"containers": [{"name": "c", "image": "i", "resources": dict(resources)}]}}
+
+    tenant = p(requests={"cpu": "200m"})
+    super_ = p(requests={"cpu": "100m"}, limits={"memory": "64Mi"})
+    assert equality.pod_resize_patch(tenant, super_) == {"spec": {"containers": [
+        {"name": "c", "image": "i", "resources": {"requests": {"cpu": "200m"}, "limits": {"memory": "64Mi"}}}]}}
+    assert equality.pod_resize_patch(p(requests={"cpu": "100m"}), super_) is None
+    assert equality.pod_resize_patch(p(), super_) is None

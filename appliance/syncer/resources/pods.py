@@ -165,6 +165,11 @@ class PodKind(Kind):
         missing = equality.missing_ephemeral_containers(vobj, pobj)
         if missing:
             await self._add_ephemeral_containers(sx, tenant, vobj, pobj, missing)
+        resize = equality.pod_resize_patch(vobj, pobj)
+        if resize:
+            meta = pobj["metadata"]
+            await sx.super_client.patch(self.resource, meta["name"], resize, namespace=meta["namespace"],
+                                        subresource="resize")
         status = equality.pod_dw_status_patch(vobj, pobj)
         if status:
             meta = pobj["metadata"]
@@ -242,6 +247,7 @@ class PodKind(Kind):
             return True
         if mutation.reject_reason(vobj) is not None:
             return False
-        if pobj is not None and equality.missing_ephemeral_containers(vobj, pobj):
+        if pobj is not None and (equality.missing_ephemeral_containers(vobj, pobj)
+                                 or equality.pod_resize_patch(vobj, pobj)):
             return True
         return super().drifted(sx, tenant, vobj, pobj)
