@@ -20,7 +20,6 @@ from typing import Any, Final
 from appliance.util import naming
 
 REASON_NOT_SUPPORTED: Final = "NotSupported"
-MESSAGE_NODE_NAME: Final = "The Pod has nodeName set in the spec which is not supported for now"
 #: Secret keys of projected tokens outside the automatic volume: `projected.<volume>.<source index>`.
 PROJECTED_TOKEN_KEY_PREFIX: Final = "projected."
 DEFAULT_TOKEN_EXPIRATION: Final = 3600  # the API default of a serviceAccountToken projection
@@ -170,11 +169,9 @@ class PodContext:
 def reject_reason(tenant_pod: Mapping[str, Any]) -> str | None:
     """The `NotSupported` event message if the tenant Pod cannot be synced, else None.
 
-    Projected `serviceAccountToken`s are supported: each gets a tenant token (`token_projections`).
+    Nothing is refused today: a preset `spec.nodeName` becomes node affinity (`_pin_to_node`),
+    and projected `serviceAccountToken`s get tenant tokens (`token_projections`).
     """
-    spec = tenant_pod.get("spec") or {}
-    if spec.get("nodeName"):
-        return MESSAGE_NODE_NAME
     return None
 
 
@@ -212,6 +209,8 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         spec["enableServiceLinks"] = False
 
     pod["status"] = {}
+    if spec.get("nodeName"):
+        _pin_to_node(spec, str(spec["nodeName"]))
     spec.pop("nodeName", None)
     _drop_system_priority(spec)
     if ctx.control_plane is None and not ctx.services:
@@ -230,6 +229,21 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
 def _containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     for group in ("initContainers", "containers", "ephemeralContainers"):
         yield from spec.get(group) or ()
+
+
+def _pin_to_node(spec: dict[str, Any], node: str) -> None:
+    """A tenant Pod created with `spec.nodeName` (a node it saw, e.g. a vnode) asks for that
+    node; the super Pod asks the super scheduler for it through required node affinity on
+    the node's name, as DaemonSets do, so the super cluster's taints, capacity and ports still
+    apply (a preset nodeName would bypass its scheduler). Every required term gets the field."""
+    requirement = {"key": "metadata.name", "operator": "In", "values": [node]}
+    affinity = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    required = affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.get("nodeSelectorTerms") or [{}]
+    for term in terms:
+        term["matchFields"] = [f for f in term.get("matchFields") or () if f.get("key") != "metadata.name"]
+        term["matchFields"].append(dict(requirement))
+    required["nodeSelectorTerms"] = terms
 
 
 def _drop_system_priority(spec: dict[str, Any]) -> None:

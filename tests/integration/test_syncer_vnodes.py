@@ -45,19 +45,24 @@ async def test_vnode_appears_with_a_pod_and_is_collected_after_its_last_pod(env:
 
 
 @syncing.deadline(120)
-async def test_pod_with_preset_node_name_is_refused_with_an_event(env: syncing.Env) -> None:
-    """A tenant Pod with spec.nodeName is not synced and gets a NotSupported Warning Event."""
+async def test_pod_with_preset_node_name_runs_on_that_node_through_the_super_scheduler(env: syncing.Env) -> None:
+    """A tenant Pod created with spec.nodeName runs on that super node: the super Pod asks for
+    it by node affinity (the super scheduler still decides), and the tenant gets its vnode."""
+    nodes = [n["metadata"]["name"] for n in (await env.superc.list(resources.NODES)).items
+             if not n["spec"].get("unschedulable")]
+    target = sorted(nodes)[-1]
     sx = await env.start()
     t = await env.tenant(sx, "nn")
     await syncing.tenant_namespace(t, "app")
-    await t.client.create(resources.PODS, syncing.pod_manifest("pinned", nodeName="some-node"),
-                          namespace="app")
-
-    async def event() -> bool:
-        items = (await t.client.list(resources.EVENTS, namespace="app")).items
-        return any(e["reason"] == "NotSupported" and e["involvedObject"]["name"] == "pinned"
-                   and "nodeName" in e["message"] for e in items)
-
-    await wait_for(event, timeout=60, what="a NotSupported Event on the tenant pod")
+    await t.client.create(resources.PODS, syncing.pod_manifest("pinned", nodeName=target), namespace="app")
     super_ns = naming.super_namespace(t.key, "app")
-    assert await syncing.get_or_none(env.superc, resources.PODS, "pinned", namespace=super_ns) is None
+    sup = await syncing.wait_object(env.superc, resources.PODS, "pinned", namespace=super_ns,
+                                    where=lambda p: p["spec"].get("nodeName"), what="super pod scheduled")
+    assert sup["spec"]["nodeName"] == target
+    terms = sup["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [{"matchFields": [{"key": "metadata.name", "operator": "In",
+                                                            "values": [target]}]}]
+    await syncing.wait_object(t.client, resources.PODS, "pinned", namespace="app",
+                              where=lambda p: (p.get("status") or {}).get("phase") == "Running",
+                              what="tenant pod Running")
+    await syncing.wait_object(t.client, resources.NODES, target, what=f"virtual node {target}")

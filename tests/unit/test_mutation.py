@@ -459,7 +459,7 @@ def _projected(name: str, source: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        pytest.param({"nodeName": "n1"}, mutation.MESSAGE_NODE_NAME, id="node-name-preset"),
+        pytest.param({"nodeName": "n1"}, None, id="node-name-preset"),
         pytest.param({"nodeName": ""}, None, id="empty-node-name"),
         pytest.param({}, None, id="no-node-name"),
         pytest.param({"volumes": [_projected("kube-api-access-x7k2p", {"serviceAccountToken": {"path": "token"}})]},
@@ -470,10 +470,27 @@ def _projected(name: str, source: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_reject_reason(spec: dict[str, Any], expected: str | None) -> None:
-    """Pods with a preset nodeName are refused with a NotSupported message; token projections
-    are not (they get tenant tokens)."""
+    """Nothing is refused: a preset nodeName becomes node affinity, token projections get
+    tenant tokens."""
     assert expected == mutation.reject_reason({"spec": spec})
-    assert "The Pod has nodeName set in the spec which is not supported for now" == mutation.MESSAGE_NODE_NAME
+
+
+def test_a_preset_node_name_becomes_required_node_affinity() -> None:
+    """The super Pod asks the super scheduler for the node by name, in every required term the
+    tenant wrote (ANDed with its own expressions), instead of bypassing the scheduler."""
+    pod = mutation.mutate_pod(super_pod(nodeName="n1"), context())
+    assert "nodeName" not in pod["spec"]
+    pin = {"key": "metadata.name", "operator": "In", "values": ["n1"]}
+    required = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required == {"nodeSelectorTerms": [{"matchFields": [pin]}]}
+    zone = {"key": "zone", "operator": "In", "values": ["a"]}
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [zone]}, {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["x"]}]},
+    ]}}}
+    pod = mutation.mutate_pod(super_pod(nodeName="n1", affinity=own), context())
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [{"matchExpressions": [zone], "matchFields": [pin]}, {"matchFields": [pin]}]
+    assert "affinity" not in mutation.mutate_pod(super_pod(), context())["spec"]
 
 
 def test_automount_kept_when_not_disabled() -> None:

@@ -4,8 +4,8 @@ Downward: a tenant Pod becomes a super Pod in its super namespace, converted (me
 tenancy stamps) and mutated (`mutation.mutate_pod`: nodeName/status cleared, cluster
 label, affinity scoping, `kubernetes` host aliases and service env vars with super IPs,
 DNS from the tenant's `kube-system/kube-dns`, a tenant token Secret in place of the
-projected service-account volume). A preset `spec.nodeName` is refused with a
-`NotSupported` Event. Graceful deletion: a terminating tenant Pod deletes the super Pod
+projected service-account volume, a preset `spec.nodeName` turned into node affinity).
+Graceful deletion: a terminating tenant Pod deletes the super Pod
 with the same grace period.
 
 Upward: once the super scheduler places the super Pod, the tenant Pod is bound to a
@@ -203,7 +203,7 @@ class PodKind(Kind):
         if pobj is None:
             if vmeta.get("deletionTimestamp") is not None:
                 await self._delete_tenant(tenant, vobj, grace=0)
-            elif vspec.get("nodeName"):
+            elif ran_in_super(vobj):
                 # It ran and is not in the cache: if the super Pod is really gone, so is the tenant Pod.
                 await self._finish_orphaned_tenant_pod(
                     sx, tenant, vobj, grace=vspec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
