@@ -137,3 +137,18 @@ async def delete_namespaces(client: ApiClient, *, key: str, vc_uid: str) -> list
                 break
             await trio.sleep(DELETE_POLL)
     return names
+
+
+async def delete_cluster_objects(client: ApiClient, *, key: str) -> int:
+    """Delete the cluster-scoped super objects the syncer made for tenant `key` (RuntimeClass
+    copies, labelled with its key); return how many. Missing RBAC or API: nothing to delete."""
+    try:
+        listing = await client.list(resources.RUNTIMECLASSES, label_selector=f"{naming.LABEL_CLUSTER}={key}")
+    except (errors.NotFound, errors.Forbidden):
+        return 0
+    for obj in listing.items:
+        try:
+            await client.delete(resources.RUNTIMECLASSES, obj["metadata"]["name"], uid=obj["metadata"].get("uid"))
+        except (errors.NotFound, errors.Conflict):
+            continue
+    return len(listing.items)

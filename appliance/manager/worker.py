@@ -404,6 +404,7 @@ class Worker:
                     tenant.progress = "deleting the super-cluster namespaces"
                 names = await rootns.delete_namespaces(self._ctx.super, key=key, vc_uid=vc.metadata.uid)
                 logger.info("VirtualCluster %s: deleted namespaces %s", vc.ref, ", ".join(names) or "(none)")
+                await rootns.delete_cluster_objects(self._ctx.super, key=key)
             return ""
 
         result = await self._attempt(remove, vc=vc, tenant=tenant)
@@ -442,6 +443,7 @@ class Worker:
                 elif tenant.plane is not None:
                     await tenant.plane.stop()
                 await rootns.delete_namespaces(self._ctx.super, key=tenant.key, vc_uid=vc.metadata.uid)
+                await rootns.delete_cluster_objects(self._ctx.super, key=tenant.key)
             except Exception:
                 logger.exception("VirtualCluster %s: cleanup after it vanished failed", vc.ref)
         self._torn_down = True

@@ -40,6 +40,9 @@ class SyncerConfig(ConfigBase, frozen=True):
     extra_node_labels: tuple[str, ...] = ()
     #: opt-in resource kinds by the original's plugin IDs: "ingress", "priorityclass".
     extra_resources: tuple[Literal["ingress", "priorityclass"], ...] = ()
+    #: container runtime handlers a tenant RuntimeClass may name (copied to the super cluster
+    #: for the tenant's Pods); empty: any handler the nodes have.
+    runtime_handlers: tuple[str, ...] = ()
 
     @property
     def dns_options(self) -> tuple[tuple[str, str | None], ...]:

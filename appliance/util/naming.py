@@ -35,6 +35,8 @@ ANNOTATION_VC_UID: Final = "tenancy.x-k8s.io/vcuid"
 ANNOTATION_VC_ROOT_NS: Final = "tenancy.x-k8s.io/vcrootns"
 LABEL_CONTROLLED: Final = "tenancy.x-k8s.io/controlled"
 ANNOTATION_CLUSTER_IP: Final = "tenancy.x-k8s.io/clusterIP"
+#: on a super RuntimeClass copy: the tenant's name for it
+ANNOTATION_RUNTIME_CLASS: Final = "tenancy.x-k8s.io/runtimeclass"
 LABEL_SECRET_UID: Final = "tenancy.x-k8s.io/secret.UID"
 ANNOTATION_SECRET_NAME: Final = "tenancy.x-k8s.io/secret.name"
 
@@ -98,6 +100,9 @@ _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _INVALID_LABEL_CHARS = re.compile(r"[^-a-z0-9]+")
 
 
+DNS1123_SUBDOMAIN_MAX: Final = 253
+
+
 def _sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -131,6 +136,13 @@ def cluster_key(vc_namespace: str, vc_name: str, vc_uid: str, *, cluster_namespa
         ns_part = ns_part[: max(budget - len(name_part), min(len(ns_part), _KEY_NS_KEEP))].strip("-")
         name_part = name_part[: budget - len(ns_part)].strip("-")
     return "-".join(part for part in (ns_part, name_part, digest) if part)
+
+
+def super_runtime_class(cluster: str, name: str) -> str:
+    """Name of the super copy of a tenant RuntimeClass: `<cluster key>-<name>`, or the key and a
+    hash of the name when that is longer than a name may be."""
+    full = f"{cluster}-{name}"
+    return full if len(full) <= DNS1123_SUBDOMAIN_MAX else f"{cluster}-{_sha256_hex(name)[:16]}"
 
 
 def service_cidr_name(cluster: str) -> str:

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from appliance.kube import resources
+from appliance.kube import errors, resources
+from appliance.kube.client import ApiClient
 from appliance.util import naming
 from tests.integration import syncing
 from tests.testbed import SuperCluster, TenantFactory, run_kubectl, wait_for
@@ -117,3 +118,30 @@ async def test_same_names_in_two_tenants_never_collide(
 
     got = await wait_for(both, timeout=60, what="both tenants' configmaps in super")
     assert got == {a.key: "from-a", b.key: "from-b"}
+
+
+@syncing.deadline(120)
+async def test_a_pod_naming_a_tenant_runtime_class_runs_with_its_super_copy(
+    tenant_factory: TenantFactory, env: tuple
+) -> None:
+    """The super cluster gets a copy of the tenant's RuntimeClass (handler and overhead), the
+    super Pod names the copy and keeps the overhead the tenant admitted."""
+    sx, superc, stack = env
+    t = await syncing.synced_tenant(sx, superc, tenant_factory, "rtc", stack)
+    await syncing.tenant_namespace(t, "app")
+    await t.client.create(resources.RUNTIMECLASSES, {"metadata": {"name": "fast"}, "handler": "runc",
+                                                     "overhead": {"podFixed": {"cpu": "10m"}}})
+    copy_name = naming.super_runtime_class(t.key, "fast")
+    stack.push_async_callback(_delete_quietly, superc, resources.RUNTIMECLASSES, copy_name)
+    await t.client.create(resources.PODS, syncing.pod_manifest("rt", runtimeClassName="fast"), namespace="app")
+    sup = await syncing.wait_object(superc, resources.PODS, "rt", namespace=naming.super_namespace(t.key, "app"),
+                                    what="super pod rt")
+    assert sup["spec"]["runtimeClassName"] == copy_name
+    assert sup["spec"]["overhead"] == {"cpu": "10m"}
+    rc = await superc.get(resources.RUNTIMECLASSES, copy_name)
+    assert (rc["handler"], rc["metadata"]["labels"][naming.LABEL_CLUSTER]) == ("runc", t.key)
+
+
+async def _delete_quietly(client: ApiClient, res: resources.Resource, name: str) -> None:
+    with contextlib.suppress(errors.NotFound):
+        await client.delete(res, name)

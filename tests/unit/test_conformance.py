@@ -274,3 +274,13 @@ def test_summary_has_the_phase_table_with_totals_and_the_failure_list() -> None:
     assert "| [sig-network] DNS should provide DNS for the cluster [Conformance] | parallel | " \
            "[FAILED] timed out waiting for the condition |" in text
     assert "Requires at least 2 nodes (not 1)" in text and "Suite set-up or tear-down" in text
+
+
+def test_conformance_md_lists_the_ci_subset() -> None:
+    """CONFORMANCE.md names exactly the tests the CI subset runs, in the same order."""
+    from tests.realnode.test_conformance_subset import SUBSET
+
+    text = (Path(__file__).resolve().parents[2] / "CONFORMANCE.md").read_text()
+    section = text.split("## The subset in `make test`", 1)[1].split("\n## ", 1)[0]
+    listed = tuple(line[3:-1] for line in section.splitlines() if line.startswith("- `"))
+    assert listed == SUBSET

@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
-from appliance.syncer import conversion, equality, mutation, tokens, vnode
+from appliance.syncer import conversion, equality, mutation, runtimeclasses, tokens, vnode
 from appliance.syncer.resources.base import Kind, Retry, own_super_namespace, owner_of, uid_of
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
@@ -90,6 +90,9 @@ class PodKind(Kind):
         body = self._mutated(sx, tenant, vobj, secret)
         # The API refuses ephemeral containers on create; `update` adds them through their subresource.
         body["spec"].pop("ephemeralContainers", None)
+        runtime_class = (vobj.get("spec") or {}).get("runtimeClassName")
+        if runtime_class:
+            body["spec"]["runtimeClassName"] = await runtimeclasses.ensure(sx, tenant, runtime_class)
         try:
             created = await sx.super_client.create(self.resource, body, namespace=super_ns)
         except errors.AlreadyExists:
