@@ -176,3 +176,36 @@ async def test_a_tenant_with_its_own_service_cidr_keeps_its_cluster_ips(env: syn
                    and taken_ip in e["message"] for e in events)
 
     await wait_for(warned, timeout=30, what="ClusterIPNotKept Warning on tenant service clash")
+
+
+@syncing.deadline(120)
+async def test_user_managed_endpoint_slices_are_copied_controller_ones_are_not(env: syncing.Env) -> None:
+    """An EndpointSlice a user manages for a selector-less Service reaches the super namespace with
+    its service-name and managed-by labels (kube-proxy reads them); the slices the tenant's own
+    endpointslice controller writes for a selector Service stay in the tenant."""
+    sx = await env.start()
+    t = await env.tenant(sx, "eps")
+    await syncing.tenant_namespace(t, "shop")
+    await t.client.create(resources.SERVICES, service("manual", selector={}, ports=[{"port": 80}]), namespace="shop")
+    await t.client.create(resources.SERVICES, service("auto", selector={"app": "x"}, ports=[{"port": 80}]),
+                          namespace="shop")
+    labels = {"kubernetes.io/service-name": "manual", "endpointslice.kubernetes.io/managed-by": "me.example.com"}
+    await t.client.create(resources.ENDPOINTSLICES, {
+        "metadata": {"name": "manual-1", "labels": labels}, "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.1.2.3"], "conditions": {"ready": True}}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}, namespace="shop")
+    super_ns = naming.super_namespace(t.key, "shop")
+    copy = await syncing.wait_object(env.superc, resources.ENDPOINTSLICES, "manual-1", namespace=super_ns)
+    assert {k: copy["metadata"]["labels"][k] for k in labels} == labels
+    assert copy["endpoints"][0]["addresses"] == ["10.1.2.3"] and copy["ports"][0]["port"] == 8080
+
+    async def controller_slice() -> list[dict[str, Any]] | None:
+        items = (await t.client.list(resources.ENDPOINTSLICES, namespace="shop",
+                                     label_selector="kubernetes.io/service-name=auto")).items
+        return items or None
+
+    auto = await wait_for(controller_slice, timeout=30, what="the tenant controller's slice for auto")
+    await syncing.wait_quiet(sx, scans=0)
+    for s in auto:  # type: ignore[union-attr]
+        assert await syncing.get_or_none(env.superc, resources.ENDPOINTSLICES, s["metadata"]["name"],
+                                         namespace=super_ns) is None

@@ -21,6 +21,7 @@ def all_kinds(extra: tuple[str, ...] = ()) -> list[Kind]:
         simple.ServiceAccountKind(),
         services.ServiceKind(),
         simple.EndpointsKind(),
+        simple.EndpointSliceKind(),
         simple.PersistentVolumeClaimKind(),
         pods.PodKind(),
         storage.StorageClassKind(),

@@ -5,7 +5,10 @@ the tenant `kube-root-ca.crt` ConfigMap lands as `tenant-kube-root-ca.crt` (the 
 cluster publishes its own; a tenant ConfigMap of that name is refused); service-account
 token Secrets are not copied (Pods get fresh tenant tokens, see `tokens`); the super
 cluster's own `default` ServiceAccount is adopted rather than duplicated; Endpoints are
-copied only for selector-less Services.
+copied only for selector-less Services; EndpointSlices only when a user (not the tenant's
+endpointslice or mirroring controller, whose work the super cluster's controllers redo)
+manages them, with their service-name and managed-by labels, which opaque-domain stripping
+would remove, and Pod references pointing into the super namespace.
 """
 
 from __future__ import annotations
@@ -109,6 +112,41 @@ class EndpointsKind(Kind):
             {"subsets": pobj.get("subsets") or None}, {"subsets": vobj.get("subsets") or None}
         )
         return equality.merge_patches(super().patch(sx, tenant, vobj, pobj), subsets)
+
+
+#: `endpointslice.kubernetes.io/managed-by` values of the controllers every cluster runs
+CONTROLLER_SLICE_MANAGERS = frozenset({"endpointslice-controller.k8s.io", "endpointslicemirroring-controller.k8s.io"})
+_SLICE_LABELS = ("kubernetes.io/service-name", "endpointslice.kubernetes.io/managed-by")
+
+
+class EndpointSliceKind(Kind):
+    name = "endpointslice"
+    resource = resources.ENDPOINTSLICES
+
+    def wanted(self, tenant: Tenant, vobj: dict[str, Any]) -> bool:
+        labels = vobj["metadata"].get("labels") or {}
+        return labels.get(_SLICE_LABELS[1]) not in CONTROLLER_SLICE_MANAGERS
+
+    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+        obj = super().build(sx, tenant, vobj)
+        labels = vobj["metadata"].get("labels") or {}
+        obj["metadata"].setdefault("labels", {}).update({k: labels[k] for k in _SLICE_LABELS if k in labels})
+        super_ns = obj["metadata"]["namespace"]
+        for endpoint in obj.get("endpoints") or ():
+            ref = endpoint.get("targetRef")
+            if ref:
+                endpoint["targetRef"] = {k: v for k, v in ref.items() if k not in ("uid", "resourceVersion")}
+                if ref.get("namespace"):
+                    endpoint["targetRef"]["namespace"] = super_ns
+        return obj
+
+    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        want = self.build(sx, tenant, vobj)
+        content = equality.json_merge_patch(
+            {"endpoints": pobj.get("endpoints"), "ports": pobj.get("ports")},
+            {"endpoints": want.get("endpoints"), "ports": want.get("ports")},
+        )
+        return equality.merge_patches(super().patch(sx, tenant, vobj, pobj), content)
 
 
 class PersistentVolumeClaimKind(Kind):
