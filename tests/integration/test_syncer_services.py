@@ -34,8 +34,9 @@ def service(name: str, *, selector: dict[str, str], ports: list[dict[str, Any]])
 
 async def synced_service(env: syncing.Env, t: syncing.SyncedTenant, ns: str, name: str) -> tuple[dict, dict]:
     """Wait until tenant Service `ns/name` carries its super twin's IP; return (tenant, super)."""
-    sup = await syncing.wait_object(env.superc, resources.SERVICES, name,
-                                    namespace=naming.super_namespace(t.key, ns), what=f"super service {ns}/{name}")
+    sup = await syncing.wait_object(env.superc, resources.SERVICES, name, namespace=naming.super_namespace(t.key, ns),
+                                    where=lambda s: bool(s["spec"].get("clusterIP")),
+                                    what=f"super service {ns}/{name} with a cluster IP")
     ip = sup["spec"]["clusterIP"]
     ten = await syncing.wait_object(
         t.client, resources.SERVICES, name, namespace=ns,
@@ -176,6 +177,16 @@ async def test_a_tenant_with_its_own_service_cidr_keeps_its_cluster_ips(env: syn
                    and taken_ip in e["message"] for e in events)
 
     await wait_for(warned, timeout=30, what="ClusterIPNotKept Warning on tenant service clash")
+
+    # An ExternalName Service (no address) turned ClusterIP gets the tenant's address too.
+    ext = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"},
+           "spec": {"type": "ExternalName", "externalName": "a.example.com"}}
+    await t.client.create(resources.SERVICES, ext, namespace="shop")
+    await syncing.wait_object(env.superc, resources.SERVICES, "ext", namespace=naming.super_namespace(t.key, "shop"))
+    await t.client.patch(resources.SERVICES, "ext", {"spec": {"type": "ClusterIP", "externalName": None,
+                                                             "ports": [{"port": 80}]}}, namespace="shop")
+    ten, sup = await synced_service(env, t, "shop", "ext")
+    assert sup["spec"]["type"] == "ClusterIP" and sup["spec"]["clusterIP"] == ten["spec"]["clusterIP"]
 
 
 @syncing.deadline(120)

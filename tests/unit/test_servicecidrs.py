@@ -62,3 +62,18 @@ def test_a_tenant_cluster_ip_is_kept_only_inside_the_tenants_own_range() -> None
     assert headless["spec"]["clusterIP"] == "None"
     assert conversion.without_cluster_ips(kept)["spec"].keys() == {"ports"}
     assert conversion.without_cluster_ips(headless)["spec"]["clusterIP"] == "None"
+
+
+def test_a_service_turning_cluster_ip_gets_the_tenants_address_in_its_own_range() -> None:
+    """ExternalName → ClusterIP: the super twin (no address yet) is patched to the tenant's,
+    inside the own range only; a twin that has an address keeps it (addresses are immutable)."""
+    from appliance.syncer.resources import services
+
+    tenant = {"spec": {"type": "ClusterIP", "clusterIP": "10.64.0.7", "clusterIPs": ["10.64.0.7"]}}
+    external = {"spec": {"type": "ExternalName", "externalName": "a.example.com"}}
+    assert services.kept_ip_patch(tenant, external, "10.64.0.0/20") == {
+        "spec": {"clusterIP": "10.64.0.7", "clusterIPs": ["10.64.0.7"]}}
+    assert services.kept_ip_patch(tenant, external, "10.65.0.0/20") is None
+    assert services.kept_ip_patch(tenant, external, None) is None
+    assert services.kept_ip_patch(tenant, {"spec": {"clusterIP": "10.64.0.9"}}, "10.64.0.0/20") is None
+    assert services.kept_ip_patch({"spec": {"type": "ExternalName"}}, external, "10.64.0.0/20") is None

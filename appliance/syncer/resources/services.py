@@ -42,6 +42,18 @@ def upward_patch(tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> 
     return patch
 
 
+def kept_ip_patch(vobj: dict[str, Any], pobj: dict[str, Any], own_range: str | None) -> dict[str, Any] | None:
+    """When a tenant Service gains a ClusterIP (an ExternalName one turned ClusterIP), its super
+    twin, which has none yet, gets the same one if it lies in the tenant's own range: else the
+    super cluster would pick an address at random, possibly in that very range (pure)."""
+    vspec, pspec = vobj.get("spec") or {}, pobj.get("spec") or {}
+    ip = vspec.get("clusterIP")
+    if not ip or ip == "None" or pspec.get("clusterIP"):
+        return None
+    ips = vspec.get("clusterIPs") or [ip]
+    return {"spec": {"clusterIP": ip, "clusterIPs": ips}} if conversion.in_range(ips, own_range) else None
+
+
 MESSAGE_EXTERNAL_IPS = (
     "spec.externalIPs is not supported: in the super cluster it would capture traffic to those "
     "addresses on every node, other tenants' included"
@@ -70,23 +82,37 @@ class ServiceKind(Kind):
         except errors.Invalid as exc:
             if (body.get("spec") or {}).get("clusterIP") in (None, "None"):
                 raise
-            # The address is taken in the super cluster (by a Service created there before the
-            # range was the tenant's): the Service still works, at the address DNS answers.
-            ip = body["spec"]["clusterIP"]
-            await tenant.events.post(vobj, type="Warning", reason="ClusterIPNotKept", message=(
-                f"ClusterIP {ip} is not available in the super cluster ({exc.message}); this Service is "
-                f"reachable at the address in annotation {naming.ANNOTATION_TRANSPARENT_CLUSTER_IP}, "
-                "which cluster DNS answers"))
+            await self._not_kept(tenant, vobj, body["spec"]["clusterIP"], exc)
             await self.create_super(sx, tenant, conversion.without_cluster_ips(body), ns)
 
     async def update(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
         if has_external_ips(vobj):
             raise Permanent(MESSAGE_EXTERNAL_IPS)
-        await super().update(sx, tenant, vobj, pobj)
+        try:
+            await super().update(sx, tenant, vobj, pobj)
+        except errors.Invalid as exc:
+            kept = kept_ip_patch(vobj, pobj, tenant.service_cidr)
+            if kept is None:
+                raise
+            await self._not_kept(tenant, vobj, kept["spec"]["clusterIP"], exc)
+            patch = equality.merge_patches(super().patch(sx, tenant, vobj, pobj),
+                                           equality.service_spec_patch(vobj, pobj))
+            if patch:
+                meta = pobj["metadata"]
+                await sx.super_client.patch(self.resource, meta["name"], patch, namespace=meta["namespace"])
+
+    async def _not_kept(self, tenant: Tenant, vobj: dict[str, Any], ip: str, exc: errors.ApiError) -> None:
+        # The address is taken in the super cluster (by a Service created there before the
+        # range was the tenant's): the Service still works, at the address DNS answers.
+        await tenant.events.post(vobj, type="Warning", reason="ClusterIPNotKept", message=(
+            f"ClusterIP {ip} is not available in the super cluster ({exc.message}); this Service is "
+            f"reachable at the address in annotation {naming.ANNOTATION_TRANSPARENT_CLUSTER_IP}, "
+            "which cluster DNS answers"))
 
     def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.merge_patches(
-            super().patch(sx, tenant, vobj, pobj), equality.service_spec_patch(vobj, pobj)
+            super().patch(sx, tenant, vobj, pobj), equality.service_spec_patch(vobj, pobj),
+            kept_ip_patch(vobj, pobj, tenant.service_cidr),
         )
 
     async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
