@@ -19,6 +19,7 @@ from appliance.kube.client import ApiClient
 from appliance.kube.informer import Informer
 from appliance.syncer import supervisor
 from appliance.syncer.tenant import TenantId
+from appliance.util import tenancy
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ REFRESH_SECONDS = 60.0
 
 
 class CAStore(Protocol):
-    def set(self, key: str, ca_pem: bytes) -> None: ...
-    def remove(self, key: str) -> None: ...
+    def set(self, cluster_key: tenancy.ClusterKey, ca_pem: bytes) -> None: ...
+    def remove(self, cluster_key: tenancy.ClusterKey) -> None: ...
 
 
 async def follow(super_client: ApiClient, cas: CAStore, *, label_selector: str | None = None,
@@ -41,14 +42,14 @@ async def follow(super_client: ApiClient, cas: CAStore, *, label_selector: str |
         changed.set()
 
     vcs.add_handler(poke)
-    known: dict[str, str] = {}  # tenant key → resourceVersion of the VirtualCluster its CA came from
+    known: dict[tenancy.ClusterKey, str] = {}  # tenant key → resourceVersion of the VirtualCluster its CA came from
     refresh = False
     async with trio.open_nursery() as nursery:
         await nursery.start(vcs.run)
         task_status.started()
         while True:
             changed = trio.Event()
-            current: dict[str, tuple[TenantId, dict[str, Any]]] = {}
+            current: dict[tenancy.ClusterKey, tuple[TenantId, dict[str, Any]]] = {}
             for vc in filter(supervisor.desired, vcs.list()):
                 tid = TenantId.from_vc(vc)
                 current[tid.key] = (tid, vc)

@@ -96,7 +96,7 @@ class PodClock:
         return set(w.remaining)
 
 
-async def start_clocks(nursery: trio.Nursery, bed: testbed.Bed, tenants: Sequence[testbed.Tenant]) -> tuple[PodClock, PodClock]:
+async def start_clocks(nursery: trio.Nursery, bed: testbed.Bed, tenants: Sequence[testbed.BedTenant]) -> tuple[PodClock, PodClock]:
     """A super-side and a tenant-side PodClock fed by Informers that run in `nursery`."""
     sup, ten = PodClock("super"), PodClock("tenant")
     inf = kinformer.Informer(bed.superc, PODS, name="bench/super-pods")

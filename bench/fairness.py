@@ -39,12 +39,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def quiet_sequences(quiet: list[testbed.Tenant], prefix: str, n: int, sup: clocks.PodClock,
+async def quiet_sequences(quiet: list[testbed.BedTenant], prefix: str, n: int, sup: clocks.PodClock,
                           created: dict[clocks.Key, float], backlog: dict[clocks.Key, int] | None,
                           backlog_of: Any, timeout: float) -> list[clocks.Key]:
     keys: list[clocks.Key] = []
 
-    async def one(t: testbed.Tenant) -> None:
+    async def one(t: testbed.BedTenant) -> None:
         for i in range(n):
             k = (t.key, NS, f"{prefix}-{i:03d}")
             keys.append(k)

@@ -76,7 +76,7 @@ def client_context(crt: Path, key: Path, *, verify: ssl.SSLContext | None = None
     return ctx
 
 
-def tenant_context(t: testbed.Tenant) -> ssl.SSLContext:
+def tenant_context(t: testbed.BedTenant) -> ssl.SSLContext:
     """What a tenant apiserver presents to a kubelet: its kubelet-client certificate."""
     return client_context(t.cp.pki_dir / "kubelet-client.crt", t.cp.pki_dir / "kubelet-client.key")
 

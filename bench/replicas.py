@@ -85,7 +85,7 @@ namespace = "{lease_ns}"
     return Replica(proc, identity, log)
 
 
-async def wait_balanced(bed: testbed.Bed, tenants: list[testbed.Tenant], replicas: list[Replica], lease_ns: str,
+async def wait_balanced(bed: testbed.Bed, tenants: list[testbed.BedTenant], replicas: list[Replica], lease_ns: str,
                         *, timeout: float) -> dict[str, int]:
     """Every tenant Lease held by a live replica, none over its fair share; returns leases per replica."""
     idents = {r.identity for r in replicas}
@@ -110,7 +110,7 @@ async def wait_balanced(bed: testbed.Bed, tenants: list[testbed.Tenant], replica
     raise report.Misbehaved(f"replicas not balanced after {timeout:.0f} s: {dict(counts)}")
 
 
-async def one_round(bed: testbed.Bed, n: int, tenants: list[testbed.Tenant], sup: clocks.PodClock,
+async def one_round(bed: testbed.Bed, n: int, tenants: list[testbed.BedTenant], sup: clocks.PodClock,
                     ten: clocks.PodClock, args: argparse.Namespace) -> dict[str, Any]:
     lease_ns = f"bench-leases-{n}"
     replicas = [await start_replica(bed, f"replica-{n}-{i}", lease_ns) for i in range(n)]

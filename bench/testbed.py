@@ -6,7 +6,7 @@
   (`cluster.start_control_plane(..., controller_manager=True, virtual_nodes=True)` on the
   shared etcd, each under its own prefix) and registers each as an imported, Running
   VirtualCluster whose admin kubeconfig is in the `tenancy.x-k8s.io/admin-kubeconfig`
-  annotation, as the integration tests do (they share the `Tenant` record). On exit
+  annotation, as the integration tests do (they share the `BedTenant` record). On exit
   everything is stopped, leftovers of the state directory are killed, and the directory is
   removed (`--keep-state` keeps it).
 * `SyncerHost` runs `bench.host` (Syncer + supervisor [+ proxy]) as a child process and
@@ -85,7 +85,7 @@ def _cleanup_state(state_dir: Path, *, keep: bool) -> None:
 # --- the test bed ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class Tenant:
+class BedTenant:
     """A tenant control plane registered as an imported, Running VirtualCluster, with a client.
 
     The one record of such a tenant for the benchmarks and the integration tests
@@ -121,7 +121,7 @@ class Bed:
     nursery: trio.Nursery
     stack: contextlib.AsyncExitStack
     superc: ApiClient
-    tenants: list[Tenant] = field(default_factory=list)
+    tenants: list[BedTenant] = field(default_factory=list)
     hosts: list[SyncerHost] = field(default_factory=list)
     stopped_hosts: list[SyncerHost] = field(default_factory=list)
     #: CPU seconds of the load generators that have exited: a snapshot of /proc cannot see them,
@@ -165,7 +165,7 @@ class Bed:
         return await self.stack.enter_async_context(open_client(creds, user_agent="vc-bench", **kw))
 
     # -- tenants --
-    async def add_tenant(self, name: str) -> Tenant:
+    async def add_tenant(self, name: str) -> BedTenant:
         started = time.monotonic()
         cp = await cluster.start_control_plane(
             self.nursery, self.bins, name=name, etcd_url=str(self.info["etcd_url"]),
@@ -175,14 +175,14 @@ class Bed:
         await cluster.wait_default_service_account(cp.url, cp.pki_dir, timeout=180)
         client = await self.client(cp.admin_kubeconfig)
         vc = await self.register_vc(cp, name)
-        t = Tenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)
+        t = BedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)
         self.tenants.append(t)
         report.progress("tenant %s up in %.1f s (key %s)", name, time.monotonic() - started, t.key)
         return t
 
-    async def add_tenants(self, names: Sequence[str], *, concurrency: int = 2) -> list[Tenant]:
+    async def add_tenants(self, names: Sequence[str], *, concurrency: int = 2) -> list[BedTenant]:
         """Start tenant control planes, `concurrency` at a time (each start is CPU-heavy)."""
-        out: dict[str, Tenant] = {}
+        out: dict[str, BedTenant] = {}
         limit = trio.CapacityLimiter(concurrency)
 
         async def one(n: str) -> None:
@@ -210,13 +210,13 @@ class Bed:
         return await self.superc.patch(resources.VIRTUALCLUSTERS, name, {"status": {"phase": "Running"}},
                                        namespace=ns, subresource="status")
 
-    async def tenant_namespace(self, t: Tenant, ns: str) -> None:
+    async def tenant_namespace(self, t: BedTenant, ns: str) -> None:
         """Create `ns` in the tenant and wait for what its KCM adds (Pods are refused before)."""
         await t.client.create(resources.NAMESPACES, {"metadata": {"name": ns}})
         await verification.wait_exists(t.client, resources.SERVICEACCOUNTS, "default", ns, timeout=120)
         await verification.wait_exists(t.client, resources.CONFIGMAPS, "kube-root-ca.crt", ns, timeout=120)
 
-    async def tenant_namespaces(self, tenants: Sequence[Tenant], ns: str) -> None:
+    async def tenant_namespaces(self, tenants: Sequence[BedTenant], ns: str) -> None:
         async with trio.open_nursery() as n:
             for t in tenants:
                 n.start_soon(self.tenant_namespace, t, ns)
@@ -225,13 +225,13 @@ class Bed:
         await self.superc.create(resources.NAMESPACES, {"metadata": {"name": ns}})
         await verification.wait_exists(self.superc, resources.SERVICEACCOUNTS, "default", ns, timeout=120)
 
-    async def warm_up(self, tenants: Sequence[Tenant], ns: str, *, timeout: float = 300) -> None:
+    async def warm_up(self, tenants: Sequence[BedTenant], ns: str, *, timeout: float = 300) -> None:
         """One Running pod per tenant in `ns`: its super namespace, SA and a vnode exist before
         measuring. The pods (named `warm-up`) stay; the final comparison expects them."""
         await self.warm_up_named(tenants, ns, "warm-up", timeout=timeout)
 
-    async def warm_up_named(self, tenants: Sequence[Tenant], ns: str, name: str, *, timeout: float = 300) -> None:
-        async def one(t: Tenant) -> None:
+    async def warm_up_named(self, tenants: Sequence[BedTenant], ns: str, name: str, *, timeout: float = 300) -> None:
+        async def one(t: BedTenant) -> None:
             await load.create_one(t.client, ns, load.pod_body(name))
             await verification.wait_exists(t.client, PODS, name, ns, timeout=timeout,
                               where=lambda p: (p.get("status") or {}).get("phase") == "Running")
@@ -241,7 +241,7 @@ class Bed:
                 n.start_soon(one, t)
 
     async def prepare(
-        self, host: SyncerHost, tenants: Sequence[Tenant], ns: str, *, direct_ns: str | None = None
+        self, host: SyncerHost, tenants: Sequence[BedTenant], ns: str, *, direct_ns: str | None = None
     ) -> None:
         """Namespaces in every tenant (and `direct_ns` in super), all tenants registered with
         the syncer, one warm-up pod each, then a quiet syncer: the common start of a measurement."""

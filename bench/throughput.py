@@ -42,7 +42,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def one_run(bed: testbed.Bed, which: str, tenants: list[testbed.Tenant], sup: clocks.PodClock,
+async def one_run(bed: testbed.Bed, which: str, tenants: list[testbed.BedTenant], sup: clocks.PodClock,
                   ten: clocks.PodClock, args: argparse.Namespace, host: testbed.SyncerHost) -> dict[str, Any]:
     if which == "direct":
         keys = [("", DIRECT_NS, f"d-{i:05d}") for i in range(args.pods)]

@@ -57,7 +57,7 @@ def _running(pod: dict[str, Any]) -> bool:
     return clocks.phase(pod) == "Running" and bool((pod.get("spec") or {}).get("nodeName"))
 
 
-async def verify_synced(bed: testbed.Bed, tenants: Sequence[testbed.Tenant], expected: dict[str, dict[str, set[str]]], *,
+async def verify_synced(bed: testbed.Bed, tenants: Sequence[testbed.BedTenant], expected: dict[str, dict[str, set[str]]], *,
                         running: bool) -> list[str]:
     """Full comparison for synced pods. `expected[cluster key][tenant ns]` = pod names.
 

@@ -39,7 +39,7 @@ from appliance.manager.provision.base import Context, Provisioner
 from appliance.manager.settings import ManagerSettings
 from appliance.manager.worker import Worker
 from appliance.replicas.ownership import Ownership
-from appliance.util import naming
+from appliance.util import naming, tenancy
 from appliance.util.drain import Drain
 
 __all__ = ["ManagerSettings", "admin_kubeconfig", "ensure_crds", "run"]
@@ -68,7 +68,7 @@ class Controller:
         self.vcs = Informer(ctx.super, resources.VIRTUALCLUSTERS, label_selector=settings.label_selector,
                             name="manager/virtualclusters")
         self.cvs = Informer(ctx.super, resources.CLUSTERVERSIONS, name="manager/clusterversions")
-        self.workers: dict[tuple[str, str], Worker] = {}
+        self.workers: dict[tenancy.VcRef, Worker] = {}
         self._limiter = trio.CapacityLimiter(settings.num_reconciles)
         self._provisioners: dict[str, Provisioner] = {
             "process": process_provisioner.ProcessProvisioner(ctx),
@@ -85,7 +85,7 @@ class Controller:
 
     def _on_vc(self, event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         meta = (new or old or {}).get("metadata") or {}
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        key = tenancy.VcRef(str(meta.get("namespace", "")), str(meta.get("name", "")))
         if event_type == "DELETED":
             worker = self.workers.get(key)
             if worker is not None:
@@ -112,11 +112,11 @@ class Controller:
     def _on_ownership(self) -> None:
         """Leases changed hands: start workers for tenants this replica now holds."""
         for vc in self.vcs.list():
-            key = (vc["metadata"]["namespace"], vc["metadata"]["name"])
+            key = tenancy.VcRef(vc["metadata"]["namespace"], vc["metadata"]["name"])
             if key not in self.workers:
                 self._spawn_or_poke(key)
 
-    def _spawn_or_poke(self, key: tuple[str, str]) -> None:
+    def _spawn_or_poke(self, key: tenancy.VcRef) -> None:
         worker = self.workers.get(key)
         if worker is None:
             if not self._ownership.holds(key):
@@ -179,7 +179,7 @@ class Controller:
             await trio.to_thread.run_sync(process.kill_leftovers, tdir / "logs")
             if plan.etcd_mode == "shared":
                 try:
-                    await self._ctx.etcd.forget_tenant(tdir.name)
+                    await self._ctx.etcd.forget_tenant(tenancy.ClusterKey(tdir.name))
                 except (etcdgateway.GatewayError, process.ProcessFailed, OSError) as exc:
                     logger.warning("could not remove the etcd keys and user of %s: %s", tdir.name, exc)
             await trio.to_thread.run_sync(_remove_tree, tdir)

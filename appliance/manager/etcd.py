@@ -34,7 +34,7 @@ from appliance.controlplane import cluster, ports, process, stale
 from appliance.controlplane.build import Binaries
 from appliance.controlplane.components import TLSFiles
 from appliance.manager import etcdcreds, etcdgateway
-from appliance.util import private
+from appliance.util import private, tenancy
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ COMPACTION_RETENTION = "5m"
 TENANT_COMPACTION_INTERVAL = "0"
 
 
-def tenant_prefix(cluster_key: str) -> str:
+def tenant_prefix(cluster_key: tenancy.ClusterKey) -> str:
     """Every etcd key of the tenant lies under this prefix (its apiserver uses `<prefix>registry`)."""
     return f"/tenants/{cluster_key}/"
 
@@ -161,7 +161,7 @@ class SharedEtcd:
         """Its client URL (HTTPS), starting (or re-adopting) etcd on first use."""
         return (await self._start()).url
 
-    async def tenant(self, cluster_key: str, pki_dir: Path) -> EtcdAccess:
+    async def tenant(self, cluster_key: tenancy.ClusterKey, pki_dir: Path) -> EtcdAccess:
         """Give a tenant its etcd user and client certificate (in `pki_dir`); start etcd if needed.
 
         Raises as `url()` does.
@@ -177,7 +177,7 @@ class SharedEtcd:
             self._users.add(user)
         return EtcdAccess(url=root.url, tls=files)
 
-    async def forget_tenant(self, cluster_key: str) -> int:
+    async def forget_tenant(self, cluster_key: tenancy.ClusterKey) -> int:
         """Delete the tenant's keys, then its etcd user and role; return how many keys went.
 
         Raises as `url()` does.

@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from appliance.util import tenancy
+
 ROOT = "root"
 #: X.509 limits a CN to 64 characters, and the CN is the user name.
 MAX_USER = 64
@@ -65,7 +67,7 @@ def prefix_range(prefix: str) -> dict[str, str]:
     return {"key": _b64(key), "range_end": _b64(key[:-1] + bytes([key[-1] + 1]))}
 
 
-def tenant_user(cluster_key: str) -> str:
+def tenant_user(cluster_key: tenancy.ClusterKey) -> str:
     """The etcd user (and role, and client certificate CN) of a tenant, from its cluster key."""
     name = TENANT_USER_PREFIX + cluster_key
     if len(name) <= MAX_USER:

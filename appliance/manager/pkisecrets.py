@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from appliance.pki import certs, kubeconfig
+from appliance.util import tenancy
 
 ROOT_CA_CN = "kubernetes"
 ROOT_CA_ORG = "kubernetes-sig.kubernetes-sigs/multi-tenancy.virtualcluster"
@@ -50,7 +51,7 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 class PKIRequest:
     """What the certificates must say; the provisioner fills in where the apiserver lives."""
 
-    cluster_key: str
+    cluster_key: tenancy.ClusterKey
     vc_name: str
     cluster_domain: str = ""
     apiserver_dns: tuple[str, ...] = ()

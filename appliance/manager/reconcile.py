@@ -31,7 +31,7 @@ import msgspec
 
 from appliance.manager import model
 from appliance.manager.model import Condition, StatusPatch, VirtualCluster
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 # kube-apiserver refuses service ranges wider than 20 bits; tiny ranges leave no room for Services.
@@ -167,7 +167,7 @@ def validate(
     vc: VirtualCluster,
     *,
     provisioner: str,
-    cluster_key: str,
+    cluster_key: tenancy.ClusterKey,
     cluster_version: Mapping[str, Any] | None,
 ) -> Problem | None:
     """The first thing wrong with `vc`'s input, or None."""
@@ -212,7 +212,7 @@ def _with_phase(
                        observed_generation=vc.metadata.generation)
 
 
-def initialise(vc: VirtualCluster, *, cluster_key: str, provisioner: str, now: str) -> StatusPatch:
+def initialise(vc: VirtualCluster, *, cluster_key: tenancy.ClusterKey, provisioner: str, now: str) -> StatusPatch:
     """Phase "" → Pending with a fresh retry budget and the cluster key."""
     patch = _with_phase(vc, phase=model.PENDING, reason=model.REASON_CREATING,
                         message="creating the tenant control plane", now=now)

@@ -19,14 +19,14 @@ from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient
 from appliance.kube.resources import Resource
 from appliance.manager import model, reconcile
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 logger = logging.getLogger(__name__)
 
 DELETE_POLL = 0.5
 
 
-def root_namespace_manifest(vc: model.VirtualCluster, key: str) -> dict[str, Any]:
+def root_namespace_manifest(vc: model.VirtualCluster, key: tenancy.ClusterKey) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -52,7 +52,7 @@ def _owner(ns: dict[str, Any]) -> str:
     return "no VirtualCluster"
 
 
-async def ensure_root_namespace(client: ApiClient, vc: model.VirtualCluster, key: str) -> None:
+async def ensure_root_namespace(client: ApiClient, vc: model.VirtualCluster, key: tenancy.ClusterKey) -> None:
     """Create the root namespace, or accept an existing one that is already this VC's.
 
     Raises reconcile.Rejected (ClusterNamespaceConflict) if the namespace exists and is not
@@ -97,7 +97,7 @@ async def read_secrets(client: ApiClient, namespace: str, names: tuple[str, ...]
     return found
 
 
-def owned_namespaces(namespaces: list[dict[str, Any]], *, key: str, vc_uid: str) -> list[dict[str, Any]]:
+def owned_namespaces(namespaces: list[dict[str, Any]], *, key: tenancy.ClusterKey, vc_uid: str) -> list[dict[str, Any]]:
     """The super namespaces that belong to the VC with cluster key `key` and UID `vc_uid`."""
     mine = []
     for ns in namespaces:
@@ -112,7 +112,7 @@ def owned_namespaces(namespaces: list[dict[str, Any]], *, key: str, vc_uid: str)
     return mine
 
 
-async def delete_namespaces(client: ApiClient, *, key: str, vc_uid: str) -> list[str]:
+async def delete_namespaces(client: ApiClient, *, key: tenancy.ClusterKey, vc_uid: str) -> list[str]:
     """Delete this VC's super namespaces and wait until they are gone; return their names.
 
     Cancellation: the caller's deadline bounds the wait (a stuck namespace finalizer).
@@ -139,7 +139,7 @@ async def delete_namespaces(client: ApiClient, *, key: str, vc_uid: str) -> list
     return names
 
 
-async def delete_cluster_objects(client: ApiClient, *, key: str) -> int:
+async def delete_cluster_objects(client: ApiClient, *, key: tenancy.ClusterKey) -> int:
     """Delete the cluster-scoped super objects the syncer made for tenant `key` (RuntimeClass
     copies, labelled with its key); return how many. Missing RBAC or API: nothing to delete."""
     try:

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def overlapping_rivals(mine: Mapping[str, Any], others: Iterable[Mapping[str, An
             and any(a.overlaps(b) for a in ranges for b in _ranges(o) if a.version == b.version)]
 
 
-def body(cluster_key: str, cidr: str) -> dict[str, Any]:
+def body(cluster_key: tenancy.ClusterKey, cidr: str) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
         "metadata": {"name": naming.service_cidr_name(cluster_key), "labels": {naming.LABEL_CLUSTER: cluster_key}},
@@ -76,7 +76,7 @@ def body(cluster_key: str, cidr: str) -> dict[str, Any]:
     }
 
 
-async def ensure(client: ApiClient, cluster_key: str, *, requested: str = "", pool: str = DEFAULT_POOL,
+async def ensure(client: ApiClient, cluster_key: tenancy.ClusterKey, *, requested: str = "", pool: str = DEFAULT_POOL,
                  prefix: int = DEFAULT_PREFIX) -> str | None:
     """The tenant's registered range, registering one first: `requested` (the VirtualCluster's
     `spec.serviceCidr`) if it overlaps no other ServiceCIDR, else a free one of the pool when
@@ -91,7 +91,7 @@ async def ensure(client: ApiClient, cluster_key: str, *, requested: str = "", po
         return None
 
 
-async def _ensure(client: ApiClient, cluster_key: str, *, requested: str, pool: str, prefix: int) -> str | None:
+async def _ensure(client: ApiClient, cluster_key: tenancy.ClusterKey, *, requested: str, pool: str, prefix: int) -> str | None:
     name = naming.service_cidr_name(cluster_key)
     for _ in range(_ATTEMPTS):
         cidrs = await _list(client)
@@ -135,7 +135,7 @@ async def _delete(client: ApiClient, name: str) -> None:
         pass
 
 
-async def release(client: ApiClient, cluster_key: str) -> None:
+async def release(client: ApiClient, cluster_key: tenancy.ClusterKey) -> None:
     """Delete the tenant's ServiceCIDR; the super cluster keeps it until its last Service is gone."""
     try:
         await _delete(client, naming.service_cidr_name(cluster_key))

@@ -30,10 +30,10 @@ from appliance.kube.events import EventType
 from appliance.kube.informer import Informer
 from appliance.manager import model, reconcile, report, rootns
 from appliance.manager.model import StatusPatch, VirtualCluster
-from appliance.manager.provision.base import Context, Provisioner, RunningPlane, Tenant
+from appliance.manager.provision.base import Context, ManagedTenant, Provisioner, RunningPlane
 from appliance.manager.reconcile import Step
 from appliance.manager.settings import ManagerSettings
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Worker:
     """Reconciles VirtualCluster `key` = (namespace, name) until it is gone."""
 
     def __init__(
-        self, key: tuple[str, str], *, ctx: Context, vcs: Informer, cvs: Informer,
+        self, key: tenancy.VcRef, *, ctx: Context, vcs: Informer, cvs: Informer,
         provisioners: dict[str, Provisioner], limiter: trio.CapacityLimiter,
     ) -> None:
         self.key = key
@@ -70,7 +70,7 @@ class Worker:
         self._status_lock = trio.Lock()
         self._not_before = 0.0
         self._backoff = Backoff(initial=2.0, maximum=60.0)
-        self._tenant: Tenant | None = None
+        self._tenant: ManagedTenant | None = None
         self._monitoring: RunningPlane | None = None
         self._torn_down = False
 
@@ -175,13 +175,13 @@ class Worker:
             self._latest = None  # re-read from the cache on the next round
 
     def _tenant_for(
-        self, vc: VirtualCluster, key: str, cv: dict[str, Any] | None, nursery: trio.Nursery
-    ) -> Tenant | None:
+        self, vc: VirtualCluster, key: tenancy.ClusterKey, cv: dict[str, Any] | None, nursery: trio.Nursery
+    ) -> ManagedTenant | None:
         if not naming.is_dns1123_label(key):
             return None
         if self._tenant is None or self._tenant.key != key:
             tenant_dir = self._settings.data_dir / "tenants" / key
-            self._tenant = Tenant(vc=vc, key=key, dir=tenant_dir, nursery=nursery)
+            self._tenant = ManagedTenant(vc=vc, key=key, dir=tenant_dir, nursery=nursery)
         self._tenant.vc = vc
         self._tenant.cluster_version = cv
         return self._tenant
@@ -228,7 +228,7 @@ class Worker:
         wait = self._not_before - trio.current_time()
         if wait > 0:
             return wait
-        key = vc.status.cluster_namespace
+        key = tenancy.ClusterKey(vc.status.cluster_namespace)
         problem = reconcile.validate(vc, provisioner=prov_name, cluster_key=key, cluster_version=cv)
         if problem is not None:
             await self._reject(obj, problem)
@@ -248,7 +248,7 @@ class Worker:
         await self._event(obj, "Warning", problem.reason, problem.message)
 
     async def _attempt(
-        self, fn: Callable[[], Any], *, vc: VirtualCluster, tenant: Tenant | None
+        self, fn: Callable[[], Any], *, vc: VirtualCluster, tenant: ManagedTenant | None
     ) -> str | reconcile.Problem | BaseException:
         """Run `fn` under the limiter and the deadline; the result, a Problem, or the failure."""
         timeout = self._settings.provisioner_timeout
@@ -305,7 +305,7 @@ class Worker:
             raise _Interrupted("the VirtualCluster is being deleted")
         return result
 
-    async def _provision(self, obj: dict[str, Any], provisioner: Provisioner, tenant: Tenant) -> float | None:
+    async def _provision(self, obj: dict[str, Any], provisioner: Provisioner, tenant: ManagedTenant) -> float | None:
         started = trio.current_time()
         result = await self._attempt(
             lambda: self._until_deleted(lambda: provisioner.provision(tenant)), vc=tenant.vc, tenant=tenant
@@ -331,7 +331,7 @@ class Worker:
         self._start_monitor(tenant)
         return None
 
-    async def _ensure(self, obj: dict[str, Any], provisioner: Provisioner, tenant: Tenant) -> float | None:
+    async def _ensure(self, obj: dict[str, Any], provisioner: Provisioner, tenant: ManagedTenant) -> float | None:
         if not tenant.plane_running:
             result = await self._attempt(lambda: provisioner.ensure(tenant), vc=tenant.vc, tenant=tenant)
             if isinstance(result, reconcile.Problem | BaseException):
@@ -353,7 +353,7 @@ class Worker:
 
     # -- health ----------------------------------------------------------------------------
 
-    def _start_monitor(self, tenant: Tenant) -> None:
+    def _start_monitor(self, tenant: ManagedTenant) -> None:
         plane = tenant.plane
         if plane is None or plane.done.is_set() or self._monitoring is plane:
             return
@@ -392,7 +392,7 @@ class Worker:
         wait = self._not_before - trio.current_time()
         if wait > 0:
             return wait
-        key = vc.status.cluster_namespace
+        key = tenancy.ClusterKey(vc.status.cluster_namespace)
         tenant = self._tenant_for(vc, key, None, nursery) if key else None
 
         async def remove() -> str:

@@ -19,13 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 __all__ = [
     "Action",
+    "CallingTenant",
     "Mode",
     "Refusal",
-    "TenantIdentity",
     "Upstream",
     "authorize_pod",
     "route",
@@ -60,10 +60,13 @@ _FALSE = frozenset({"0", "false", "False", ""})
 
 
 @dataclass(frozen=True, slots=True)
-class TenantIdentity:
-    """Who is calling: established from the tenant CA that verified the client certificate."""
+class CallingTenant:
+    """Who is calling: established from the tenant CA that verified the client certificate.
 
-    cluster_key: str
+    The proxy's per-tenant record; the shared identity names are in ``appliance.util.tenancy``.
+    """
+
+    cluster_key: tenancy.ClusterKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,7 +130,7 @@ class _Invalid(Exception):
     """Internal: the request is malformed (→ 400) with a fixed, client-safe reason."""
 
 
-def route(method: str, target: bytes, *, tenant: TenantIdentity, mode: Mode) -> Upstream | Refusal:
+def route(method: str, target: bytes, *, tenant: CallingTenant, mode: Mode) -> Upstream | Refusal:
     """Decide what to do with one kubelet API request from ``tenant``."""
     if len(target) > MAX_TARGET_BYTES:
         return Refusal(status=414, reason="request target too long", action="other")
@@ -202,7 +205,7 @@ def route(method: str, target: bytes, *, tenant: TenantIdentity, mode: Mode) -> 
 
 
 def authorize_pod(
-    pod_metadata: Mapping[str, Any], tenant: TenantIdentity, *, route: Upstream
+    pod_metadata: Mapping[str, Any], tenant: CallingTenant, *, route: Upstream
 ) -> bool:
     """True when the super pod described by ``pod_metadata`` is ``route``'s pod of ``tenant``.
 

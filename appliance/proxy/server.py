@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from appliance.proxy import forward, h11io, routes, settings, tls
+from appliance.util import tenancy
 
 __all__ = ["PodLookup", "ProxyStatistics", "ServerLimits", "TenantCAs", "serve"]
 
@@ -55,15 +56,15 @@ class TenantCAs:
     """
 
     def __init__(self) -> None:
-        self._pems: dict[str, str] = {}
-        self._by_subject: dict[bytes, list[tuple[str, x509.Certificate]]] = {}
+        self._pems: dict[tenancy.ClusterKey, str] = {}
+        self._by_subject: dict[bytes, list[tuple[tenancy.ClusterKey, x509.Certificate]]] = {}
         self._version = 0
 
     @property
     def version(self) -> int:
         return self._version
 
-    def set(self, cluster_key: str, ca_pem: bytes | str) -> None:
+    def set(self, cluster_key: tenancy.ClusterKey, ca_pem: bytes | str) -> None:
         """Register or replace ``cluster_key``'s CA bundle (one or more PEM certificates).
 
         Raises:
@@ -86,19 +87,19 @@ class TenantCAs:
         self._pems[cluster_key] = text
         self._reindex()
 
-    def remove(self, cluster_key: str) -> None:
+    def remove(self, cluster_key: tenancy.ClusterKey) -> None:
         """Forget ``cluster_key``'s CA; unknown keys are ignored."""
         if self._pems.pop(cluster_key, None) is not None:
             self._reindex()
 
-    def cluster_keys(self) -> list[str]:
+    def cluster_keys(self) -> list[tenancy.ClusterKey]:
         return sorted(self._pems)
 
     def bundle(self) -> str:
         """All registered CA certificates as one PEM string (the server's verify store)."""
         return "".join(pem if pem.endswith("\n") else pem + "\n" for pem in self._pems.values())
 
-    def identify(self, peer_der: bytes) -> routes.TenantIdentity | None:
+    def identify(self, peer_der: bytes) -> routes.CallingTenant | None:
         """The tenant whose registered CA directly issued this (already verified) certificate.
 
         None when no CA, or CAs of more than one tenant, issued it.
@@ -107,7 +108,7 @@ class TenantCAs:
             leaf = x509.load_der_x509_certificate(peer_der)
         except ValueError:
             return None
-        owners: set[str] = set()
+        owners: set[tenancy.ClusterKey] = set()
         for cluster_key, ca in self._by_subject.get(leaf.issuer.public_bytes(), []):
             try:
                 leaf.verify_directly_issued_by(ca)
@@ -118,10 +119,10 @@ class TenantCAs:
             if owners:
                 log.warning("client certificate issued by CAs of %d tenants; refusing", len(owners))
             return None
-        return routes.TenantIdentity(cluster_key=owners.pop())
+        return routes.CallingTenant(cluster_key=owners.pop())
 
     def _reindex(self) -> None:
-        index: dict[bytes, list[tuple[str, x509.Certificate]]] = collections.defaultdict(list)
+        index: dict[bytes, list[tuple[tenancy.ClusterKey, x509.Certificate]]] = collections.defaultdict(list)
         for cluster_key, pem in self._pems.items():
             for cert in x509.load_pem_x509_certificates(pem.encode("ascii")):
                 index[cert.subject.public_bytes()].append((cluster_key, cert))
@@ -443,7 +444,7 @@ class _ConnectionHandler:
             client.conn.start_next_cycle()
 
     async def _respond(
-        self, client: h11io.H11Stream, request: h11.Request, tenant: routes.TenantIdentity | None
+        self, client: h11io.H11Stream, request: h11.Request, tenant: routes.CallingTenant | None
     ) -> tuple[str, int]:
         """Answer one request; return (action, status) for the statistics."""
         if _ambiguous_framing(request):

@@ -33,9 +33,9 @@ from appliance.kube.client import ApiClient
 from appliance.kube.events import EventRecorder
 from appliance.kube.informer import Informer
 from appliance.replicas import lease
-from appliance.replicas.lease import TenantRef
 from appliance.replicas.ownership import Ownership
 from appliance.replicas.settings import LeaseSettings
+from appliance.util import tenancy
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,12 @@ class Coordinator(Ownership):
         self.vcs = Informer(super_client, resources.VIRTUALCLUSTERS, label_selector=settings.label_selector,
                             name="replicas/virtualclusters")
         self._seen = lease.Observations()
-        self._held: dict[TenantRef, _Held] = {}
+        self._held: dict[tenancy.VcRef, _Held] = {}
         #: guards that outlived their lease entry (lost leases) and the waiters for them
-        self._guards: dict[TenantRef, set[trio.CancelScope]] = {}
-        self._guards_gone: dict[TenantRef, trio.Event] = {}
+        self._guards: dict[tenancy.VcRef, set[trio.CancelScope]] = {}
+        self._guards_gone: dict[tenancy.VcRef, trio.Event] = {}
         self._subscribers: list[Callable[[], None]] = []
-        self._unavailable: set[TenantRef] = set()
+        self._unavailable: set[tenancy.VcRef] = set()
         self._heartbeat: dict[str, Any] | None = None
         self._releases: trio.Nursery | None = None
         self._events = EventRecorder(super_client, component="vc-appliance")
@@ -73,12 +73,12 @@ class Coordinator(Ownership):
         self.vcs.add_handler(lambda *_: self._notify())
 
     # --- Ownership ----------------------------------------------------------------------------
-    def holds(self, ref: TenantRef) -> bool:
+    def holds(self, ref: tenancy.VcRef) -> bool:
         held = self._held.get(ref)
         return held is not None and trio.current_time() < held.valid_until
 
     @contextlib.contextmanager
-    def guard(self, ref: TenantRef) -> Iterator[trio.CancelScope]:
+    def guard(self, ref: tenancy.VcRef) -> Iterator[trio.CancelScope]:
         held = self._held.get(ref)
         scope = trio.CancelScope(deadline=held.valid_until if held is not None else -math.inf)
         guards = self._guards.setdefault(ref, set())
@@ -101,7 +101,7 @@ class Coordinator(Ownership):
     def subscribe(self, fn: Callable[[], None]) -> None:
         self._subscribers.append(fn)
 
-    def held(self) -> list[TenantRef]:
+    def held(self) -> list[tenancy.VcRef]:
         return sorted(self._held)
 
     # --- internals ----------------------------------------------------------------------------
@@ -115,7 +115,7 @@ class Coordinator(Ownership):
             return
         self._seen.observe(lease.record(new), trio.current_time())
 
-    async def _stop_guards(self, ref: TenantRef) -> None:
+    async def _stop_guards(self, ref: tenancy.VcRef) -> None:
         """Cancel every task running for `ref` and wait until all have exited."""
         scopes = self._guards.get(ref)
         if not scopes:
@@ -125,10 +125,10 @@ class Coordinator(Ownership):
             scope.cancel()
         await gone.wait()
 
-    def _tenants(self) -> dict[TenantRef, dict[str, Any]]:
-        return {(vc["metadata"]["namespace"], vc["metadata"]["name"]): vc for vc in self.vcs.list()}
+    def _tenants(self) -> dict[tenancy.VcRef, dict[str, Any]]:
+        return {tenancy.VcRef(vc["metadata"]["namespace"], vc["metadata"]["name"]): vc for vc in self.vcs.list()}
 
-    def _tenant_lease(self, ref: TenantRef) -> dict[str, Any] | None:
+    def _tenant_lease(self, ref: tenancy.VcRef) -> dict[str, Any] | None:
         return self.leases.get(lease.tenant_lease_name(ref), self.settings.namespace)
 
     # --- the loop -----------------------------------------------------------------------------
@@ -213,8 +213,8 @@ class Coordinator(Ownership):
             del self._held[ref]
             changed = True
         live, placements = self._live_replicas(now)
-        records: dict[TenantRef, lease.Record | None] = {}
-        free: set[TenantRef] = set()
+        records: dict[tenancy.VcRef, lease.Record | None] = {}
+        free: set[tenancy.VcRef] = set()
         for ref in tenants:
             obj = self._tenant_lease(ref)
             rec = lease.record(obj) if obj is not None else None
@@ -237,7 +237,7 @@ class Coordinator(Ownership):
         if changed:
             self._notify()
 
-    async def _renew(self, ref: TenantRef, vc: dict[str, Any] | None) -> None:
+    async def _renew(self, ref: tenancy.VcRef, vc: dict[str, Any] | None) -> None:
         s = self.settings
         held = self._held.get(ref)
         if held is None:
@@ -262,7 +262,7 @@ class Coordinator(Ownership):
         except errors.KubeError as exc:
             log.warning("tenant %s/%s: Lease renewal failed: %s", ref[0], ref[1], exc)
 
-    async def _check_lost(self, ref: TenantRef) -> None:
+    async def _check_lost(self, ref: tenancy.VcRef) -> None:
         s = self.settings
         try:
             current = await self._super.get(resources.LEASES, lease.tenant_lease_name(ref), namespace=s.namespace)
@@ -276,7 +276,7 @@ class Coordinator(Ownership):
         log.warning("tenant %s/%s: Lease now held by %r; stopping", ref[0], ref[1], lease.record(current).holder)
         self._lose(ref)
 
-    def _lose(self, ref: TenantRef) -> None:
+    def _lose(self, ref: tenancy.VcRef) -> None:
         """Stop serving a tenant whose Lease is gone: `holds` turns false now, its tasks stop in the
         background. A slow stop (processes stopped, not kept) must not hold up the renewal tick,
         or every other tenant of this replica would outlive its renew deadline too."""
@@ -285,7 +285,7 @@ class Coordinator(Ownership):
         self._releases.start_soon(self._stop_guards, ref)
         self._notify()
 
-    async def _acquire(self, ref: TenantRef) -> bool:
+    async def _acquire(self, ref: tenancy.VcRef) -> bool:
         s = self.settings
         current = self._tenant_lease(ref)
         body = lease.acquired(current, identity=s.identity, duration=s.lease_duration, now=_now(),
@@ -308,14 +308,14 @@ class Coordinator(Ownership):
         log.info("tenant %s/%s: Lease taken by %s", ref[0], ref[1], s.identity)
         return True
 
-    def _hand_over(self, ref: TenantRef, *, delete: bool) -> None:
+    def _hand_over(self, ref: tenancy.VcRef, *, delete: bool) -> None:
         """Stop serving `ref` now (`holds` turns false at once) and release its Lease in the background."""
         held = self._held.pop(ref, None)
         if held is not None:
             assert self._releases is not None, "hand-overs happen only while run() is active"
             self._releases.start_soon(self._give_back, ref, held, delete)
 
-    async def _give_back(self, ref: TenantRef, held: _Held, delete: bool) -> None:
+    async def _give_back(self, ref: tenancy.VcRef, held: _Held, delete: bool) -> None:
         """Stop the tenant's tasks, then release (or delete) its Lease so another replica may take it.
 
         Until released the Lease still names us and is not renewed, so no one takes it before
@@ -351,9 +351,9 @@ class Coordinator(Ownership):
                 log.warning("replica %s: cannot delete its heartbeat Lease: %s", self.settings.identity, exc)
         log.info("replica %s: released all Leases", self.settings.identity)
 
-    async def _report_unavailable(self, tenants: dict[TenantRef, dict[str, Any]],
-                                  records: dict[TenantRef, lease.Record | None],
-                                  free: set[TenantRef], placements: set[str]) -> None:
+    async def _report_unavailable(self, tenants: dict[tenancy.VcRef, dict[str, Any]],
+                                  records: dict[tenancy.VcRef, lease.Record | None],
+                                  free: set[tenancy.VcRef], placements: set[str]) -> None:
         """Process-mode tenants whose placement has no live replica: say so once per incident."""
         bound_to = {ref: rec.annotations.get(lease.ANNOTATION_BOUND_TO, "")
                     for ref in free if (rec := records.get(ref)) is not None}

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from appliance.util import tenancy
+
 LABEL_LEASE: Final = "vc-appliance.x-k8s.io/lease"
 ANNOTATION_TENANT: Final = "vc-appliance.x-k8s.io/tenant"
 ANNOTATION_HOST: Final = "vc-appliance.x-k8s.io/host"
@@ -26,9 +28,6 @@ ANNOTATION_HOST: Final = "vc-appliance.x-k8s.io/host"
 ANNOTATION_BOUND_TO: Final = "vc-appliance.x-k8s.io/bound-to"
 ROLE_REPLICA: Final = "replica"
 ROLE_TENANT: Final = "tenant"
-
-TenantRef = tuple[str, str]  # (VirtualCluster namespace, name)
-
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -94,12 +93,12 @@ def fair_share(tenants: int, live_replicas: int) -> int:
     return math.ceil(tenants / max(1, live_replicas))
 
 
-def preference(identity: str, ref: TenantRef) -> bytes:
+def preference(identity: str, ref: tenancy.VcRef) -> bytes:
     """Rendezvous (highest-random-weight) rank: replicas prefer different tenants without talking."""
     return hashlib.sha256(f"{identity}\x00{ref[0]}/{ref[1]}".encode()).digest()
 
 
-def rank(identity: str, refs: list[TenantRef]) -> list[TenantRef]:
+def rank(identity: str, refs: list[tenancy.VcRef]) -> list[tenancy.VcRef]:
     """`refs` from most to least preferred by `identity`."""
     return sorted(refs, key=lambda r: preference(identity, r), reverse=True)
 
@@ -109,7 +108,7 @@ def _dns_part(text: str, limit: int) -> str:
     return cleaned[:limit].strip("-") or "x"
 
 
-def tenant_lease_name(ref: TenantRef) -> str:
+def tenant_lease_name(ref: tenancy.VcRef) -> str:
     """Readable and unique: a trimmed `vc-<ns>-<name>` plus a hash of the exact pair."""
     digest = hashlib.sha256(f"{ref[0]}/{ref[1]}".encode()).hexdigest()[:10]
     return f"vc-{_dns_part(f'{ref[0]}-{ref[1]}', 48)}-{digest}"
@@ -169,21 +168,21 @@ def _with_meta(prev: dict[str, Any] | None, spec: dict[str, Any], *, role: str,
 class Plan:
     """What one tick decides: leases to give back and tenants to try to take."""
 
-    release: list[TenantRef]
-    acquire: list[TenantRef]
+    release: list[tenancy.VcRef]
+    acquire: list[tenancy.VcRef]
     share: int
 
 
-def plan(*, identity: str, placement: str, tenants: list[TenantRef], held: set[TenantRef],
-         records: dict[TenantRef, Record | None], live_replicas: int,
-         free: set[TenantRef]) -> Plan:
+def plan(*, identity: str, placement: str, tenants: list[tenancy.VcRef], held: set[tenancy.VcRef],
+         records: dict[tenancy.VcRef, Record | None], live_replicas: int,
+         free: set[tenancy.VcRef]) -> Plan:
     """Decide one balancing step.
 
     `records[ref]` is the tenant's Lease (None: none yet); `free` holds the refs whose Lease
     this replica may take now (absent, released or observed expired). Tenants bound to
     another placement are never taken. Excess leases are given back least-preferred first.
     """
-    def bound(ref: TenantRef) -> str:
+    def bound(ref: tenancy.VcRef) -> str:
         rec = records.get(ref)
         return rec.annotations.get(ANNOTATION_BOUND_TO, "") if rec is not None else ""
 
@@ -195,7 +194,7 @@ def plan(*, identity: str, placement: str, tenants: list[TenantRef], held: set[T
     excess = max(0, len(mine) - share)
     release = movable[len(movable) - excess:] if excess else []
     room = share - (len(mine) - len(release))
-    acquire: list[TenantRef] = []
+    acquire: list[tenancy.VcRef] = []
     for ref in order:
         if room <= 0:
             break

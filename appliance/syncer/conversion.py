@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 # metadata fields owned by the apiserver (or meaningless across clusters), cleared on copy
 _RESET_METADATA = (
@@ -36,10 +36,11 @@ _RESET_METADATA = (
 )
 
 
-class TenantRef(NamedTuple):
-    """Where a super object comes from: cluster key, tenant namespace ("" if cluster-scoped), name."""
+class TenantObjectRef(NamedTuple):
+    """The tenant object a super object's tenancy stamps name: cluster key, tenant namespace ("" if
+    cluster-scoped), name. Not the VirtualCluster (that is `util.tenancy.VcRef`)."""
 
-    cluster_key: str
+    cluster_key: tenancy.ClusterKey
     namespace: str
     name: str
 
@@ -98,7 +99,7 @@ def _base_copy(
 def build_super_object(
     obj: Mapping[str, Any],
     *,
-    cluster_key: str,
+    cluster_key: tenancy.ClusterKey,
     vc_name: str,
     vc_namespace: str,
     vc_uid: str,
@@ -136,7 +137,7 @@ def build_super_object(
 def build_super_namespace(
     ns_obj: Mapping[str, Any],
     *,
-    cluster_key: str,
+    cluster_key: tenancy.ClusterKey,
     vc_name: str,
     vc_namespace: str,
     vc_uid: str,
@@ -177,7 +178,7 @@ def _stamp_labels(meta: dict[str, Any], *, vc_name: str, vc_namespace: str, cont
         meta["labels"][naming.LABEL_CONTROLLED] = "true"
 
 
-def tenant_ref(super_obj: Mapping[str, Any]) -> TenantRef | None:
+def tenant_object_ref(super_obj: Mapping[str, Any]) -> TenantObjectRef | None:
     """Trace a super object back to its tenant object, or None if it is not a synced object.
 
     Uses annotations cluster + namespace. A super object without a namespace is a super
@@ -192,9 +193,9 @@ def tenant_ref(super_obj: Mapping[str, Any]) -> TenantRef | None:
     if not cluster or not tenant_ns:
         return None
     if not meta.get("namespace"):
-        return TenantRef(cluster, "", tenant_ns)
+        return TenantObjectRef(tenancy.ClusterKey(cluster), "", tenant_ns)
     name = annotations.get(naming.ANNOTATION_SECRET_NAME) or meta.get("name", "")
-    return TenantRef(cluster, tenant_ns, name)
+    return TenantObjectRef(tenancy.ClusterKey(cluster), tenant_ns, name)
 
 
 def tenant_uid(super_obj: Mapping[str, Any]) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 REASON_NOT_SUPPORTED: Final = "NotSupported"
 #: Secret keys of projected tokens outside the automatic volume: `projected.<volume>.<source index>`.
@@ -141,7 +141,7 @@ class TokenVolume:
 class PodContext:
     """Everything `mutate_pod` needs besides the Pod, already resolved by the caller."""
 
-    cluster_key: str
+    cluster_key: tenancy.ClusterKey
     tenant_namespace: str
     tenant_pod_uid: str
     cluster_domain: str = ""
@@ -409,7 +409,7 @@ def _rewire_secret_volumes(spec: dict[str, Any], ctx: PodContext) -> None:
                 mount["name"] = renamed[mount["name"]]
 
 
-def _scope_to_cluster(pod: dict[str, Any], key: str) -> None:
+def _scope_to_cluster(pod: dict[str, Any], key: tenancy.ClusterKey) -> None:
     meta = pod.setdefault("metadata", {})
     meta.setdefault("labels", {})[naming.LABEL_CLUSTER] = key
     affinity = pod["spec"].get("affinity") or {}

@@ -16,6 +16,7 @@ import trio
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, vnode
+from appliance.util import tenancy
 
 if TYPE_CHECKING:
     from appliance.syncer.resources.base import Kind
@@ -52,7 +53,7 @@ def scan_kind(sx: Syncer, kind: Kind) -> tuple[int, int]:
                 sx.enqueue(kind.name, tenant.key, (ns, name))
                 requeued += 1
     for pobj in sx.super_cache(kind.name).list():
-        ref = conversion.tenant_ref(pobj)
+        ref = conversion.tenant_object_ref(pobj)
         if ref is None:
             continue
         owner = sx.tenants.get(ref.cluster_key)
@@ -71,7 +72,7 @@ def scan_kind(sx: Syncer, kind: Kind) -> tuple[int, int]:
     return requeued, orphans
 
 
-async def collect_vnodes(sx: Syncer, tenant: Tenant, empty_since: dict[tuple[str, str], float]) -> None:
+async def collect_vnodes(sx: Syncer, tenant: Tenant, empty_since: dict[tuple[tenancy.ClusterKey, str], float]) -> None:
     """Delete virtual nodes that have had no tenant Pod for `vnode_gc_grace` seconds."""
     nodes = tenant.informers.get("node")
     pods = tenant.informers.get("pod")
@@ -100,7 +101,7 @@ async def collect_vnodes(sx: Syncer, tenant: Tenant, empty_since: dict[tuple[str
 
 
 async def run(sx: Syncer) -> NoReturn:
-    empty_since: dict[tuple[str, str], float] = {}
+    empty_since: dict[tuple[tenancy.ClusterKey, str], float] = {}
     while True:
         await trio.sleep(sx.settings.patrol_period)
         for kind in sx.kinds.values():

@@ -35,7 +35,7 @@ from appliance.syncer.fairqueue import TrioFairQueue
 from appliance.syncer.resources import base
 from appliance.syncer.settings import SyncerSettings
 from appliance.syncer.tenant import Tenant, TenantId
-from appliance.util import naming
+from appliance.util import naming, tenancy
 from appliance.util.drain import Drain
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class Syncer:
         registry: Registry,
         kinds: list[base.Kind] | None = None,
         on_register: Callable[[TenantId, Credentials], None] | None = None,
-        on_unregister: Callable[[str], None] | None = None,
+        on_unregister: Callable[[tenancy.ClusterKey], None] | None = None,
         drain: Drain | None = None,
     ) -> None:
         """`on_register`/`on_unregister` tell others (the proxy) which tenants exist; `drain`
@@ -73,7 +73,7 @@ class Syncer:
             else None
         )
         self.drain = drain if drain is not None else Drain()
-        self.tenants: dict[str, Tenant] = {}
+        self.tenants: dict[tenancy.ClusterKey, Tenant] = {}
         self.queues = {name: TrioFairQueue() for name in self.kinds}
         self.upward = TrioFairQueue()
         self._super: dict[str, kinformer.Informer] = {}
@@ -126,10 +126,10 @@ class Syncer:
         assert self._node_informer is not None
         return self._node_informer
 
-    def enqueue(self, kind: str, tenant_key: str, key: tuple[str, str]) -> None:
+    def enqueue(self, kind: str, tenant_key: tenancy.ClusterKey, key: tuple[str, str]) -> None:
         self.queues[kind].add(tenant_key, key)
 
-    def enqueue_upward(self, tenant_key: str, kind: str, ns: str, name: str) -> None:
+    def enqueue_upward(self, tenant_key: tenancy.ClusterKey, kind: str, ns: str, name: str) -> None:
         self.upward.add(tenant_key, (kind, ns, name))
 
     def tenant_handler(self, tenant: Tenant, kind: str) -> kinformer.Handler:
@@ -160,7 +160,7 @@ class Syncer:
 
         def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
             obj = new if new is not None else old
-            ref = conversion.tenant_ref(obj or {})
+            ref = conversion.tenant_object_ref(obj or {})
             if ref is None or ref.cluster_key not in self.tenants:
                 return
             name = k.tenant_name(ref.name)
@@ -190,7 +190,7 @@ class Syncer:
         self._notify_tenants_changed()
         log.info("tenant %s registered (%d kinds)", tenant.key, len(tenant.informers))
 
-    def unregister(self, tenant_key: str) -> None:
+    def unregister(self, tenant_key: tenancy.ClusterKey) -> None:
         """Forget a tenant: its queued work is dropped and its work in progress cancelled."""
         tenant = self.tenants.pop(tenant_key, None)
         for scope in tenant.inflight if tenant is not None else ():
@@ -206,7 +206,7 @@ class Syncer:
         self._tenants_changed.set()
         self._tenants_changed = trio.Event()
 
-    async def wait_registered(self, tenant_key: str) -> None:
+    async def wait_registered(self, tenant_key: tenancy.ClusterKey) -> None:
         """Return once `tenant_key` is registered (its caches synced). The caller sets the deadline."""
         while tenant_key not in self.tenants:
             await self._tenants_changed.wait()
@@ -227,7 +227,7 @@ class Syncer:
         or a Permanent problem, reported as a tenant Event), ExceedMaxRetryAttempts.
         """
         tenant_key, key = item
-        tenant = self.tenants.get(str(tenant_key))
+        tenant = self.tenants.get(tenancy.ClusterKey(str(tenant_key)))
         logsetup.tenant.set(str(tenant_key))
         logsetup.obj.set("/".join(map(str, key)) if isinstance(key, tuple) else str(key))
         code = "OK"
@@ -242,7 +242,7 @@ class Syncer:
                     code, problem = await self._attempt(run, tenant, key, what)
                 finally:
                     tenant.inflight.discard(stopped)
-            if self.tenants.get(str(tenant_key)) is not tenant:
+            if self.tenants.get(tenancy.ClusterKey(str(tenant_key))) is not tenant:
                 return None, code  # stopped meanwhile: nothing to retry, report or count
             if code == "OK":
                 queue.forget(tenant_key, key)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.kube import errors, resources
 from appliance.syncer.resources.base import Permanent, Retry
 from appliance.syncer.tenant import Tenant
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 if TYPE_CHECKING:
     from appliance.syncer.runtime import Syncer
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _CONTENT = ("handler", "overhead", "scheduling")
 
 
-def super_copy(cluster_key: str, tenant_rc: Mapping[str, Any]) -> dict[str, Any]:
+def super_copy(cluster_key: tenancy.ClusterKey, tenant_rc: Mapping[str, Any]) -> dict[str, Any]:
     """The super RuntimeClass for a tenant's (pure)."""
     name = tenant_rc["metadata"]["name"]
     body: dict[str, Any] = {

@@ -32,7 +32,7 @@ from appliance.replicas.ownership import Ownership
 from appliance.syncer import vcstatus
 from appliance.syncer.runtime import Syncer
 from appliance.syncer.tenant import Tenant, TenantId
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ async def _keep_serving(
             await trio.sleep(delay)
 
 
-async def own_service_range(super_client: ApiClient, key: str) -> str | None:
+async def own_service_range(super_client: ApiClient, key: tenancy.ClusterKey) -> str | None:
     """The tenant's ServiceCIDR in the super cluster (`manager/servicecidrs.py`), if it has one."""
     try:
         obj = await super_client.get(resources.SERVICECIDRS, naming.service_cidr_name(key))
@@ -177,7 +177,7 @@ async def run(
     vc_events = kevents.EventRecorder(sx.super_client, component="vc-syncer")
     changed = trio.Event()
     #: per tenant: the VC's UID and credential source (`naming.kubeconfig_source`), its task's scope
-    running: dict[tuple[str, str], tuple[tuple[str, tuple[str, str]], trio.CancelScope]] = {}
+    running: dict[tenancy.VcRef, tuple[tuple[str, tuple[str, str]], trio.CancelScope]] = {}
 
     def identity(vc: dict[str, Any]) -> tuple[str, tuple[str, str]]:
         return vc["metadata"]["uid"], naming.kubeconfig_source(
@@ -188,7 +188,7 @@ async def run(
 
     ended: set[trio.CancelScope] = set()
 
-    async def guarded(ref: tuple[str, str], vc: dict[str, Any],
+    async def guarded(ref: tenancy.VcRef, vc: dict[str, Any],
                       task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
@@ -206,7 +206,7 @@ async def run(
         task_status.started()
         while True:
             changed = trio.Event()  # before reading: a change from now on wakes us again
-            refs = {(vc["metadata"]["namespace"], vc["metadata"]["name"]): vc for vc in vcs.list() if desired(vc)}
+            refs = {tenancy.VcRef(vc["metadata"]["namespace"], vc["metadata"]["name"]): vc for vc in vcs.list() if desired(vc)}
             want = {ref: vc for ref, vc in refs.items() if owner.holds(ref)}
             for ref, (ident, scope) in list(running.items()):  # stop before start
                 vc = want.get(ref)

@@ -1,10 +1,11 @@
 """One tenant as the syncer sees it: identity, API client, informers.
 
-`TenantId` is the immutable identity taken from the VirtualCluster (cluster key, the
-VC's name/namespace/uid, domain, meta prefixes). `Tenant` adds the live parts the
-tenant's nursery owns: its ApiClient and one informer per synced kind. A Tenant is
-registered with the `Syncer` only after every informer has synced, so workers never
-see a half-filled cache (an unsynced cache would look like deletions).
+`TenantId` is the immutable identity taken from the VirtualCluster (its `ClusterKey`, the
+VC's name/namespace/uid, domain, meta prefixes; the shared identity names are in
+`util.tenancy`). `Tenant`, the syncer's per-tenant record, adds the live parts the tenant's
+nursery owns: its ApiClient and one informer per synced kind. A Tenant is registered with
+the `Syncer` only after every informer has synced, so workers never see a half-filled cache
+(an unsynced cache would look like deletions).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import trio
 from appliance.kube import client as kclient
 from appliance.kube import events as kevents
 from appliance.kube import informer as kinformer
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 
 @dataclass(frozen=True, slots=True)
 class TenantId:
-    key: str
+    key: tenancy.ClusterKey
     vc_name: str
     vc_namespace: str
     vc_uid: str
@@ -67,7 +68,7 @@ class Tenant:
         self.events = kevents.EventRecorder(self.client, component="vc-syncer")
 
     @property
-    def key(self) -> str:
+    def key(self) -> tenancy.ClusterKey:
         return self.id.key
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """Well-known VirtualCluster keys and the tenant ↔ super naming rules.
 
-Shared by the syncer, the manager and the proxy, so it imports nothing from `appliance`.
+Shared by the syncer, the manager and the proxy, so it imports nothing from `appliance` but the
+identity types of `util.tenancy`.
 Owns: every `tenancy.x-k8s.io` / `transparency.tenancy.x-k8s.io` label and annotation key,
 the cluster key (the name of a VirtualCluster's root namespace in the super cluster) and the
 mapping of a tenant namespace to its super namespace. Everything here is pure and deterministic;
@@ -12,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Final
+
+from appliance.util.tenancy import ClusterKey
 
 # --- prefixes and domains ------------------------------------------------------------------
 TENANCY_PREFIX: Final = "tenancy.x-k8s.io"
@@ -112,7 +115,7 @@ def is_dns1123_label(value: str) -> bool:
     return len(value) <= DNS1123_LABEL_MAX and _DNS1123_LABEL.fullmatch(value) is not None
 
 
-def cluster_key(vc_namespace: str, vc_name: str, vc_uid: str, *, cluster_namespace: str = "") -> str:
+def cluster_key(vc_namespace: str, vc_name: str, vc_uid: str, *, cluster_namespace: str = "") -> ClusterKey:
     """Return the cluster key of a VirtualCluster, which is also its root namespace's name.
 
     `cluster_namespace` (the VC's `status.clusterNamespace`) wins when set: once written it *is*
@@ -125,27 +128,27 @@ def cluster_key(vc_namespace: str, vc_name: str, vc_uid: str, *, cluster_namespa
     per VC (the hashed text contains the UID hash).
     """
     if cluster_namespace:
-        return cluster_namespace
+        return ClusterKey(cluster_namespace)
     text = f"{vc_namespace}-{_sha256_hex(vc_uid)[:_UID_HASH_LEN]}-{vc_name}"
     if len(text) <= CLUSTER_KEY_MAX and is_dns1123_label(text):
-        return text
+        return ClusterKey(text)
     digest = _sha256_hex(text)[:_KEY_HASH_LEN]
     budget = CLUSTER_KEY_MAX - _KEY_HASH_LEN - 2  # room for "<ns>-<name>-<digest>"
     ns_part, name_part = _sanitise(vc_namespace), _sanitise(vc_name)
     if len(ns_part) + len(name_part) > budget:  # keep ≥ 12 of the namespace, prefer the name
         ns_part = ns_part[: max(budget - len(name_part), min(len(ns_part), _KEY_NS_KEEP))].strip("-")
         name_part = name_part[: budget - len(ns_part)].strip("-")
-    return "-".join(part for part in (ns_part, name_part, digest) if part)
+    return ClusterKey("-".join(part for part in (ns_part, name_part, digest) if part))
 
 
-def super_runtime_class(cluster: str, name: str) -> str:
+def super_runtime_class(cluster: ClusterKey, name: str) -> str:
     """Name of the super copy of a tenant RuntimeClass: `<cluster key>-<name>`, or the key and a
     hash of the name when that is longer than a name may be."""
     full = f"{cluster}-{name}"
     return full if len(full) <= DNS1123_SUBDOMAIN_MAX else f"{cluster}-{_sha256_hex(name)[:16]}"
 
 
-def service_cidr_name(cluster: str) -> str:
+def service_cidr_name(cluster: ClusterKey) -> str:
     """Name of the super ServiceCIDR holding a tenant's Service range (`vc-<cluster key>`)."""
     return f"vc-{cluster}"
 
@@ -154,7 +157,7 @@ def _sanitise(text: str) -> str:
     return _INVALID_LABEL_CHARS.sub("-", text.lower()).strip("-")
 
 
-def super_namespace(cluster: str, tenant_namespace: str) -> str:
+def super_namespace(cluster: ClusterKey, tenant_namespace: str) -> str:
     """Return the super namespace that holds tenant namespace `tenant_namespace` of `cluster`.
 
     `<cluster>-<ns>`; if that exceeds 63 characters, its first 57 characters, a dash and the

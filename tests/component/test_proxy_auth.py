@@ -213,8 +213,8 @@ def test_tenant_cas_identify() -> None:
     cas.set(TENANT_B, pki.tenant_b_ca.cert_pem)
     issued = {"a": pki.tenant_a, "b": pki.tenant_b, "rogue": pki.rogue}
     der = {name: i.cert.public_bytes(serialization.Encoding.DER) for name, i in issued.items()}
-    assert routes.TenantIdentity(TENANT_A) == cas.identify(der["a"])
-    assert routes.TenantIdentity(TENANT_B) == cas.identify(der["b"])
+    assert routes.CallingTenant(TENANT_A) == cas.identify(der["a"])
+    assert routes.CallingTenant(TENANT_B) == cas.identify(der["b"])
     assert cas.identify(der["rogue"]) is None  # same issuer name as A's CA, wrong key
     assert cas.identify(b"not a certificate") is None
     cas.set("copycat", pki.tenant_a_ca.cert_pem)  # two tenants sharing one CA: ambiguous

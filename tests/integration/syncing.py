@@ -39,7 +39,7 @@ CRDS = Path(__file__).resolve().parents[2] / "appliance" / "manager" / "crds"
 
 #: a tenant apiserver registered as an imported, Running VirtualCluster, with its client: the
 #: benchmarks' record of a tenant, shared rather than copied
-SyncedTenant = bench_testbed.Tenant
+BedTenant = bench_testbed.BedTenant
 
 
 async def apply_crds(sc: SuperCluster) -> None:
@@ -121,7 +121,7 @@ def scope_labels(sx: runtime.Syncer) -> dict[str, str]:
 
 async def synced_tenant(
     sx: runtime.Syncer, superc: ApiClient, make: TenantFactory, name: str, stack: contextlib.AsyncExitStack
-) -> SyncedTenant:
+) -> BedTenant:
     cp = await make(name, controller_manager=True, virtual_nodes=True)
     scope = _scopes.get(id(sx))
     vc = await register_vc(superc, cp, labels={SCOPE_LABEL: scope} if scope else None)
@@ -129,7 +129,7 @@ async def synced_tenant(
     tid = TenantId.from_vc(vc)
     await wait_registered(sx, tid.key)
     client = await stack.enter_async_context(open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig)))
-    return SyncedTenant(cp=cp, vc=vc, id=tid, client=client)
+    return BedTenant(cp=cp, vc=vc, id=tid, client=client)
 
 
 async def wait_registered(sx: runtime.Syncer, key: str, *, timeout: float = 60) -> None:
@@ -185,18 +185,18 @@ class Env:
                 del self._homes[sx]
                 nursery.cancel_scope.cancel()
 
-    async def tenant(self, sx: runtime.Syncer, name: str) -> SyncedTenant:
+    async def tenant(self, sx: runtime.Syncer, name: str) -> BedTenant:
         """A fresh tenant control plane with a Running VC, served by `sx`."""
         cp = await self.make(name, controller_manager=True, virtual_nodes=True)
         vc = await register_vc(self.superc, cp, kubeconfig=False)
         self.stack.push_async_callback(forget_vc, self.superc, vc)
         client = await self.stack.enter_async_context(
             open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig)))
-        t = SyncedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)
+        t = BedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)
         await self.serve(sx, t)
         return t
 
-    async def serve(self, sx: runtime.Syncer, t: SyncedTenant) -> None:
+    async def serve(self, sx: runtime.Syncer, t: BedTenant) -> None:
         """Let `sx` serve tenant `t` (as its supervisor would) and wait until it is registered."""
         vc = copy.deepcopy(t.vc)
         vc["metadata"]["annotations"] = {**(vc["metadata"].get("annotations") or {}), **kubeconfig_annotation(t.cp)}
@@ -224,7 +224,7 @@ async def environment(sc: SuperCluster, make: TenantFactory) -> AsyncIterator[En
                 nursery.cancel_scope.cancel()
 
 
-async def tenant_namespace(t: SyncedTenant, ns: str, *, timeout: float = 60) -> None:
+async def tenant_namespace(t: BedTenant, ns: str, *, timeout: float = 60) -> None:
     """Create namespace `ns` in the tenant and wait for its `default` ServiceAccount
     (the tenant refuses Pods before KCM made it) and its `kube-root-ca.crt`."""
     await t.client.create(resources.NAMESPACES, {"metadata": {"name": ns}})
@@ -282,7 +282,7 @@ SUPER_KINDS = (
 )
 
 
-async def super_snapshot(superc: ApiClient, t: SyncedTenant) -> dict[tuple[str, str, str], tuple[str, str]]:
+async def super_snapshot(superc: ApiClient, t: BedTenant) -> dict[tuple[str, str, str], tuple[str, str]]:
     """(kind, namespace, name) → (uid, resourceVersion) of everything in `t`'s super namespaces."""
     selector = f"{naming.LABEL_VC_NAMESPACE}={t.id.vc_namespace}"
     namespaces = (await superc.list(resources.NAMESPACES, label_selector=selector)).items

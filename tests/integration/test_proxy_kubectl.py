@@ -81,7 +81,7 @@ async def slice_env(
             nursery.cancel_scope.cancel()
 
 
-async def _running_tenant_pod(sc: SuperCluster, t: syncing.SyncedTenant, name: str) -> dict[str, Any]:
+async def _running_tenant_pod(sc: SuperCluster, t: syncing.BedTenant, name: str) -> dict[str, Any]:
     async def default_sa() -> bool:
         try:
             await t.client.get(resources.SERVICEACCOUNTS, "default", namespace="default")

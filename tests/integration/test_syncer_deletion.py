@@ -26,7 +26,7 @@ def running(pod: dict[str, Any]) -> bool:
     return bool(pod.get("status", {}).get("phase") == "Running" and pod["spec"].get("nodeName"))
 
 
-async def running_pod(env: syncing.Env, t: syncing.SyncedTenant, ns: str, name: str, **kw: Any) -> tuple[dict, dict]:
+async def running_pod(env: syncing.Env, t: syncing.BedTenant, ns: str, name: str, **kw: Any) -> tuple[dict, dict]:
     """Create tenant Pod `ns/name`; return (tenant, super) once both are Running on a node."""
     await t.client.create(PODS, syncing.pod_manifest(name, **kw), namespace=ns)
     sup = await syncing.wait_object(env.superc, PODS, name, namespace=naming.super_namespace(t.key, ns),

@@ -24,7 +24,7 @@ async def env(super_cluster: SuperCluster, tenant_factory: TenantFactory) -> Asy
         yield e
 
 
-async def configmap(t: syncing.SyncedTenant, superc: Any, name: str, data: dict[str, str]) -> tuple[dict, dict]:
+async def configmap(t: syncing.BedTenant, superc: Any, name: str, data: dict[str, str]) -> tuple[dict, dict]:
     """Create tenant ConfigMap app/`name`; return it and its super copy once synced."""
     ten = await t.client.create(CM, {"metadata": {"name": name}, "data": data}, namespace="app")
     sup = await syncing.wait_object(superc, CM, name, namespace=naming.super_namespace(t.key, "app"),

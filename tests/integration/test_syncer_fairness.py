@@ -36,7 +36,7 @@ def gated_pod(name: str) -> dict[str, Any]:
     return syncing.pod_manifest(name, schedulingGates=[{"name": "example.com/hold"}])
 
 
-async def ready_tenant(env: syncing.Env, sx: Any, name: str, ns: str) -> syncing.SyncedTenant:
+async def ready_tenant(env: syncing.Env, sx: Any, name: str, ns: str) -> syncing.BedTenant:
     """A tenant whose namespace `ns` is synced and whose first Pod made it to the super cluster."""
     t = await env.tenant(sx, name)
     await syncing.tenant_namespace(t, ns)

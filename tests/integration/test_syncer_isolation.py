@@ -22,7 +22,7 @@ async def env(super_cluster: SuperCluster, tenant_factory: TenantFactory) -> Asy
         yield e
 
 
-def forged_meta(victim: syncing.SyncedTenant, victim_uid: str) -> dict[str, dict[str, str]]:
+def forged_meta(victim: syncing.BedTenant, victim_uid: str) -> dict[str, dict[str, str]]:
     """Labels and annotations claiming to be the victim's object in its namespace `app`."""
     vid = victim.id
     return {
@@ -40,7 +40,7 @@ def forged_meta(victim: syncing.SyncedTenant, victim_uid: str) -> dict[str, dict
     }
 
 
-def assert_stamped_by(obj: dict[str, Any], t: syncing.SyncedTenant, *, tenant_ns: str, tenant_uid: str) -> None:
+def assert_stamped_by(obj: dict[str, Any], t: syncing.BedTenant, *, tenant_ns: str, tenant_uid: str) -> None:
     """Every tenancy key on a super object is ours, for tenant `t`; the ordinary keys survive."""
     meta = obj["metadata"]
     labels, ann = meta.get("labels") or {}, meta.get("annotations") or {}

@@ -43,7 +43,7 @@ async def env(
             nursery.cancel_scope.cancel()
 
 
-async def _tenant_pods(t: syncing.SyncedTenant, ns: str) -> list[dict]:
+async def _tenant_pods(t: syncing.BedTenant, ns: str) -> list[dict]:
     return (await t.client.list(resources.PODS, namespace=ns)).items
 
 

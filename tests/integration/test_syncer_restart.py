@@ -34,7 +34,7 @@ def running(pod: dict[str, Any]) -> bool:
     return bool(status.get("phase") == "Running" and status.get("podIP") and pod["spec"].get("nodeName"))
 
 
-async def populate(env: syncing.Env, t: syncing.SyncedTenant) -> None:
+async def populate(env: syncing.Env, t: syncing.BedTenant) -> None:
     """200 ConfigMaps, 50 Pods and a Service across two namespaces, all synced and Running."""
     bodies: list[tuple[resources.Resource, str, dict[str, Any]]] = []
     for ns in NAMESPACES:

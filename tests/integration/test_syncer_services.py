@@ -32,7 +32,7 @@ def service(name: str, *, selector: dict[str, str], ports: list[dict[str, Any]])
             "spec": {"selector": selector, "ports": ports}}
 
 
-async def synced_service(env: syncing.Env, t: syncing.SyncedTenant, ns: str, name: str) -> tuple[dict, dict]:
+async def synced_service(env: syncing.Env, t: syncing.BedTenant, ns: str, name: str) -> tuple[dict, dict]:
     """Wait until tenant Service `ns/name` carries its super twin's IP; return (tenant, super)."""
     sup = await syncing.wait_object(env.superc, resources.SERVICES, name, namespace=naming.super_namespace(t.key, ns),
                                     where=lambda s: bool(s["spec"].get("clusterIP")),
@@ -152,7 +152,7 @@ async def test_a_tenant_with_its_own_service_cidr_keeps_its_cluster_ips(env: syn
         "clusterIP": taken_ip, "ports": [{"port": 80}]}}, namespace=squatter_ns)
 
     sx = await env.start()
-    t = syncing.SyncedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=await env.stack.enter_async_context(
+    t = syncing.BedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=await env.stack.enter_async_context(
         open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig))))
     await env.serve(sx, t)
     await syncing.tenant_namespace(t, "shop")

@@ -34,7 +34,9 @@ KUBERNETES = images.KUBERNETES_IMAGE
 
 
 @dataclass(frozen=True, slots=True)
-class Tenant:
+class NodeBedTenant:
+    """A tenant of the real-node appliance, as kubectl reaches it (`root_namespace` is its cluster key)."""
+
     name: str
     kubeconfig: Path
     root_namespace: str
@@ -44,12 +46,12 @@ class Tenant:
 class NodeEnv:
     bed: SuperCluster
     upstream: str
-    tenants: dict[str, Tenant]
+    tenants: dict[str, NodeBedTenant]
     log: Path
     selector: str  # value of SELECTOR_LABEL on this appliance's VirtualClusters
     workdir: Path
 
-    async def kubeconfig_of(self, vc_name: str, root_namespace: str) -> Tenant:
+    async def kubeconfig_of(self, vc_name: str, root_namespace: str) -> NodeBedTenant:
         """A tenant of this appliance by its VirtualCluster name (admin kubeconfig fetched now)."""
         out = await self.kubectl_super("get", "secret", "admin-kubeconfig", "-n", root_namespace,
                                        "-o", "jsonpath={.data.admin-kubeconfig}")
@@ -59,10 +61,10 @@ class NodeEnv:
     def kubectl(self) -> Path:
         return self.bed.kubectl
 
-    def tenant(self, name: str | None = None) -> Tenant:
+    def tenant(self, name: str | None = None) -> NodeBedTenant:
         return self.tenants[name] if name else next(iter(self.tenants.values()))
 
-    async def kubectl_in(self, tenant: Tenant, *args: str, **kw: Any) -> Completed:
+    async def kubectl_in(self, tenant: NodeBedTenant, *args: str, **kw: Any) -> Completed:
         return await run_kubectl(self.kubectl, tenant.kubeconfig, *args, **kw)
 
     async def kubectl_super(self, *args: str, **kw: Any) -> Completed:
@@ -106,11 +108,11 @@ kubelet-client-key = "{pki / 'kubelet-client.key'}"
     return path, http
 
 
-def _write_kubeconfig(tmp: Path, name: str, root_namespace: str, data: str) -> Tenant:
+def _write_kubeconfig(tmp: Path, name: str, root_namespace: str, data: str) -> NodeBedTenant:
     kubeconfig = tmp / f"{name}.kubeconfig"
     kubeconfig.write_bytes(base64.b64decode(data))
     os.chmod(kubeconfig, 0o600)
-    return Tenant(name, kubeconfig, root_namespace)
+    return NodeBedTenant(name, kubeconfig, root_namespace)
 
 
 VC = """apiVersion: tenancy.x-k8s.io/v1alpha1
@@ -147,7 +149,7 @@ def appliance(bed: SuperCluster, tmp: Path, *, upstream: str, tenants: tuple[str
         for name in names.values():
             _kubectl(bed, "apply", "-f", "-", stdin=VC.format(
                 name=name, label=SELECTOR_LABEL, selector=selector, cv=CLUSTER_VERSION))
-        out: dict[str, Tenant] = {}
+        out: dict[str, NodeBedTenant] = {}
         for base, name in names.items():
             def running(name: str = name) -> bool:
                 phase = _kubectl(bed, "get", "vc", name, "-n", "default", "-o", "jsonpath={.status.phase}")
@@ -178,17 +180,17 @@ def pod(name: str, *, command: list[str], image: str = BUSYBOX, **spec: Any) -> 
             "spec": {"containers": [container], "terminationGracePeriodSeconds": 1, **spec}}
 
 
-async def apply(env: NodeEnv, tenant: Tenant, *objects: dict[str, Any]) -> None:
+async def apply(env: NodeEnv, tenant: NodeBedTenant, *objects: dict[str, Any]) -> None:
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
     await env.kubectl_in(tenant, "apply", "-f", "-", stdin=body.encode())
 
 
-async def get_json(env: NodeEnv, tenant: Tenant, *args: str) -> dict[str, Any]:
+async def get_json(env: NodeEnv, tenant: NodeBedTenant, *args: str) -> dict[str, Any]:
     out = await env.kubectl_in(tenant, "get", *args, "-o", "json")
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-async def wait_running(env: NodeEnv, tenant: Tenant, name: str, *, timeout: float = 120) -> dict[str, Any]:
+async def wait_running(env: NodeEnv, tenant: NodeBedTenant, name: str, *, timeout: float = 120) -> dict[str, Any]:
     """The tenant Pod once it is Running with all containers ready (fails on a terminal phase)."""
 
     async def running() -> dict[str, Any] | None:
@@ -202,7 +204,7 @@ async def wait_running(env: NodeEnv, tenant: Tenant, name: str, *, timeout: floa
     return await wait_for(running, timeout=timeout, what=f"tenant pod {name} Running", interval=0.5)  # type: ignore[return-value]
 
 
-async def wait_succeeded(env: NodeEnv, tenant: Tenant, name: str, *, timeout: float = 120) -> str:
+async def wait_succeeded(env: NodeEnv, tenant: NodeBedTenant, name: str, *, timeout: float = 120) -> str:
     """Wait until the Pod ran to completion successfully; returns its log."""
 
     async def done() -> str | None:
@@ -217,7 +219,7 @@ async def wait_succeeded(env: NodeEnv, tenant: Tenant, name: str, *, timeout: fl
     return (await env.kubectl_in(tenant, "logs", name)).stdout
 
 
-async def exec_in(env: NodeEnv, tenant: Tenant, name: str, *command: str, stdin: bytes | None = None,
+async def exec_in(env: NodeEnv, tenant: NodeBedTenant, name: str, *command: str, stdin: bytes | None = None,
                   websocket: bool = True, check: bool = True) -> Completed:
     flags = ["-i"] if stdin is not None else []
     extra = {} if websocket else {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}

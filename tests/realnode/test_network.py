@@ -19,7 +19,7 @@ from tests.testbed import wait_for
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "samples" / "tenant-coredns.yaml"
 
 
-async def _annotated_cluster_ip(env: nodebed.NodeEnv, t: nodebed.Tenant, ns: str, name: str) -> str:
+async def _annotated_cluster_ip(env: nodebed.NodeEnv, t: nodebed.NodeBedTenant, ns: str, name: str) -> str:
     async def annotated() -> str | None:
         svc = await nodebed.get_json(env, t, "service", name, "-n", ns)
         return (svc["metadata"].get("annotations") or {}).get(naming.ANNOTATION_TRANSPARENT_CLUSTER_IP)

@@ -22,7 +22,7 @@ STDIN_RUNS = 50
 STDIN_BYTES = 64 * 1024
 
 
-async def _sleeper(env: nodebed.NodeEnv, prefix: str, script: str = "sleep 3600", **spec: object) -> tuple[nodebed.Tenant, str]:
+async def _sleeper(env: nodebed.NodeEnv, prefix: str, script: str = "sleep 3600", **spec: object) -> tuple[nodebed.NodeBedTenant, str]:
     t = env.tenant()
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     await nodebed.apply(env, t, nodebed.pod(name, command=["sh", "-c", script], **spec))

@@ -33,7 +33,7 @@ async def env(super_cluster: SuperCluster, tenant_factory: TenantFactory) -> Asy
         yield e
 
 
-async def keyed_tenant(env: syncing.Env, sx: runtime.Syncer, name: str, *, key: str) -> syncing.SyncedTenant:
+async def keyed_tenant(env: syncing.Env, sx: runtime.Syncer, name: str, *, key: str) -> syncing.BedTenant:
     """A tenant served by `sx` whose cluster key is `key` (its VC's `status.clusterNamespace`),
     so a test can build the name collisions a prefix rule allows."""
     cp = await env.make(name, controller_manager=True, virtual_nodes=True)
@@ -43,7 +43,7 @@ async def keyed_tenant(env: syncing.Env, sx: runtime.Syncer, name: str, *, key: 
                                 namespace=meta["namespace"], subresource="status")
     env.stack.push_async_callback(syncing.forget_vc, env.superc, vc)
     client = await env.stack.enter_async_context(open_client(await kcreds.load_kubeconfig(cp.admin_kubeconfig)))
-    t = syncing.SyncedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)
+    t = syncing.BedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc), client=client)
     assert key == t.key
     await env.serve(sx, t)
     return t

@@ -77,7 +77,7 @@ async def test_sigterm_lets_writes_in_flight_finish_and_a_second_signal_stops_at
         try:
             async with running(sc, tmp_path, extra=extra, data_dir=data_dir, super_kubeconfig=via_proxy,
                                graceful_timeout=GRACE) as app:
-                await syncing.tenant_namespace(syncing.SyncedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc),
+                await syncing.tenant_namespace(syncing.BedTenant(cp=cp, vc=vc, id=TenantId.from_vc(vc),
                                                                     client=tenant), "drain")
                 live = await superc.get(resources.VIRTUALCLUSTERS, "drain", namespace=ns)
                 key = TenantId.from_vc(live).key

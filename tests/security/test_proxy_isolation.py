@@ -63,8 +63,8 @@ class Row:
 class Bed:
     port: int
     superc: ApiClient
-    a: syncing.SyncedTenant
-    b: syncing.SyncedTenant
+    a: syncing.BedTenant
+    b: syncing.BedTenant
     stats: server.ProxyStatistics
     lookups: list[tuple[str, str]]
     foreign: dict[str, str]  # non-tenant super namespace → name of the pod there stamped as A's
@@ -301,7 +301,7 @@ async def _counting_relay(host: str, port: int, *, task_status: trio.TaskStatus[
         task_status.started(relay)
 
 
-async def _foreign_pod(env: syncing.Env, sc: SuperCluster, a: syncing.SyncedTenant, ns: str) -> str:
+async def _foreign_pod(env: syncing.Env, sc: SuperCluster, a: syncing.BedTenant, ns: str) -> str:
     """A Running super pod in non-tenant namespace `ns` whose tenancy stamps claim tenant A."""
     name = f"sec-{uuid.uuid4().hex[:8]}"
     body = syncing.pod_manifest(name)

@@ -35,7 +35,7 @@ def jwt_claims(token: bytes) -> dict[str, Any]:
     return json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))  # type: ignore[no-any-return]
 
 
-async def warning(t: syncing.SyncedTenant, ns: str, name: str, *, reason: str, text: str = "") -> dict[str, Any]:
+async def warning(t: syncing.BedTenant, ns: str, name: str, *, reason: str, text: str = "") -> dict[str, Any]:
     """Wait for a Warning Event about tenant object `name` in `ns` whose message contains `text`."""
 
     async def find() -> dict[str, Any] | None:
@@ -46,7 +46,7 @@ async def warning(t: syncing.SyncedTenant, ns: str, name: str, *, reason: str, t
     return await wait_for(find, timeout=60, what=f"a {reason} Warning Event on {ns}/{name}")  # type: ignore[return-value]
 
 
-async def running_pod(env: syncing.Env, t: syncing.SyncedTenant, name: str, ns: str = "default",
+async def running_pod(env: syncing.Env, t: syncing.BedTenant, name: str, ns: str = "default",
                       **labels: str) -> dict[str, Any]:
     """Create a tenant pod and return its Running super copy."""
     body = syncing.pod_manifest(name)

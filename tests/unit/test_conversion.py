@@ -134,7 +134,7 @@ def test_tenant_cannot_forge_tenancy_keys() -> None:
     for key in (naming.ANNOTATION_TRANSPARENT_CLUSTER_IP, naming.ANNOTATION_SECRET_NAME, "tenancy.x-k8s.io/anything"):
         assert key not in annotations
     assert {naming.LABEL_VC_NAME: "name", naming.LABEL_VC_NAMESPACE: "ns"} == labels
-    assert (KEY, "app", "cfg") == conversion.tenant_ref(pobj)
+    assert (KEY, "app", "cfg") == conversion.tenant_object_ref(pobj)
 
 
 @pytest.mark.parametrize(
@@ -261,15 +261,15 @@ def _super(namespace: str | None, name: str = "obj", **annotations: str) -> dict
         pytest.param({}, None, id="empty"),
     ],
 )
-def test_tenant_ref(pobj: dict[str, Any], expected: tuple[str, str, str] | None) -> None:
+def test_tenant_object_ref(pobj: dict[str, Any], expected: tuple[str, str, str] | None) -> None:
     """Super objects trace back to (cluster, tenant namespace, tenant name) via annotations."""
-    assert expected == conversion.tenant_ref(pobj)
+    assert expected == conversion.tenant_object_ref(pobj)
 
 
-def test_tenant_ref_round_trip() -> None:
+def test_tenant_object_ref_round_trip() -> None:
     """A built super object traces back to its tenant object and UID."""
     pobj = build(tenant_cm())
-    assert (KEY, "app", "cfg") == conversion.tenant_ref(pobj)
+    assert (KEY, "app", "cfg") == conversion.tenant_object_ref(pobj)
     assert "cm-uid" == conversion.tenant_uid(pobj)
     assert conversion.tenant_uid({"metadata": {}}) is None
 
@@ -346,7 +346,7 @@ def test_adapt_sa_token_secret() -> None:
     assert not any(k.startswith("kubernetes.io/") for k in meta["annotations"])
     assert "Opaque" == secret["type"]
     assert tenant["data"] == secret["data"]
-    assert (KEY, "app", "default-token-abcde") == conversion.tenant_ref({**secret, "metadata": {**meta, "name": "g"}})
+    assert (KEY, "app", "default-token-abcde") == conversion.tenant_object_ref({**secret, "metadata": {**meta, "name": "g"}})
 
 
 def test_adapt_service_account_clears_secrets() -> None:

@@ -47,6 +47,7 @@ PURE = (
     "appliance.syncer.fairqueue",
     "appliance.syncer.mutation",
     "appliance.util.naming",
+    "appliance.util.tenancy",
 )
 #: third-party and stdlib modules that do I/O (network, files, processes, threads, the clock loop)
 IO_MODULES = (
@@ -60,7 +61,7 @@ ALLOWED: Mapping[tuple[str, str], str] = {
     ("appliance.tenantcas", "appliance.syncer.supervisor"):
         "the scale-out CA feed for the proxy reads tenant kubeconfigs exactly as the syncer does; app.py starts it",
     ("appliance.tenantcas", "appliance.syncer.tenant"):
-        "TenantId, the key the proxy's CA table shares with the syncer",
+        "TenantId.from_vc, the ClusterKey the proxy's CA table shares with the syncer",
     ("appliance.syncer.fairqueue", "trio"):
         "TrioFairQueue, the thin wake-up wrapper of STYLE rule 11, shares the module with the pure FairQueue",
     ("appliance.controlplane.components", "appliance.controlplane.build"):

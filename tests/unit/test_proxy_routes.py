@@ -11,7 +11,7 @@ import pytest
 from appliance.proxy import routes
 
 KEY = "ns-fd1b34-name"
-TENANT = routes.TenantIdentity(cluster_key=KEY)
+TENANT = routes.CallingTenant(cluster_key=KEY)
 SUPER_DEFAULT = f"{KEY}-default"
 
 
@@ -266,7 +266,7 @@ def test_kubelet_mode_rewrites_only_namespace(method: str, target: bytes, expect
 def test_super_namespace_rule(key: str, ns: str, mode: routes.Mode) -> None:
     """Both modes use the syncer's 63-character hashed super-namespace rule."""
     result = routes.route(
-        "GET", f"/containerLogs/{ns}/p/c".encode(), tenant=routes.TenantIdentity(key), mode=mode
+        "GET", f"/containerLogs/{ns}/p/c".encode(), tenant=routes.CallingTenant(key), mode=mode
     )
     assert isinstance(result, routes.Upstream)
     expected = expected_super_ns(key, ns)
@@ -282,7 +282,7 @@ def test_long_namespace_hash_value() -> None:
     result = routes.route(
         "GET",
         f"/containerLogs/{ns}/p/c".encode(),
-        tenant=routes.TenantIdentity(key),
+        tenant=routes.CallingTenant(key),
         mode="kubelet",
     )
     assert isinstance(result, routes.Upstream)
@@ -492,7 +492,7 @@ def _meta(**overrides: object) -> dict[str, object]:
     ("meta", "tenant", "allowed"),
     [
         pytest.param(_meta(), TENANT, True, id="owner"),
-        pytest.param(_meta(), routes.TenantIdentity("other-tenant"), False, id="other-tenant"),
+        pytest.param(_meta(), routes.CallingTenant("other-tenant"), False, id="other-tenant"),
         pytest.param(
             _meta(
                 annotations={
@@ -526,7 +526,7 @@ def _meta(**overrides: object) -> dict[str, object]:
     ],
 )
 def test_authorize_pod(
-    meta: dict[str, object], tenant: routes.TenantIdentity, allowed: bool
+    meta: dict[str, object], tenant: routes.CallingTenant, allowed: bool
 ) -> None:
     """Only a super pod stamped with the caller's cluster key and tenant namespace is allowed."""
     assert allowed is routes.authorize_pod(meta, tenant, route=_route())

@@ -1,6 +1,7 @@
 """What provisioners share: the per-tenant record, the shared context, the protocol.
 
-A `Tenant` is owned by one VirtualCluster's worker task and handed to its provisioner on
+A `ManagedTenant` (the manager's per-tenant record; the shared identity names are in
+`util.tenancy`) is owned by one VirtualCluster's worker task and handed to its provisioner on
 every call, so a provisioner keeps no per-tenant state of its own. Contract of every
 provisioner method: idempotent (a repeated `provision` adopts what exists), raises
 `reconcile.Rejected` for bad input that no retry can fix, and any other exception for a
@@ -21,6 +22,7 @@ from appliance.kube.events import EventRecorder
 from appliance.manager import model
 from appliance.manager.etcd import SharedEtcd
 from appliance.manager.settings import ManagerSettings
+from appliance.util import tenancy
 from appliance.util.drain import Drain
 
 
@@ -53,11 +55,11 @@ class RunningPlane:
 
 
 @dataclass(slots=True)
-class Tenant:
-    """One VirtualCluster as its worker knows it."""
+class ManagedTenant:
+    """One VirtualCluster as its worker knows it; `key` is its cluster key."""
 
     vc: model.VirtualCluster
-    key: str
+    key: tenancy.ClusterKey
     dir: Path
     nursery: trio.Nursery
     cluster_version: dict[str, Any] | None = None
@@ -74,14 +76,14 @@ class Tenant:
 class Provisioner(Protocol):
     name: str
 
-    async def provision(self, t: Tenant) -> str:
+    async def provision(self, t: ManagedTenant) -> str:
         """Create or adopt the control plane; return the Running message."""
         ...
 
-    async def ensure(self, t: Tenant) -> None:
+    async def ensure(self, t: ManagedTenant) -> None:
         """Keep a Running control plane running (re-adopt it after an appliance restart)."""
         ...
 
-    async def teardown(self, t: Tenant) -> None:
+    async def teardown(self, t: ManagedTenant) -> None:
         """Remove what this provisioner made outside the root namespace (processes, files)."""
         ...

@@ -17,7 +17,7 @@ import trio
 from appliance.kube import client as kube_client
 from appliance.kube import errors, resources
 from appliance.manager import kubeconfigs, rootns
-from appliance.manager.provision.base import Context, Tenant
+from appliance.manager.provision.base import Context, ManagedTenant
 from appliance.util import naming
 
 CONNECT_TIMEOUT = 15.0
@@ -29,7 +29,7 @@ class ImportProvisioner:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    async def provision(self, t: Tenant) -> str:
+    async def provision(self, t: ManagedTenant) -> str:
         client = self._ctx.super
         t.progress = "looking up the kubeconfig"
         found = await kubeconfigs.find(client, t.vc, root_namespace=t.key)
@@ -59,8 +59,8 @@ class ImportProvisioner:
             })
         return f"imported cluster {creds.server} ({version.get('gitVersion', 'unknown version')}) is running"
 
-    async def ensure(self, t: Tenant) -> None:
+    async def ensure(self, t: ManagedTenant) -> None:
         """Nothing to adopt: the imported cluster runs on its own."""
 
-    async def teardown(self, t: Tenant) -> None:
+    async def teardown(self, t: ManagedTenant) -> None:
         """Nothing outside the root namespace; the imported cluster is left alone."""

@@ -22,7 +22,7 @@ from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient
 from appliance.manager import pkisecrets, reconcile, rootns
 from appliance.manager.provision import templates
-from appliance.manager.provision.base import Context, Tenant
+from appliance.manager.provision.base import Context, ManagedTenant
 from appliance.util import naming
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class NativeProvisioner:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    async def provision(self, t: Tenant) -> str:
+    async def provision(self, t: ManagedTenant) -> str:
         client = self._ctx.super
         cv = t.cluster_version
         if cv is None:
@@ -127,8 +127,8 @@ class NativeProvisioner:
             logger.info("tenant %s: %s is ready", ns, bundle.name)
         return "tenant control plane is running"
 
-    async def ensure(self, t: Tenant) -> None:
+    async def ensure(self, t: ManagedTenant) -> None:
         """Nothing to adopt: the StatefulSets run in the super cluster on their own."""
 
-    async def teardown(self, t: Tenant) -> None:
+    async def teardown(self, t: ManagedTenant) -> None:
         """Nothing outside the root namespace, whose deletion removes the rest."""

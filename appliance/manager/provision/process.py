@@ -49,7 +49,7 @@ from appliance.controlplane import cluster, components, ports, process, stale
 from appliance.controlplane.components import TLSFiles
 from appliance.kube import resources
 from appliance.manager import etcd, model, pkisecrets, reconcile, rootns, servicecidrs
-from appliance.manager.provision.base import Context, RunningPlane, Tenant
+from appliance.manager.provision.base import Context, ManagedTenant, RunningPlane
 from appliance.pki import kubeconfig
 from appliance.util import private
 
@@ -168,7 +168,7 @@ class ProcessProvisioner:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    async def _new_plan(self, t: Tenant) -> Plan:
+    async def _new_plan(self, t: ManagedTenant) -> Plan:
         settings = self._ctx.settings
         cidr, problem = reconcile.parse_service_cidr(t.vc.spec.service_cidr)
         if problem is not None:
@@ -189,7 +189,7 @@ class ProcessProvisioner:
             etcd_peer_port=cluster.free_port() if mode == "dedicated" else 0,
         )
 
-    async def _pki(self, t: Tenant, plan: Plan) -> pkisecrets.TenantPKI:
+    async def _pki(self, t: ManagedTenant, plan: Plan) -> pkisecrets.TenantPKI:
         pki = await trio.to_thread.run_sync(_read_pki, t.dir / "pki")
         if pki is not None:
             return pki
@@ -208,7 +208,7 @@ class ProcessProvisioner:
         root_ca = pkisecrets.secret_cert(stored.get(pkisecrets.SECRET_ROOT_CA))
         return await trio.to_thread.run_sync(lambda: pkisecrets.build(req, root_ca=root_ca))
 
-    async def provision(self, t: Tenant) -> str:
+    async def provision(self, t: ManagedTenant) -> str:
         ctx = self._ctx
         # The root namespace first: it proves the cluster key (and so the directory) is ours.
         t.progress = "creating the root namespace"
@@ -250,12 +250,12 @@ class ProcessProvisioner:
                 f"within {ctx.settings.provisioner_timeout:.0f} s; see {t.dir / 'logs'}") from None
         return f"tenant control plane is running at {plan.server}"
 
-    async def ensure(self, t: Tenant) -> None:
+    async def ensure(self, t: ManagedTenant) -> None:
         """Re-adopt (or restart) the processes of a Running tenant that this worker lacks."""
         if not t.plane_running:
             await self.provision(t)
 
-    async def _move_taken_ports(self, t: Tenant, plan: Plan) -> Plan:
+    async def _move_taken_ports(self, t: ManagedTenant, plan: Plan) -> Plan:
         """Replace planned ports that another program holds; say so in the log and an Event."""
         if t.plane_running:
             return plan  # its processes hold them
@@ -272,14 +272,14 @@ class ProcessProvisioner:
         # The new plan is written with the tenant directory, before anything starts.
         return plan
 
-    async def _etcd_access(self, t: Tenant, plan: Plan) -> etcd.EtcdAccess | None:
+    async def _etcd_access(self, t: ManagedTenant, plan: Plan) -> etcd.EtcdAccess | None:
         if plan.etcd_mode == "dedicated":
             return None  # started with the other processes, in the tenant's nursery
         t.progress = "starting the shared etcd and the tenant's etcd user"
         return await self._ctx.etcd.tenant(t.key, t.dir / "pki")
 
     def _specs(
-        self, t: Tenant, plan: Plan, access: etcd.EtcdAccess, ssl_ctx: ssl.SSLContext,
+        self, t: ManagedTenant, plan: Plan, access: etcd.EtcdAccess, ssl_ctx: ssl.SSLContext,
     ) -> list[process.ProcessSpec]:
         settings = self._ctx.settings
         pki_dir, logs = t.dir / "pki", t.dir / "logs"
@@ -323,7 +323,7 @@ class ProcessProvisioner:
         ]
 
     async def _run_plane(
-        self, t: Tenant, plan: Plan, access: etcd.EtcdAccess | None,
+        self, t: ManagedTenant, plan: Plan, access: etcd.EtcdAccess | None,
         *, task_status: trio.TaskStatus[RunningPlane] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Start (or adopt) the tenant's processes and supervise them until cancelled."""
@@ -373,7 +373,7 @@ class ProcessProvisioner:
         if failure is not None:
             raise failure
 
-    async def teardown(self, t: Tenant) -> None:
+    async def teardown(self, t: ManagedTenant) -> None:
         if t.plane is not None:
             await t.plane.stop()
             t.plane = None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from appliance.kube import errors, resources
 from appliance.syncer import conversion
 from appliance.syncer.tenant import Tenant
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 if TYPE_CHECKING:
     from appliance.syncer.runtime import Syncer
@@ -46,7 +46,7 @@ def uid_of(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid", ""))
 
 
-def namespace_owner(sx: Syncer, super_ns: str) -> tuple[str, str] | None:
+def namespace_owner(sx: Syncer, super_ns: str) -> tuple[tenancy.ClusterKey, str] | None:
     """(cluster key, tenant namespace) of super namespace `super_ns` if a registered tenant owns it."""
     if not super_ns or "namespace" not in sx.kinds:
         return None
@@ -55,7 +55,7 @@ def namespace_owner(sx: Syncer, super_ns: str) -> tuple[str, str] | None:
     cluster, tenant_ns = annotations.get(naming.ANNOTATION_CLUSTER), annotations.get(naming.ANNOTATION_NAMESPACE)
     if not cluster or not tenant_ns or cluster not in sx.tenants:
         return None
-    return cluster, tenant_ns
+    return tenancy.ClusterKey(cluster), tenant_ns
 
 
 def own_super_namespace(sx: Syncer, tenant: Tenant, tenant_ns: str) -> str:

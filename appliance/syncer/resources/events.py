@@ -34,6 +34,7 @@ from appliance.syncer import conversion
 from appliance.syncer.resources.base import namespace_owner
 from appliance.syncer.resources.sourced import RESET_METADATA
 from appliance.syncer.tenant import Tenant
+from appliance.util import tenancy
 
 if TYPE_CHECKING:
     from appliance.syncer.runtime import Syncer
@@ -68,7 +69,7 @@ class EventView(msgspec.Struct, kw_only=True, rename="camel"):
 _VIEW = msgspec.json.Decoder(EventView)
 
 
-def strip_cluster_key(message: str, cluster_key: str) -> str:
+def strip_cluster_key(message: str, cluster_key: tenancy.ClusterKey) -> str:
     """Remove `<key>-` and then `<key>` from an Event message (super namespace → tenant's)."""
     if not cluster_key:
         return message
@@ -76,7 +77,7 @@ def strip_cluster_key(message: str, cluster_key: str) -> str:
 
 
 def tenant_event(
-    super_event: Mapping[str, Any], *, cluster_key: str, tenant_namespace: str, involved_uid: str
+    super_event: Mapping[str, Any], *, cluster_key: tenancy.ClusterKey, tenant_namespace: str, involved_uid: str
 ) -> dict[str, Any]:
     """The tenant copy of a super Event about tenant object (`tenant_namespace`, uid `involved_uid`).
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.kube import errors
 from appliance.syncer.resources.base import Kind, Retry
 from appliance.syncer.tenant import Tenant
+from appliance.util import tenancy
 
 if TYPE_CHECKING:
     from appliance.syncer.runtime import Syncer
@@ -47,7 +48,7 @@ class SuperSourcedKind(Kind):
     repair_on_super_event = False
 
     # --- hooks -------------------------------------------------------------------------
-    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[str]:
+    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
         """Keys of the registered tenants that should hold a copy of super object `pobj`."""
         raise NotImplementedError
 

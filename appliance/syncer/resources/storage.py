@@ -23,7 +23,7 @@ from appliance.syncer import equality
 from appliance.syncer.resources.base import Retry
 from appliance.syncer.resources.sourced import SuperSourcedKind, tenant_copy
 from appliance.syncer.tenant import Tenant
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 if TYPE_CHECKING:
     from appliance.syncer.runtime import Syncer
@@ -58,7 +58,7 @@ class PublicKind(SuperSourcedKind):
         """Whether a tenant object without a public super twin is to be deleted."""
         return is_public(vobj)
 
-    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[str]:
+    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
         return list(sx.tenants) if is_public(pobj) else ()
 
     def out_of_sync(

@@ -22,7 +22,7 @@ from appliance.syncer import conversion, equality
 from appliance.syncer.resources.base import Permanent, namespace_owner, owner_of
 from appliance.syncer.resources.sourced import SuperSourcedKind, tenant_copy
 from appliance.syncer.tenant import Tenant
-from appliance.util import naming
+from appliance.util import naming, tenancy
 
 if TYPE_CHECKING:
     from appliance.syncer.runtime import Syncer
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Claim(NamedTuple):
     """The tenant PVC a super PV is bound to."""
 
-    cluster_key: str
+    cluster_key: tenancy.ClusterKey
     namespace: str  # tenant namespace
     name: str
 
@@ -85,7 +85,7 @@ class PersistentVolumeKind(SuperSourcedKind):
     resource = resources.PVS
     super_selector = None
 
-    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[str]:
+    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
         claim = bound_claim(sx, pobj)
         return (claim.cluster_key,) if claim is not None else ()
 
