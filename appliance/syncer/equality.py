@@ -258,13 +258,22 @@ def pod_dw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, A
     return {"status": {"conditions": copy.deepcopy(desired)}}
 
 
+#: Pod condition types the super cluster's scheduler and kubelet set; the tenant's own
+#: (DisruptionTarget from an eviction in the tenant, conditions of its controllers) are kept.
+SUPER_POD_CONDITIONS = frozenset({
+    "PodScheduled", "PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready",
+    "PodResizePending", "PodResizeInProgress",
+})
+
+
 def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """Status merge patch mirroring super Pod status to the tenant (SPEC §3.7 Pod UWS step 4).
 
     Readiness-gate conditions are the tenant's own: those for gates the tenant declares keep the
     tenant value (and are kept even if super lacks them); those for gates only super declares
-    are dropped. Everything else comes from super, observed generations counted in the tenant's
-    generations (`_generation_map`).
+    are dropped. Conditions of types the super cluster never sets (`SUPER_POD_CONDITIONS`), such
+    as the DisruptionTarget a tenant eviction adds, stay when super lacks them. Everything else
+    comes from super, observed generations counted in the tenant's generations (`_generation_map`).
     """
     t_gates, s_gates = readiness_gates(tenant_pod), readiness_gates(super_pod)
     tenant_conds = {c.get("type"): c for c in _conditions(tenant_pod)}
@@ -279,7 +288,8 @@ def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, A
             conditions.append(_condition_generation(cond, tenant_conds.get(kind), generation))
     super_types = {c.get("type") for c in _conditions(super_pod)}
     conditions.extend(
-        c for c in _conditions(tenant_pod) if c.get("type") in t_gates and c.get("type") not in super_types
+        c for c in _conditions(tenant_pod) if c.get("type") not in super_types
+        and (c.get("type") in t_gates or c.get("type") not in SUPER_POD_CONDITIONS)
     )
     desired = dict(super_pod.get("status") or {})
     have = tenant_pod.get("status") or {}

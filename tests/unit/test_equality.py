@@ -256,6 +256,18 @@ def test_pod_dw_status_patch(tenant: dict[str, Any], super_: dict[str, Any], exp
             [cond("Ready")],
             id="gate-missing-in-tenant-dropped",
         ),
+        pytest.param(
+            pod(conditions=[cond("DisruptionTarget"), cond("Ready")]),
+            pod(conditions=[cond("Ready", "False")]),
+            [cond("Ready", "False"), cond("DisruptionTarget")],
+            id="tenant-eviction-condition-kept",
+        ),
+        pytest.param(
+            pod(conditions=[cond("ContainersReady")]),
+            pod(conditions=[cond("Ready")]),
+            [cond("Ready")],
+            id="kubelet-condition-follows-super",
+        ),
     ],
 )
 def test_pod_uw_status_patch_readiness_gates(
