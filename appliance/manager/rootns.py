@@ -144,8 +144,8 @@ async def delete_cluster_objects(client: ApiClient, *, key: tenancy.ClusterKey) 
     copies, labelled with its key); return how many. Missing RBAC or API: nothing to delete."""
     try:
         listing = await client.list(resources.RUNTIMECLASSES, label_selector=f"{naming.LABEL_CLUSTER}={key}")
-    except (errors.NotFound, errors.Forbidden):
-        return 0
+    except (errors.NotFound, errors.Forbidden, errors.BadRequest):
+        return 0  # BadRequest: a key no label can hold (a refused VirtualCluster) labels nothing
     for obj in listing.items:
         try:
             await client.delete(resources.RUNTIMECLASSES, obj["metadata"]["name"], uid=obj["metadata"].get("uid"))

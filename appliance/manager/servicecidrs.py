@@ -84,7 +84,7 @@ async def ensure(client: ApiClient, cluster_key: tenancy.ClusterKey, *, requeste
     not allowed, the requested range taken, the pool full)."""
     try:
         return await _ensure(client, cluster_key, requested=requested, pool=pool, prefix=prefix)
-    except (errors.NotFound, errors.Forbidden, errors.BadRequest) as exc:
+    except (errors.NotFound, errors.Forbidden, errors.BadRequest, errors.Invalid) as exc:
         # NotFound from a list: the API itself is missing (a super cluster before Kubernetes 1.33).
         log.warning("tenant %s: no Service range of its own in the super cluster (%s); its Services get "
                     "super-allocated addresses", cluster_key, exc)

@@ -39,7 +39,6 @@ DENIED = [
     ("create", "validatingwebhookconfigurations", ""),
     ("create", "daemonsets", "kube-system"),
     ("create", "deployments", "kube-system"),
-    ("patch", "pods/ephemeralcontainers", "kube-system"),
     ("update", "namespaces/finalize", ""),
     ("patch", "storageclasses", ""),
     ("delete", "priorityclasses", ""),
@@ -51,6 +50,10 @@ ALLOWED = [
     ("create", "pods", "any-namespace"),
     ("get", "secrets", "kube-system"),
     ("create", "pods/exec", "kube-system"),
+    # a tenant's `kubectl debug` containers and in-place resizes reach its super Pods; no more
+    # than creating Pods and exec in them, which the role grants anyway
+    ("patch", "pods/ephemeralcontainers", "any-namespace"),
+    ("patch", "pods/resize", "any-namespace"),
     ("watch", "virtualclusters.tenancy.x-k8s.io", ""),
     ("update", "leases.coordination.k8s.io", "any-namespace"),
 ]
