@@ -24,6 +24,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+import trio
+
 from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient
 from appliance.util import naming, tenancy
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POOL: Final = "10.64.0.0/12"
 DEFAULT_PREFIX: Final = 20
-_ATTEMPTS: Final = 3
+_ATTEMPTS: Final = 4
+_PICKING = trio.Lock()
 
 
 def _ranges(obj: Mapping[str, Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -83,7 +86,8 @@ async def ensure(client: ApiClient, cluster_key: tenancy.ClusterKey, *, requeste
     nothing was requested. None when the super cluster cannot take one (no ServiceCIDR API,
     not allowed, the requested range taken, the pool full)."""
     try:
-        return await _ensure(client, cluster_key, requested=requested, pool=pool, prefix=prefix)
+        async with _PICKING:  # tenants of this manager pick one at a time; replicas race (see above)
+            return await _ensure(client, cluster_key, requested=requested, pool=pool, prefix=prefix)
     except (errors.NotFound, errors.Forbidden, errors.BadRequest, errors.Invalid) as exc:
         # NotFound from a list: the API itself is missing (a super cluster before Kubernetes 1.33).
         log.warning("tenant %s: no Service range of its own in the super cluster (%s); its Services get "
@@ -98,7 +102,11 @@ async def _ensure(client: ApiClient, cluster_key: tenancy.ClusterKey, *, request
         current = next((c for c in cidrs if c["metadata"]["name"] == name), None)
         if current is not None:
             if current["metadata"].get("deletionTimestamp"):
-                return None  # an earlier tenant of this key is still releasing it
+                # Ours after yielding to a rival, or an earlier tenant's of this key: the super
+                # cluster drops it once no Service holds an address of it (at once when none does).
+                if not await _gone(client, name):
+                    return None
+                continue
             rivals = overlapping_rivals(current, cidrs)
             if not rivals:
                 return str(current["spec"]["cidrs"][0])
@@ -122,6 +130,17 @@ async def _ensure(client: ApiClient, cluster_key: tenancy.ClusterKey, *, request
         except errors.AlreadyExists:
             pass  # another replica was quicker: read it on the next pass
     return None
+
+
+async def _gone(client: ApiClient, name: str, *, within: float = 15.0) -> bool:
+    with trio.move_on_after(within):
+        while True:
+            try:
+                await client.get(resources.SERVICECIDRS, name)
+            except errors.NotFound:
+                return True
+            await trio.sleep(0.25)
+    return False
 
 
 async def _list(client: ApiClient) -> list[dict[str, Any]]:
