@@ -95,8 +95,7 @@ class ServiceKind(Kind):
             if kept is None:
                 raise
             await self._not_kept(tenant, vobj, kept["spec"]["clusterIP"], exc)
-            patch = equality.merge_patches(super().patch(sx, tenant, vobj, pobj),
-                                           equality.service_spec_patch(vobj, pobj))
+            patch = self._patch(sx, tenant, vobj, pobj, keep_ip=False)
             if patch:
                 meta = pobj["metadata"]
                 await sx.super_client.patch(self.resource, meta["name"], patch, namespace=meta["namespace"])
@@ -110,9 +109,13 @@ class ServiceKind(Kind):
             "which cluster DNS answers"))
 
     def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+        return self._patch(sx, tenant, vobj, pobj, keep_ip=True)
+
+    def _patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any], *,
+               keep_ip: bool) -> dict[str, Any] | None:
         return equality.merge_patches(
             super().patch(sx, tenant, vobj, pobj), equality.service_spec_patch(vobj, pobj),
-            kept_ip_patch(vobj, pobj, tenant.service_cidr),
+            kept_ip_patch(vobj, pobj, tenant.service_cidr) if keep_ip else None,
         )
 
     async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
