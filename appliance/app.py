@@ -24,9 +24,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import secrets
 import signal
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +58,67 @@ class StartupError(Exception):
     """The appliance cannot start; the message says why in one line."""
 
 
-async def super_credentials(cfg: cfgmod.Config) -> kcreds.Credentials:
+#: The origin of a kubeconfig named by the config file; messages then name just the file.
+CONFIG_ORIGIN = "[super] kubeconfig"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SuperSource:
+    """Where the super cluster's credentials come from; `files` empty means in-cluster."""
+
+    files: tuple[Path, ...]
+    context: str | None
+    #: what chose the files, for messages: a flag, the config key, KUBECONFIG, ~/.kube/config
+    origin: str
+
+    def describe(self) -> str:
+        """The files (or the service account), then what chose them unless it was the config."""
+        if not self.files:
+            return self.origin
+        where = os.pathsep.join(map(str, self.files))
+        return where if self.origin == CONFIG_ORIGIN else f"{where}, from {self.origin}"
+
+
+#: What a user can pass when nothing names a super cluster (cli.py has the matching flags).
+NO_SUPER_HINT = (
+    "no super cluster kubeconfig: pass --kubeconfig PATH, set KUBECONFIG (after `vc-appliance dev "
+    "up`: export KUBECONFIG=<state-dir>/super.kubeconfig) or `[super] kubeconfig` in --config; "
+    "~/.kube/config is used when it exists, and a service account only inside a Pod"
+)
+
+
+def super_source(
+    cfg: cfgmod.Config, *, kubeconfig: str, context: str, env: Mapping[str, str], home: Path
+) -> SuperSource:
+    """Choose the super cluster's kubeconfig as kubectl would, with the config file in between.
+
+    Files: `--kubeconfig` > `[super] kubeconfig` > KUBECONFIG (merged) > ~/.kube/config >
+    the in-cluster service account, the last only when nothing else is given (kubectl's
+    order). Context: `--context` > `[super] context` > the merged current-context.
+    Raises StartupError with NO_SUPER_HINT when nothing is configured and not in a Pod.
+    """
+    chosen = context or cfg.super.context or None
+    if kubeconfig:
+        return SuperSource((Path(kubeconfig).expanduser(),), chosen, "--kubeconfig")
+    if cfg.super.kubeconfig:
+        return SuperSource((Path(cfg.super.kubeconfig).expanduser(),), chosen, CONFIG_ORIGIN)
+    found = kcreds.kubeconfig_files(env, home)
+    if found is not None:
+        return SuperSource(tuple(found[0]), chosen, found[1])
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        return SuperSource((), None, "in-cluster service account")
+    missing = f" (none of KUBECONFIG={env['KUBECONFIG']} exists)" if env.get("KUBECONFIG") else ""
+    raise StartupError(NO_SUPER_HINT + missing)
+
+
+async def super_credentials(source: SuperSource) -> kcreds.Credentials:
+    """Load the credentials `source` names. Raises StartupError naming the source."""
     try:
-        if cfg.super.kubeconfig:
-            return await kcreds.load_kubeconfig(
-                Path(cfg.super.kubeconfig).expanduser(), context=cfg.super.context or None
-            )
+        if source.files:
+            return await kcreds.load_kubeconfigs(source.files, context=source.context)
         return kcreds.in_cluster()
     except (OSError, kcreds.KubeconfigError) as exc:
-        where = cfg.super.kubeconfig or "in-cluster service account"
-        raise StartupError(f"super cluster credentials ({where}): {exc}") from None
+        raise StartupError(f"super cluster credentials ({source.describe()}): {exc}") from None
 
 
 async def check_super(client: ApiClient, *, timeout: float) -> str:
@@ -100,6 +153,7 @@ def proxy_serving_cert(data_dir: Path) -> tuple[bytes, bytes]:
 async def run(
     cfg: cfgmod.Config,
     *,
+    source: SuperSource,
     readiness: health.Readiness,
     drain: Drain | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
@@ -110,7 +164,7 @@ async def run(
     drain = drain if drain is not None else Drain()
     data_dir = Path(cfg.data_dir).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    creds = await super_credentials(cfg)
+    creds = await super_credentials(source)
     identity = replica_identity(cfg)
     # the API server names an object's field manager after the user agent: with several
     # replicas, managedFields then tell which replica wrote what
@@ -264,7 +318,7 @@ async def _finish(drain: Drain, timeout: float, scope: trio.CancelScope) -> None
     scope.cancel()
 
 
-async def main(cfg: cfgmod.Config) -> int:
+async def main(cfg: cfgmod.Config, source: SuperSource) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 when startup fails."""
     readiness = health.Readiness("http", "manager", "syncer", "proxy")
     notify = sdnotify.Notifier.from_env()
@@ -273,8 +327,8 @@ async def main(cfg: cfgmod.Config) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(lambda task_status: run(cfg, readiness=readiness, drain=drain,
-                                                            task_status=task_status))
+                await nursery.start(lambda task_status: run(cfg, source=source, readiness=readiness,
+                                                            drain=drain, task_status=task_status))
                 await notify.send("READY=1\nSTATUS=serving")
                 nursery.start_soon(notify.watchdog)
                 async for signum in signals:

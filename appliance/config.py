@@ -33,9 +33,10 @@ class ConfigError(ValueError):
 class SuperSection(ConfigBase, frozen=True):
     """`[super]`: how the appliance reaches the super cluster (the kube client's settings)."""
 
-    #: kubeconfig of the super cluster; empty = in-cluster service account.
+    #: kubeconfig of the super cluster (`--kubeconfig` wins); empty = as kubectl: KUBECONFIG,
+    #: else ~/.kube/config, else the in-cluster service account (`app.super_source`).
     kubeconfig: str = ""
-    #: context inside that kubeconfig; empty = its current-context.
+    #: context inside that kubeconfig (`--context` wins); empty = its current-context.
     context: str = ""
     qps: Positive = 1000.0
     burst: PositiveInt = 2000

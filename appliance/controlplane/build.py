@@ -14,8 +14,12 @@ covers the Go sources, the versions and the Go version, so an unchanged checkout
 rebuilds and nothing lands in the repo. A file lock serialises concurrent
 builds (two test sessions, `dev up` during a test run).
 
-Run as `python -m appliance.controlplane.build` (prints the bin directory). This module
-blocks; trio code calls it through `trio.to_thread.run_sync`.
+Run as `python -m appliance.controlplane.build` (prints the bin directory). A cold build
+is long, so unless `quiet` every Go step runs with `-v` and `Progress` turns its package
+lines into one status line at least every 10 s (elapsed time, packages compiled, the latest
+one). `COLD_BUILD_SECONDS` holds the measured cold times that every estimate shown to users
+comes from (here, `dev up`, README). This module blocks; trio code calls it through
+`trio.to_thread.run_sync`.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ import hashlib
 import json
 import logging
 import os
+import re
+import select
 import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +70,65 @@ _KWOK_STAGES = (
 )
 
 
+#: Cold build times measured on the reference machine (2 cores, Go modules already
+#: downloaded), seconds: `ensure_binaries` (the multi-call binary with kubelet and kube-proxy),
+#: `ensure_node_binaries` (containerd, shim, ctr, CoreDNS), `ensure_conformance_binaries`.
+COLD_BUILD_SECONDS = {"testbin": 457, "node": 140, "conformance": 720}
+
+
+def estimate(*builds: str) -> str:
+    """The cold time of `builds` together, as users read it everywhere: "≈ 10 min"."""
+    return f"≈ {round(sum(COLD_BUILD_SECONDS[b] for b in builds) / 60)} min"
+
+
 class BuildError(RuntimeError):
     """A Go build step failed; the message carries the tail of its output."""
+
+
+#: What a build step reports through: one line for a person watching the build.
+Say = Callable[[str], None]
+
+#: A line of `go build -v` output naming a package (errors have spaces, `# pkg` headers a hash).
+_PACKAGE = re.compile(r"[\w.~+-]+(/[\w.~+-]+)*")
+
+
+class Progress:
+    """Turns `go build -v` output into a status line at least every `every` seconds.
+
+    Go prints each package as it starts compiling one that is not cached, and `go: downloading
+    MOD VERSION` while fetching modules, but a single large package or the final link can keep
+    it silent for a minute: the status line is therefore driven by the clock, not by the output.
+    Pure: the caller feeds lines and asks with the current time.
+    """
+
+    def __init__(self, target: str, *, started: float, every: float = 10.0) -> None:
+        self.target = target
+        self.started = started
+        self.every = every
+        self.packages = 0
+        self.latest = ""
+        self._reported = started
+
+    def feed(self, line: str) -> None:
+        line = line.strip()
+        if line.startswith("go: downloading "):
+            self.latest = "downloading " + " ".join(line.split()[2:4])
+        elif _PACKAGE.fullmatch(line):
+            self.packages += 1
+            self.latest = line
+
+    def due(self, now: float) -> str | None:
+        """The status line if `every` seconds passed since the last one, else None."""
+        if now - self._reported < self.every:
+            return None
+        self._reported = now
+        return self.line(now)
+
+    def line(self, now: float, *, done: bool = False) -> str:
+        elapsed = int(now - self.started)
+        where = "done" if done else (
+            self.latest if self.latest.startswith("downloading ") else f"compiling {self.latest or '...'}")
+        return f"  [{elapsed // 60}m{elapsed % 60:02d}s] {self.target}: {self.packages} packages compiled; {where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +180,38 @@ def _run(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> str:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise BuildError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}):\n{tail}")
     return proc.stdout
+
+
+def _go(verb: str, args: list[str], *, cwd: Path, env: dict[str, str], target: str, say: Say | None) -> None:
+    """`go <verb> args`; with `say`, as `-v` with a `Progress` line at least every 10 s."""
+    if say is None:
+        _run(["go", verb, *args], cwd=cwd, env=env)
+        return
+    progress = Progress(target, started=time.monotonic())
+    say(f"  {target}: go {verb} ...")
+    tail: deque[str] = deque(maxlen=30)  # errors, without the package list
+    with subprocess.Popen(["go", verb, "-v", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        fd, pending = proc.stdout.fileno(), b""
+        while True:
+            ready, _, _ = select.select([fd], [], [], progress.every)
+            data = os.read(fd, 65536) if ready else b""
+            if ready and not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                progress.feed(line)
+                if not _PACKAGE.fullmatch(line.strip()):
+                    tail.append(line)
+            report = progress.due(time.monotonic())
+            if report:
+                say(report)
+        code = proc.wait()
+    if code != 0:
+        raise BuildError(f"go {verb} of {target} failed (exit {code}):\n" + "\n".join([*tail, pending.decode()]))
+    say(progress.line(time.monotonic(), done=True))
 
 
 def _go_version() -> str:
@@ -170,22 +266,18 @@ def _version_ldflags() -> str:
     )
 
 
-def _build_testbin(out: Path, env: dict[str, str]) -> None:
+def _build_testbin(out: Path, env: dict[str, str], say: Say | None) -> None:
     ldflags = _version_ldflags()
-    _run(
-        ["go", "build", "-trimpath", "-tags", "providerless", "-ldflags", ldflags,
-         "-o", str(out / "k8s-testbin"), "."],
-        cwd=SOURCE_DIR,
-        env=env,
-    )
+    _go("build", ["-trimpath", "-tags", "providerless", "-ldflags", ldflags, "-o", str(out / "k8s-testbin"), "."],
+        cwd=SOURCE_DIR, env=env, target="k8s-testbin", say=say)
     for applet in APPLETS:
         (out / applet).symlink_to("k8s-testbin")
 
 
-def _build_kwok(out: Path, env: dict[str, str]) -> None:
+def _build_kwok(out: Path, env: dict[str, str], say: Say | None) -> None:
     env = dict(env, GOBIN=str(out), GOFLAGS="")
     # Outside any module so the testbin go.mod does not interfere.
-    _run(["go", "install", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"], cwd=out, env=env)
+    _go("install", [f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"], cwd=out, env=env, target="kwok", say=say)
     info = json.loads(
         _run(["go", "mod", "download", "-json", f"sigs.k8s.io/kwok@{KWOK_VERSION}"], cwd=out, env=env)
     )
@@ -194,18 +286,18 @@ def _build_kwok(out: Path, env: dict[str, str]) -> None:
     (out / "kwok-stages.yaml").write_text("\n---\n".join(docs) + "\n")
 
 
-def _build_containerd(out: Path, env: dict[str, str]) -> None:
+def _build_containerd(out: Path, env: dict[str, str], say: Say | None) -> None:
     env = dict(env, GOBIN=str(out), GOFLAGS="")
     pkgs = [f"github.com/containerd/containerd/v2/cmd/{t}@{CONTAINERD_VERSION}" for t in CONTAINERD_TOOLS]
-    _run(["go", "install", "-trimpath", "-ldflags", "-s -w", *pkgs], cwd=out, env=env)
+    _go("install", ["-trimpath", "-ldflags", "-s -w", *pkgs], cwd=out, env=env, target="containerd", say=say)
 
 
-def _build_coredns(out: Path, env: dict[str, str]) -> None:
-    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."],
-         cwd=COREDNS_DIR, env=env)
+def _build_coredns(out: Path, env: dict[str, str], say: Say | None) -> None:
+    _go("build", ["-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."],
+        cwd=COREDNS_DIR, env=env, target="coredns", say=say)
 
 
-def _build_conformance(out: Path, env: dict[str, str]) -> None:
+def _build_conformance(out: Path, env: dict[str, str], say: Say | None) -> None:
     """Build every CONFORMANCE_TOOLS entry inside a scratch copy of the testbin module.
 
     The copy resolves each package at the versions the test bed's own binaries use (ginkgo's
@@ -218,19 +310,23 @@ def _build_conformance(out: Path, env: dict[str, str]) -> None:
         for name, (verb, pkg) in CONFORMANCE_TOOLS.items():
             started = time.monotonic()
             args = ["-c", "-tags", "providerless"] if verb == "test" else []
-            _run(["go", verb, *args, "-trimpath", "-ldflags", _version_ldflags(),
-                  "-o", str(out / name), pkg], cwd=src, env=env)
+            _go(verb, [*args, "-trimpath", "-ldflags", _version_ldflags(), "-o", str(out / name), pkg],
+                cwd=src, env=env, target=name, say=say)
             log.info("built %s in %.0f s", name, time.monotonic() - started)
             (out / f"{name}.build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
     finally:
         shutil.rmtree(src, ignore_errors=True)
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _cached_build(
-    name: str, what: str, cold: str, steps: Callable[[Path, dict[str, str]], None],
+    name: str, what: str, cold: str, steps: Callable[[Path, dict[str, str], Say | None], None],
     complete: Callable[[Path], bool], *, quiet: bool,
 ) -> Path:
-    """Run `steps(tmp_dir, env)` once into `cache_root()/name`, under the build lock."""
+    """Run `steps(tmp_dir, env, say)` once into `cache_root()/name`, under the build lock."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     bin_dir = root / name
@@ -247,8 +343,8 @@ def _cached_build(
         tmp.mkdir()
         started = time.monotonic()
         if not quiet:
-            print(f"building {what} into {bin_dir} (cold: {cold} on 2 cores)", file=sys.stderr, flush=True)
-        steps(tmp, _go_env())
+            _say(f"building {what} into {bin_dir} (cold: {cold} on 2 cores; a line every 10 s)")
+        steps(tmp, _go_env(), None if quiet else _say)
         shutil.rmtree(bin_dir, ignore_errors=True)
         tmp.rename(bin_dir)
         if not quiet:
@@ -265,15 +361,15 @@ def ensure_node_binaries(*, quiet: bool = False) -> NodeBinaries:
     if override:
         return NodeBinaries(Path(override))
 
-    def steps(tmp: Path, env: dict[str, str]) -> None:
-        _build_containerd(tmp, env)
-        _build_coredns(tmp, env)
+    def steps(tmp: Path, env: dict[str, str], say: Say | None) -> None:
+        _build_containerd(tmp, env, say)
+        _build_coredns(tmp, env, say)
 
     def complete(d: Path) -> bool:
         return all((d / n).exists() for n in (*CONTAINERD_TOOLS, "coredns"))
 
     return NodeBinaries(_cached_build(
-        f"node-{node_source_hash()}", f"containerd {CONTAINERD_VERSION} and CoreDNS", "~3 min",
+        f"node-{node_source_hash()}", f"containerd {CONTAINERD_VERSION} and CoreDNS", estimate("node"),
         steps, complete, quiet=quiet,
     ))
 
@@ -288,12 +384,12 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
     if override:
         return Binaries(Path(override))
 
-    def steps(tmp: Path, env: dict[str, str]) -> None:
-        _build_testbin(tmp, env)
-        _build_kwok(tmp, env)
+    def steps(tmp: Path, env: dict[str, str], say: Say | None) -> None:
+        _build_testbin(tmp, env, say)
+        _build_kwok(tmp, env, say)
 
     return Binaries(_cached_build(
-        f"testbin-{source_hash()}", f"Kubernetes {KUBERNETES_VERSION} test binaries", "~8 min",
+        f"testbin-{source_hash()}", f"Kubernetes {KUBERNETES_VERSION} test binaries", estimate("testbin"),
         steps, _complete, quiet=quiet,
     ))
 
@@ -313,7 +409,7 @@ class ConformanceBinaries:
 
 
 def ensure_conformance_binaries(*, quiet: bool = False) -> ConformanceBinaries:
-    """The conformance tools, built once (~12 min cold on 2 cores); `VC_CONFORMANCEBIN_DIR` overrides.
+    """The conformance tools, built once (`estimate("conformance")`); `VC_CONFORMANCEBIN_DIR` overrides.
 
     Raises BuildError with the failing command's output.
     """
@@ -326,7 +422,7 @@ def ensure_conformance_binaries(*, quiet: bool = False) -> ConformanceBinaries:
 
     return ConformanceBinaries(_cached_build(
         f"conformance-{conformance_source_hash()}", f"the Kubernetes {KUBERNETES_VERSION} conformance suite",
-        "~12 min", _build_conformance, complete, quiet=quiet,
+        estimate("conformance"), _build_conformance, complete, quiet=quiet,
     ))
 
 

@@ -383,10 +383,30 @@ def node_manifest(name: str) -> dict[str, object]:
     }
 
 
+def kwok_port(kdir: Path) -> int:
+    """kwok's kubelet port: the one kept in `kdir/port` while it is free, else a new one kept there.
+
+    The Nodes live in etcd and outlive kwok, and kwok writes its port into a Node's
+    `daemonEndpoints` only when it initialises a Node that is not Ready (or, much later, on a
+    heartbeat): a new port on every start would leave the apiserver dialling the old one for
+    logs and exec. `start_kwok` still corrects Nodes when the kept port was taken meanwhile.
+    """
+    saved = kdir / "port"
+    try:
+        port = int(saved.read_text())
+    except (OSError, ValueError):
+        port = 0
+    if not port or not ports.bindable(LOOPBACK, port):
+        port = free_port()
+        saved.write_text(f"{port}\n")
+    return port
+
+
 async def start_kwok(
     nursery: trio.Nursery, bins: Binaries, *, cp: ControlPlane, state_dir: Path, nodes: int
 ) -> Kwok:
-    """kwok against `cp`, plus `nodes` fake Nodes it manages; returns when they are Ready."""
+    """kwok against `cp`, plus `nodes` fake Nodes it manages; returns when they are Ready and
+    name kwok's current kubelet port (`kwok_port`)."""
     kdir = state_dir / "kwok"
     (kdir / "exec").mkdir(parents=True, exist_ok=True)
     log_file = kdir / "pod.log"
@@ -398,7 +418,7 @@ async def start_kwok(
     config.write_text(
         components.kwok_config(stages, log_file=log_file, exec_workdir=kdir / "exec")
     )
-    port = free_port()
+    port = kwok_port(kdir)
     handle = await nursery.start(
         process.supervise,
         process.ProcessSpec(
@@ -418,7 +438,23 @@ async def start_kwok(
         with trio.fail_after(60):
             while not await _nodes_ready(c, names):
                 await trio.sleep(0.2)
+        await _point_nodes_at(c, names, port)
     return Kwok(port=port, log_file=log_file, nodes=names, handle=handle)
+
+
+async def _point_nodes_at(c: httpx.AsyncClient, names: tuple[str, ...], port: int) -> None:
+    """Set the kubelet port of Nodes that kept another one from an earlier kwok (Ready ones are
+    not re-initialised by kwok, and the apiserver dials this port for logs, exec, port-forward)."""
+    for n in names:
+        node = (await c.get(f"/api/v1/nodes/{n}")).json()
+        have = ((node.get("status") or {}).get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}
+        if have.get("Port") == port:
+            continue
+        patch = {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}}
+        r = await c.patch(f"/api/v1/nodes/{n}/status", json=patch,
+                          headers={"Content-Type": "application/merge-patch+json"})
+        if r.status_code != 200:
+            raise RuntimeError(f"setting node {n}'s kubelet port: HTTP {r.status_code} {r.text[:200]}")
 
 
 async def wait_default_service_account(url: str, pki_dir: Path, *, timeout: float = 60) -> None:

@@ -3,8 +3,10 @@
 `parse_kubeconfig` understands the common kubeconfig subset itself (PyYAML, no network):
 inline or file certificates, tokens, token files, TLS options. Users that need an `exec`
 or `auth-provider` plugin are resolved by `load_kubeconfig` with the official `kubernetes`
-package inside a worker thread. A kubeconfig read from a cluster object goes through
-`parse_untrusted_kubeconfig`, which accepts inline credentials only. This module is the only
+package inside a worker thread. Several files merge as kubectl merges `KUBECONFIG`
+(`merge_kubeconfigs`; `kubeconfig_files` lists them); choosing between a flag, a config
+setting and these files is the caller's business. A kubeconfig read from a cluster object
+goes through `parse_untrusted_kubeconfig`, which accepts inline credentials only. This module is the only
 importer of that package (STYLE rule 12) and it never touches its process-wide default configuration.
 Invariant: no secret (key, token, base64 payload) ever appears in a repr, log line or
 exception message produced here.
@@ -20,7 +22,7 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,11 @@ __all__ = [
     "PluginRequired",
     "UntrustedKubeconfig",
     "in_cluster",
+    "kubeconfig_files",
     "load_cert_chain_pem",
     "load_kubeconfig",
+    "load_kubeconfigs",
+    "merge_kubeconfigs",
     "parse_kubeconfig",
     "parse_untrusted_kubeconfig",
     "read_token_file",
@@ -178,9 +183,13 @@ def _load_yaml(data: bytes) -> dict[str, Any]:
 def _parse(
     data: bytes, *, context: str | None, base_dir: Path | None
 ) -> tuple[Credentials, dict[str, Any], str]:
-    """Parse everything except plugins; return the credentials, the user entry and its name."""
-    doc = _load_yaml(data)
+    return _parse_doc(_load_yaml(data), context=context, base_dir=base_dir)
 
+
+def _parse_doc(
+    doc: dict[str, Any], *, context: str | None, base_dir: Path | None
+) -> tuple[Credentials, dict[str, Any], str]:
+    """Parse everything except plugins; return the credentials, the user entry and its name."""
     context_name = context if context is not None else doc.get("current-context")
     if not context_name:
         raise KubeconfigError("no context given and kubeconfig has no current-context")
@@ -264,6 +273,9 @@ def _named(doc: dict[str, Any], section: str, inner: str, name: str) -> dict[str
             if not isinstance(body, dict):
                 raise KubeconfigError(f"{inner} {name!r} is not a mapping")
             return body
+    if section == "contexts":  # a name the user typed: say which ones exist, as kubectl does
+        known = ", ".join(sorted(str(e.get("name")) for e in entries if isinstance(e, dict))) or "none"
+        raise KubeconfigError(f"context {name!r} does not exist (contexts: {known})")
     raise KubeconfigError(f"{inner} {name!r} not found in kubeconfig {section}")
 
 
@@ -314,6 +326,83 @@ def read_token_file(path: Path) -> str:
 # Loading from disk, with the official client as the plugin fallback
 
 
+#: Where kubectl looks when neither --kubeconfig nor KUBECONFIG says otherwise.
+DEFAULT_KUBECONFIG = Path(".kube") / "config"
+
+
+def kubeconfig_files(env: Mapping[str, str], home: Path) -> tuple[list[Path], str] | None:
+    """The kubeconfig files kubectl reads without `--kubeconfig`, and what named them.
+
+    `KUBECONFIG` (a colon-separated list; empty entries and duplicates dropped, missing files
+    skipped) when set, else `~/.kube/config` if it exists. None when neither gives a file: then,
+    and only then, kubectl falls back to the in-cluster service account. Only checks which
+    files exist; reads none.
+    """
+    listed = env.get("KUBECONFIG", "")
+    if listed:
+        paths = [Path(p).expanduser() for p in dict.fromkeys(listed.split(os.pathsep)) if p]
+        existing = [p for p in paths if p.exists()]
+        return (existing, "KUBECONFIG") if existing else None
+    default = home / DEFAULT_KUBECONFIG
+    return ([default], f"~/{DEFAULT_KUBECONFIG}") if default.exists() else None
+
+
+#: Kubeconfig fields that hold file paths, which resolve against the file naming them.
+_PATH_FIELDS = {
+    "clusters": ("certificate-authority",),
+    "users": ("client-certificate", "client-key", "tokenFile"),
+}
+_MERGED_SECTIONS = (("clusters", "cluster"), ("users", "user"), ("contexts", "context"))
+
+
+def merge_kubeconfigs(docs: Sequence[tuple[bytes, Path]]) -> dict[str, Any]:
+    """Merge kubeconfig files as kubectl merges `KUBECONFIG`, in the order given.
+
+    For each named cluster, user and context the first file that has the name wins; the
+    current-context comes from the first file that sets one. Relative paths (certificate
+    files, token files, an exec command with a slash) are made absolute against the
+    directory of their own file first, so the merged document is valid anywhere.
+    Raises KubeconfigError naming the file that is not a kubeconfig.
+    """
+    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config"}
+    for section, _ in _MERGED_SECTIONS:
+        merged[section] = []
+    seen: dict[str, set[str]] = {section: set() for section, _ in _MERGED_SECTIONS}
+    for data, path in docs:
+        try:
+            doc = _load_yaml(data) if data.strip() else {}  # kubectl accepts an empty file
+        except KubeconfigError as exc:
+            raise KubeconfigError(f"{path}: {exc}") from None
+        if not merged.get("current-context") and doc.get("current-context"):
+            merged["current-context"] = doc["current-context"]
+        for section, inner in _MERGED_SECTIONS:
+            entries = doc.get(section) or []
+            if not isinstance(entries, list):
+                raise KubeconfigError(f"{path}: kubeconfig {section} is not a list")
+            for entry in entries:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if not isinstance(name, str) or name in seen[section]:
+                    continue
+                seen[section].add(name)
+                merged[section].append(_absolute(section, inner, entry, path.parent))
+    return merged
+
+
+def _absolute(section: str, inner: str, entry: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A copy of one named entry with its file paths resolved against `base_dir`."""
+    body = entry.get(inner)
+    if not isinstance(body, dict):
+        return entry
+    body = dict(body)
+    for field in _PATH_FIELDS.get(section, ()):
+        if body.get(field):
+            body[field] = str(_resolve(str(body[field]), base_dir))
+    plugin = body.get("exec")
+    if section == "users" and isinstance(plugin, dict) and "/" in str(plugin.get("command", "")):
+        body["exec"] = dict(plugin, command=str(_resolve(str(plugin["command"]), base_dir)))
+    return dict(entry, **{inner: body})
+
+
 async def load_kubeconfig(
     path: Path, *, context: str | None = None, limiter: trio.CapacityLimiter | None = None
 ) -> Credentials:
@@ -325,22 +414,35 @@ async def load_kubeconfig(
 
     Cancellation: not abandoned; a running exec plugin is waited for.
     """
-    return await trio.to_thread.run_sync(_load_blocking, path, context, limiter=limiter)
+    return await load_kubeconfigs([path], context=context, limiter=limiter)
 
 
-def _load_blocking(path: Path, context: str | None) -> Credentials:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KubeconfigError(f"cannot read kubeconfig {path}: {exc.strerror}") from None
-    creds, user, user_name = _parse(data, context=context, base_dir=path.parent)
+async def load_kubeconfigs(
+    paths: Sequence[Path], *, context: str | None = None, limiter: trio.CapacityLimiter | None = None
+) -> Credentials:
+    """`load_kubeconfig` over several files merged as kubectl merges them (`merge_kubeconfigs`).
+
+    Every path must be readable: the caller drops the missing ones kubectl would skip.
+    """
+    return await trio.to_thread.run_sync(_load_blocking, list(paths), context, limiter=limiter)
+
+
+def _load_blocking(paths: list[Path], context: str | None) -> Credentials:
+    docs = []
+    for path in paths:
+        try:
+            docs.append((path.read_bytes(), path))
+        except OSError as exc:
+            raise KubeconfigError(f"cannot read kubeconfig {path}: {exc.strerror}") from None
+    doc = merge_kubeconfigs(docs)
+    creds, user, user_name = _parse_doc(doc, context=context, base_dir=None)
     if not _needs_plugin(user):
         return creds
-    logger.info("resolving user %r of %s through its plugin", user_name, path)
-    return _with_plugin_auth(creds, path, context)
+    logger.info("resolving user %r of %s through its plugin", user_name, ", ".join(map(str, paths)))
+    return _with_plugin_auth(creds, doc, context)
 
 
-def _with_plugin_auth(creds: Credentials, path: Path, context: str | None) -> Credentials:
+def _with_plugin_auth(creds: Credentials, doc: dict[str, Any], context: str | None) -> Credentials:
     """Run the user's plugin through the official client and add its token or certificate."""
     # Imported here: slow to import, and only this thread function may use it.
     from kubernetes.client import Configuration
@@ -351,8 +453,8 @@ def _with_plugin_auth(creds: Credentials, path: Path, context: str | None) -> Cr
     try:
         cfg = Configuration()
         try:
-            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(path),
+            kube_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+                config_dict=doc,
                 context=context,
                 client_configuration=cfg,
                 persist_config=False,

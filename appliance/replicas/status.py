@@ -3,6 +3,9 @@
 A one-shot command cannot observe a Lease over time as the replicas do, so it judges
 liveness by `renewTime + leaseDurationSeconds` against this host's clock (as
 `kubectl get lease` readers do); the replicas themselves never rely on that comparison.
+Without any Lease (the default `[leases] enabled = false`) there is nothing to hold, so it
+says that Leases are off and lists the VirtualClusters without holder columns, rather
+than calling every tenant `waiting`.
 """
 
 from __future__ import annotations
@@ -42,8 +45,40 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
     return ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
 
 
-def render(leases: list[dict[str, Any]], vcs: list[dict[str, Any]], *, now: dt.datetime) -> str:
-    """Two tables: replicas (from heartbeat Leases) and VirtualClusters with their holders."""
+def _ref(vc: dict[str, Any]) -> str:
+    return f"{vc['metadata']['namespace']}/{vc['metadata']['name']}"
+
+
+def _sorted(vcs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(vcs, key=lambda v: (v["metadata"]["namespace"], v["metadata"]["name"]))
+
+
+def _leases_off(vcs: list[dict[str, Any]], *, namespace: str, enabled: bool) -> str:
+    """No Lease at all: say so, and why that is expected or not, then the plain VC list."""
+    if enabled:
+        why = ("no replica with [leases] enabled = true has run against this namespace "
+               "(do the replicas use another [leases] namespace?)")
+    else:
+        why = ("Leases are off ([leases] enabled = false, the default): each appliance serves "
+               "every VirtualCluster it selects and none is shared")
+    out = [f"no replica or tenant Leases in namespace {namespace}: {why}.", ""]
+    out += _table(("VIRTUALCLUSTER", "PHASE", "PROVISIONER"), [
+        (_ref(vc), str((vc.get("status") or {}).get("phase") or "-"),
+         str((vc.get("status") or {}).get("provisioner") or "-"))
+        for vc in _sorted(vcs)
+    ])
+    return "\n".join(out) + "\n"
+
+
+def render(
+    leases: list[dict[str, Any]], vcs: list[dict[str, Any]], *, now: dt.datetime, namespace: str,
+    leases_enabled: bool,
+) -> str:
+    """Two tables: replicas (from heartbeat Leases) and VirtualClusters with their holders.
+
+    `namespace` and `leases_enabled` are the reader's `[leases]` settings; they only word the
+    message shown when there is no Lease at all.
+    """
     replicas: list[lease.Record] = []
     tenants: dict[str, lease.Record] = {}
     for obj in leases:
@@ -53,6 +88,8 @@ def render(leases: list[dict[str, Any]], vcs: list[dict[str, Any]], *, now: dt.d
             replicas.append(rec)
         elif role == lease.ROLE_TENANT:
             tenants[rec.annotations.get(lease.ANNOTATION_TENANT, "")] = rec
+    if not replicas and not tenants:
+        return _leases_off(vcs, namespace=namespace, enabled=leases_enabled)
     live_placements = {r.annotations.get(lease.ANNOTATION_HOST, "") for r in replicas if _live(r, now)}
     out = _table(("REPLICA", "PLACEMENT", "RENEWED", "STATE"), [
         (r.holder or r.name, r.annotations.get(lease.ANNOTATION_HOST, "-"), _age(_parse_time(r.renew_time), now),
@@ -61,8 +98,8 @@ def render(leases: list[dict[str, Any]], vcs: list[dict[str, Any]], *, now: dt.d
     ])
     rows = []
     holding: dict[str, int] = {}
-    for vc in sorted(vcs, key=lambda v: (v["metadata"]["namespace"], v["metadata"]["name"])):
-        ref = f"{vc['metadata']['namespace']}/{vc['metadata']['name']}"
+    for vc in _sorted(vcs):
+        ref = _ref(vc)
         status = vc.get("status") or {}
         trec = tenants.get(ref)
         if trec is None:
@@ -87,10 +124,13 @@ def render(leases: list[dict[str, Any]], vcs: list[dict[str, Any]], *, now: dt.d
     return "\n".join(out) + "\n"
 
 
-async def fetch(superc: ApiClient, *, namespace: str, label_selector: str | None) -> str:
+async def fetch(
+    superc: ApiClient, *, namespace: str, label_selector: str | None, leases_enabled: bool
+) -> str:
     try:
         leases = (await superc.list(resources.LEASES, namespace=namespace, label_selector=lease.LABEL_LEASE)).items
     except errors.NotFound:
         leases = []
     vcs = (await superc.list(resources.VIRTUALCLUSTERS, label_selector=label_selector)).items
-    return render(leases, vcs, now=dt.datetime.now(dt.UTC))
+    return render(leases, vcs, now=dt.datetime.now(dt.UTC), namespace=namespace,
+                  leases_enabled=leases_enabled)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
-from appliance.controlplane import ports
+from appliance.controlplane import cluster, ports
 
 
 def _listener(*, go_style: bool = False) -> socket.socket:
@@ -44,3 +45,15 @@ def test_free_port_is_free_now() -> None:
     """The kernel's choice can be bound right away (the race it leaves is what the checks are for)."""
     port = ports.free_port()
     assert ports.bindable("127.0.0.1", port)
+
+
+def test_kwok_keeps_its_kubelet_port_across_starts_while_it_is_free(tmp_path: Path) -> None:
+    """The port kept in the state dir is reused (Nodes in etcd still name it); a taken one is replaced and kept."""
+    first = cluster.kwok_port(tmp_path)
+    assert first == cluster.kwok_port(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", first))
+        s.listen()
+        second = cluster.kwok_port(tmp_path)
+    assert second != first
+    assert f"{second}\n" == (tmp_path / "port").read_text()

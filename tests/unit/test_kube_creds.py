@@ -203,7 +203,7 @@ def test_context_without_user_is_anonymous() -> None:
         ),
         pytest.param(
             kubeconfig(clusters=[], users=[], contexts=[], current="missing"),
-            "context 'missing' not found",
+            "context 'missing' does not exist",
             id="unknown-context",
         ),
         pytest.param(
@@ -333,6 +333,81 @@ async def test_load_kubeconfig_exec_plugin(tmp_path: Path, pki: dict[str, bytes]
     )
     got = await creds.load_kubeconfig(path)
     assert ("https://h:6443", pki["ca"], SECRET_TOKEN) == (got.server, got.ca_pem, got.token)
+
+
+def _kubeconfig_file(path: Path, *, server: str, context: str, current: str | None, **user: str) -> Path:
+    """One file holding cluster `c`, user `u` (with `user` fields) and context `context` over them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(kubeconfig(
+        clusters=[{"name": "c", "cluster": {"server": server}}],
+        users=[{"name": "u", "user": dict(user)}],
+        contexts=[{"name": context, "context": {"cluster": "c", "user": "u"}}],
+        current=current,
+    ))
+    return path
+
+
+def test_merge_first_file_wins_each_name_and_current_context(tmp_path: Path) -> None:
+    """As kubectl merges KUBECONFIG: a name's first definition wins, and so does the first current-context."""
+    first = _kubeconfig_file(tmp_path / "a", server="https://a:6443", context="ctx-a", current=None,
+                             token="from-a")
+    second = _kubeconfig_file(tmp_path / "b", server="https://b:6443", context="ctx-b", current="ctx-b",
+                              token="from-b")
+    third = _kubeconfig_file(tmp_path / "c", server="https://c:6443", context="ctx-c", current="ctx-c")
+    merged = creds.merge_kubeconfigs([(p.read_bytes(), p) for p in (first, second, third)])
+    assert "ctx-b" == merged["current-context"]
+    assert [{"name": "c", "cluster": {"server": "https://a:6443"}}] == merged["clusters"]
+    assert ["ctx-a", "ctx-b", "ctx-c"] == [c["name"] for c in merged["contexts"]]
+    got = creds.parse_kubeconfig(yaml.safe_dump(merged).encode())
+    assert ("https://a:6443", "from-a") == (got.server, got.token)  # ctx-b's cluster and user come from a
+
+
+def test_merge_resolves_paths_against_their_own_file(tmp_path: Path) -> None:
+    """A relative token file (or certificate) belongs to the directory of the file that names it."""
+    (tmp_path / "two" / "token").parent.mkdir()
+    (tmp_path / "two" / "token").write_text(SECRET_TOKEN)
+    empty = tmp_path / "one" / "config"
+    empty.parent.mkdir()
+    empty.write_text("")
+    named = _kubeconfig_file(tmp_path / "two" / "config", server="https://h", context="x", current="x",
+                             tokenFile="token")
+    merged = creds.merge_kubeconfigs([(empty.read_bytes(), empty), (named.read_bytes(), named)])
+    assert str(tmp_path / "two" / "token") == merged["users"][0]["user"]["tokenFile"]
+
+
+@pytest.mark.parametrize(
+    ("kubeconfig_env", "make", "expected"),
+    [
+        pytest.param(None, ["home/.kube/config"], (["home/.kube/config"], "~/.kube/config"), id="default"),
+        pytest.param(None, [], None, id="nothing"),
+        pytest.param("a::missing:b:a", ["a", "b", "home/.kube/config"], (["a", "b"], "KUBECONFIG"),
+                     id="list-skips-empty-missing-and-repeats"),
+        pytest.param("missing", ["home/.kube/config"], None, id="list-of-missing-hides-the-default"),
+    ],
+)
+def test_kubeconfig_files_follow_kubectl(
+    tmp_path: Path, kubeconfig_env: str | None, make: list[str], expected: tuple[list[str], str] | None
+) -> None:
+    """KUBECONFIG (missing files skipped) replaces ~/.kube/config; neither gives None (then in-cluster)."""
+    for rel in make:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    env = {} if kubeconfig_env is None else {
+        "KUBECONFIG": ":".join(str(tmp_path / p) if p else "" for p in kubeconfig_env.split(":"))}
+    got = creds.kubeconfig_files(env, tmp_path / "home")
+    want = None if expected is None else ([tmp_path / p for p in expected[0]], expected[1])
+    assert want == got
+
+
+async def test_load_kubeconfigs_merges_and_refuses_an_unknown_context(tmp_path: Path) -> None:
+    """Several files load as one; a context none of them has is named, with the ones that exist."""
+    first = _kubeconfig_file(tmp_path / "a", server="https://a:6443", context="ctx-a", current="ctx-a",
+                             token="from-a")
+    second = _kubeconfig_file(tmp_path / "b", server="https://b:6443", context="ctx-b", current=None,
+                              token="from-b")
+    assert "https://a:6443" == (await creds.load_kubeconfigs([first, second])).server
+    with pytest.raises(KubeconfigError, match=r"context 'nope' does not exist \(contexts: ctx-a, ctx-b\)"):
+        await creds.load_kubeconfigs([first, second], context="nope")
 
 
 def test_in_cluster(tmp_path: Path, pki: dict[str, bytes]) -> None:

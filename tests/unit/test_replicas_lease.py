@@ -118,10 +118,29 @@ def test_status_table_names_holders_and_unavailable_process_tenants() -> None:
     ]
     vcs = [{"metadata": {"namespace": "team", "name": f"vc{i}"},
             "status": {"phase": "Running", "provisioner": p}} for i, p in enumerate(["import", "process", "native"])]
-    text = status.render(leases, vcs, now=NOW + dt.timedelta(seconds=3))
+    text = status.render(leases, vcs, now=NOW + dt.timedelta(seconds=3), namespace="vc-appliance-system",
+                         leases_enabled=True)
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
     assert "live" in lines["host-a-1"] and "a:/d" in lines["host-a-1"]
     assert "host-a-1" in lines["team/vc0"] and lines["team/vc0"].endswith("held")
     assert "unavailable (processes on b:/d)" in lines["team/vc1"]
     assert lines["team/vc2"].endswith("waiting")
     assert "held: host-a-1 1" in text
+
+
+def test_status_without_any_lease_says_leases_are_off_instead_of_waiting() -> None:
+    """No Lease in the namespace (the default single appliance) reads as "Leases are off", never `waiting`."""
+    vcs = [{"metadata": {"namespace": "default", "name": "tenant-1"},
+            "status": {"phase": "Running", "provisioner": "process"}}]
+    text = status.render([], vcs, now=NOW, namespace="vc-appliance-system", leases_enabled=False)
+    assert "waiting" not in text and "HOLDER" not in text
+    assert text.startswith("no replica or tenant Leases in namespace vc-appliance-system: Leases are off")
+    assert "[leases] enabled = false" in text
+    assert ["default/tenant-1", "Running", "process"] == text.splitlines()[-1].split()
+
+
+def test_status_without_leases_but_enabled_asks_about_the_namespace() -> None:
+    """A reader whose config enables Leases, finding none, is pointed at `[leases] namespace`."""
+    text = status.render([], [], now=NOW, namespace="elsewhere", leases_enabled=True)
+    assert "no replica or tenant Leases in namespace elsewhere" in text
+    assert "[leases] namespace" in text and "waiting" not in text
