@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= $(CURDIR)/state
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev dev-down test unit lint testbin venv hostdeps conformance
+.PHONY: dev dev-down test unit lint testbin venv hostdeps conformance image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: testbin
 FOCUS ?= \[Conformance\]
 conformance: testbin
 	$(PY) -m bench.conformance --focus '$(FOCUS)' $(CONFORMANCE_ARGS)
+
+# The container image (podman, no registry): localhost/vc-appliance:<version>. See README.
+image: testbin
+	$(PY) -m appliance.controlplane.containerimage $(IMAGE_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -37,6 +37,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if "realnode" in parts:
             item.add_marker(pytest.mark.realnode)
+        if "container" in parts:
+            item.add_marker(pytest.mark.container)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
-"""Install the Debian packages the real node of the test bed needs, when they are missing.
+"""Install the Debian packages the test bed needs, when they are missing.
 
 The Go-built binaries come from `build`; what must come from the distribution is what
-needs cgo or the kernel's userland: runc, the CNI plugins, iptables and conntrack (for
-CNI and kube-proxy), busybox-static (the base of every local image), iproute2 and
-util-linux (namespaces and links). `make dev` and `make test` run this first, so a fresh
-machine gets them; as non-root, or without apt, it only says what is missing (the test
-bed then reports why it cannot start a real node).
+needs cgo or the kernel's userland. The real node: runc, the CNI plugins, iptables and
+conntrack (for CNI and kube-proxy), busybox-static (the base of every local image), iproute2
+and util-linux (namespaces and links). The container suite: podman (builds and runs the
+appliance image) and debootstrap (its base image, without a registry). `make dev` and
+`make test` run this first, so a fresh machine gets them; as non-root, or without apt, it
+only says what is missing (the test bed then reports why it cannot start a real node).
 
 Run as `python -m appliance.controlplane.hostdeps [--check]`. Blocking; not for the loop.
 """
@@ -26,6 +27,8 @@ PACKAGES = (
     "busybox-static",
     "iproute2",
     "util-linux",
+    "podman",
+    "debootstrap",
 )
 
 
@@ -56,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     if not need:
         return 0
     if args.check or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print(f"real node: missing Debian packages {' '.join(need)}; install them with "
-              f"`apt-get install {' '.join(need)}` (as root) to run Pods on a real node",
+        print(f"test bed: missing Debian packages {' '.join(need)}; install them with "
+              f"`apt-get install {' '.join(need)}` (as root) to run Pods on a real node "
+              f"and the container suite",
               file=sys.stderr)
         return 0
-    print(f"installing Debian packages for the real node: {' '.join(need)}", file=sys.stderr, flush=True)
+    print(f"installing Debian packages for the test bed: {' '.join(need)}", file=sys.stderr, flush=True)
     try:
         install(need)
     except subprocess.CalledProcessError as exc:

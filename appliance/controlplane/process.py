@@ -177,6 +177,19 @@ async def _stop(proc: trio.Process | _Adopted, *, grace: float, name: str) -> No
         await proc.wait()
 
 
+#: What systemd hands to the unit's main process alone: a child that inherits NOTIFY_SOCKET
+#: (etcd and kube-apiserver speak sd_notify) would send READY=1 or STATUS= for the appliance.
+SERVICE_MANAGER_VARS = frozenset({
+    "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+})
+
+
+def child_env(env: dict[str, str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a child gets: `env` (or `base`, default ours) without the service manager's."""
+    source = env if env is not None else (base if base is not None else dict(os.environ))
+    return {k: v for k, v in source.items() if k not in SERVICE_MANAGER_VARS}
+
+
 async def _start(spec: ProcessSpec) -> trio.Process:
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     logf = open(spec.log_path, "ab", buffering=0)
@@ -187,7 +200,7 @@ async def _start(spec: ProcessSpec) -> trio.Process:
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
-            env=spec.env,
+            env=child_env(spec.env),
             cwd=spec.cwd,
             start_new_session=True,
         )
@@ -207,7 +220,7 @@ async def _spawn_detached(spec: ProcessSpec) -> _Adopted:
     with open(spec.log_path, "ab") as logf:
         logf.write(f"\n--- start (detached) {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.name}\n".encode())
     script = 'setsid "$@" </dev/null >>"$LOG" 2>&1 & echo $!'
-    env = dict(spec.env if spec.env is not None else os.environ, LOG=str(spec.log_path))
+    env = dict(child_env(spec.env), LOG=str(spec.log_path))
     done = await trio.run_process(
         ["sh", "-c", script, "sh", *map(str, spec.argv)],
         capture_stdout=True, env=env, cwd=spec.cwd,
