@@ -9,6 +9,7 @@ ready. Whoever owns the nursery owns the processes: cancelling it stops them.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -330,6 +331,8 @@ async def start_control_plane(
         etcd_servers=etcd_url, etcd_prefix=prefix, port=port, pki_dir=pki_dir,
         service_cidr=service_cidr, bind_address=address, advertise_address=address,
     )
+    if virtual_nodes:  # a tenant: its nodes are virtual, their Hostname is the appliance's proxy
+        flags = dataclasses.replace(flags, kubelet_address_types=components.TENANT_KUBELET_ADDRESS_TYPES)
     logs = state_dir / "logs"
 
     async def start(

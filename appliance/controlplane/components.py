@@ -82,7 +82,15 @@ class ApiServerFlags:
     etcd_tls: TLSFiles | None = None
     #: `--etcd-compaction-interval`; "0" where the apiserver may not write `compact_rev_key`.
     etcd_compaction_interval: str | None = None
+    #: Which Node address the apiserver dials a kubelet at. A real node's Hostname may not
+    #: resolve, so IPs come first; tenants use TENANT_KUBELET_ADDRESS_TYPES.
+    kubelet_address_types: str = "InternalIP,ExternalIP,Hostname"
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+#: A virtual node's Hostname address is the appliance's kubelet proxy, its InternalIP the super
+#: node's (syncer/vnode.py): a tenant apiserver must dial the former.
+TENANT_KUBELET_ADDRESS_TYPES = "Hostname,InternalIP,ExternalIP"
 
 
 def _is_loopback(address: str) -> bool:
@@ -109,7 +117,7 @@ def apiserver_argv(bins: Binaries, f: ApiServerFlags) -> list[str]:
         "service-account-signing-key-file": str(d / "sa.key"),
         "service-cluster-ip-range": f.service_cidr,
         "allow-privileged": "true",
-        "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
+        "kubelet-preferred-address-types": f.kubelet_address_types,
         "kubelet-client-certificate": str(d / "kubelet-client.crt"),
         "kubelet-client-key": str(d / "kubelet-client.key"),
         "profiling": "false",

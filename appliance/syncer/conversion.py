@@ -211,8 +211,10 @@ def adapt_service(super_svc: Mapping[str, Any], *, own_range: str | None = None)
 
     A real tenant ClusterIP moves to annotation `tenancy.x-k8s.io/clusterIP` and clusterIP(s)
     are cleared (headless `None` is kept), unless every one of them lies in `own_range`, the
-    tenant's own ServiceCIDR in the super cluster, where they are kept as they are. Every
-    nodePort and healthCheckNodePort is cleared.
+    tenant's own ServiceCIDR in the super cluster, where they are kept as they are. Node ports
+    are kept: the super cluster has the same default range, so the port a tenant was given is
+    the one its clients dial on a node (the original cleared them, so NodePorts seen in a
+    tenant did not work); when the super cluster refuses one, `without_node_ports` lets it pick.
     """
     new = copy.deepcopy(dict(super_svc))
     spec = new.get("spec") or {}
@@ -223,10 +225,22 @@ def adapt_service(super_svc: Mapping[str, Any], *, own_range: str | None = None)
         if not in_range(spec.get("clusterIPs") or [cluster_ip], own_range):
             spec.pop("clusterIP", None)
             spec.pop("clusterIPs", None)
+    return new
+
+
+def without_node_ports(super_svc: Mapping[str, Any]) -> dict[str, Any]:
+    """`super_svc` with every nodePort and healthCheckNodePort cleared, for the super cluster to allocate."""
+    new = copy.deepcopy(dict(super_svc))
+    spec = new.get("spec") or {}
     spec.pop("healthCheckNodePort", None)
     for port in spec.get("ports") or ():
         port.pop("nodePort", None)
     return new
+
+
+def has_node_ports(svc: Mapping[str, Any]) -> bool:
+    spec = svc.get("spec") or {}
+    return bool(spec.get("healthCheckNodePort") or any(p.get("nodePort") for p in spec.get("ports") or ()))
 
 
 def in_range(addresses: Iterable[str], cidr: str | None) -> bool:

@@ -331,13 +331,16 @@ def service_spec_patch(
     super_svc: Mapping[str, Any],
     *,
     ignore_external_ips: bool = False,
+    keep_node_ports: bool = True,
 ) -> dict[str, Any] | None:
     """Merge patch of a super Service spec following the tenant's (SPEC §3.7 Service update).
 
     Compares ignoring clusterIP(s), ipFamilies, ipFamilyPolicy and node ports (and externalIPs
     with gate VServiceExternalIP). On a difference the desired spec is the tenant's with super's
-    allocated fields kept: clusterIP(s) and IP families, nodePorts by port index and
-    healthCheckNodePort, the last two only where the tenant's type still allows them.
+    allocated fields kept: clusterIP(s) and IP families; node ports (by port index) and
+    healthCheckNodePort where the tenant's type still allows them, the tenant's own where it has
+    one and `keep_node_ports` (a Service turned NodePort gets the port its tenant was given),
+    else the super's.
     """
     t_spec, s_spec = tenant_svc.get("spec") or {}, super_svc.get("spec") or {}
     if _comparable_service_spec(t_spec, ignore_external_ips=ignore_external_ips) == _comparable_service_spec(
@@ -352,12 +355,16 @@ def service_spec_patch(
         desired["externalIPs"] = copy.deepcopy(s_spec["externalIPs"])
     kind = desired.get("type", "ClusterIP")
     if kind in ("NodePort", "LoadBalancer"):
-        super_ports = s_spec.get("ports") or []
+        super_ports, tenant_ports = s_spec.get("ports") or [], t_spec.get("ports") or []
         for index, port in enumerate(desired.get("ports") or ()):
-            if index < len(super_ports) and super_ports[index].get("nodePort"):
+            if keep_node_ports and index < len(tenant_ports) and tenant_ports[index].get("nodePort"):
+                port["nodePort"] = tenant_ports[index]["nodePort"]
+            elif index < len(super_ports) and super_ports[index].get("nodePort"):
                 port["nodePort"] = super_ports[index]["nodePort"]
-    if kind == "LoadBalancer" and desired.get("externalTrafficPolicy") == "Local" and s_spec.get("healthCheckNodePort"):
-        desired["healthCheckNodePort"] = s_spec["healthCheckNodePort"]
+    if kind == "LoadBalancer" and desired.get("externalTrafficPolicy") == "Local":
+        check = (t_spec.get("healthCheckNodePort") if keep_node_ports else None) or s_spec.get("healthCheckNodePort")
+        if check:
+            desired["healthCheckNodePort"] = check
     patch = json_merge_patch(s_spec, desired)
     return {"spec": patch} if patch is not None else None
 

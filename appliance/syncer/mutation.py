@@ -12,6 +12,8 @@ subclasses, which the caller treats as "retry later".
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,10 @@ SYSTEM_PRIORITY_PREFIX: Final = "system-"
 CONTROL_PLANE_HOSTNAMES: Final = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 ROOT_CA_CONFIGMAP: Final = "kube-root-ca.crt"
 MAX_NAMESERVERS: Final = 3  # Kubernetes validation limit for dnsConfig.nameservers
+#: ConfigMaps in a super namespace that stand in for a tenant's ClusterTrustBundle projections.
+TRUST_BUNDLE_CONFIGMAP_PREFIX: Final = "vc-ctb-"
+TRUST_BUNDLE_KEY: Final = "bundle.pem"  # present only when a ClusterTrustBundle matched
+TRUST_BUNDLE_OR_EMPTY_KEY: Final = "or-empty.pem"  # always present: the bundle, or ""
 
 
 class MutationError(Exception):
@@ -181,6 +187,28 @@ def dns_mutation_disabled(tenant_pod: Mapping[str, Any], *, allow_opt_out: bool)
     return allow_opt_out and labels.get(naming.LABEL_DISABLE_DNS_POLICY_MUTATION) == "true"
 
 
+def trust_bundle_selection(source: Mapping[str, Any]) -> dict[str, Any]:
+    """What a `clusterTrustBundle` projection selects: one bundle by name, or a signer's bundles
+    by label selector (None matches nothing, {} everything, as the kubelet reads it)."""
+    if source.get("name"):
+        return {"name": source["name"]}
+    return {"signerName": source.get("signerName", ""), "labelSelector": source.get("labelSelector")}
+
+
+def trust_bundle_configmap(selection: Mapping[str, Any]) -> str:
+    """The super ConfigMap holding what `selection` selects, one per selection and namespace."""
+    canonical = json.dumps(selection, sort_keys=True, separators=(",", ":"))
+    return TRUST_BUNDLE_CONFIGMAP_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def trust_bundle_sources(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every `clusterTrustBundle` projection of the Pod's volumes."""
+    volumes = (pod.get("spec") or {}).get("volumes") or ()
+    return [source["clusterTrustBundle"] for volume in volumes
+            for source in (volume.get("projected") or {}).get("sources") or ()
+            if source.get("clusterTrustBundle")]
+
+
 def secret_volume_names(pod: Mapping[str, Any]) -> set[str]:
     """Names of the secrets mounted as volumes, for resolving `PodContext.sa_secrets`."""
     volumes = (pod.get("spec") or {}).get("volumes") or ()
@@ -201,6 +229,7 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         _replace_token_volume(spec, ctx.token_volume)
         _replace_projected_tokens(spec, ctx.token_volume.secret_name)
     _refuse_super_tokens(spec)
+    _replace_trust_bundles(spec)
     if ctx.disable_service_account_token:
         spec["automountServiceAccountToken"] = False
     if ctx.root_ca_configmap:
@@ -283,6 +312,22 @@ def _refuse_super_tokens(spec: dict[str, Any]) -> None:
     for volume in spec.get("volumes") or ():
         if any("serviceAccountToken" in s for s in (volume.get("projected") or {}).get("sources") or ()):
             raise TokenNotReady(str(volume.get("name", "")))
+
+
+def _replace_trust_bundles(spec: dict[str, Any]) -> None:
+    """A `clusterTrustBundle` source becomes the same path from the ConfigMap the syncer fills
+    with the tenant's bundles (the super kubelet would read the super cluster's). Not optional:
+    a key that is present only when something matched, so the kubelet blocks the Pod as it
+    would; optional: a key that is always there, empty when nothing matched."""
+    for volume in spec.get("volumes") or ():
+        sources: list[dict[str, Any]] = (volume.get("projected") or {}).get("sources") or []
+        for index, source in enumerate(sources):
+            ctb = source.get("clusterTrustBundle")
+            if ctb is None:
+                continue
+            key = TRUST_BUNDLE_OR_EMPTY_KEY if ctb.get("optional") else TRUST_BUNDLE_KEY
+            name = trust_bundle_configmap(trust_bundle_selection(ctb))
+            sources[index] = {"configMap": {"name": name, "items": [{"key": key, "path": ctb.get("path", "")}]}}
 
 
 def _rename_root_ca(spec: dict[str, Any], new_name: str) -> None:

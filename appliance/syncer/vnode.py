@@ -9,9 +9,13 @@ placing Pods by node affinity) read such a node as unusable. Super taints are no
 the super scheduler enforces them, and a NoExecute taint in the tenant would make the
 tenant's taint-eviction controller delete Pods the super cluster keeps running. Vnodes
 created as tainted by an older version are fixed by `spec_patch`. A vnode carries the
-super node's os/arch/hostname labels, capacity and node info, and
-advertises the appliance's kubelet proxy as its address and kubelet port, so tenant
-`kubectl logs/exec` reach the proxy. It never carries `status.declaredFeatures`, so the
+super node's os/arch/hostname labels, capacity and node info, and the super node's
+addresses (NodePorts, host ports and `status.hostIP` are reached there) plus a `Hostname`
+address that is the appliance's kubelet proxy, with the proxy's port as its kubelet port:
+kube-apiserver dials a node's kubelet at the first address of its
+`--kubelet-preferred-address-types`, which puts Hostname first by default (process tenants
+set it so), so tenant `kubectl logs/exec` reach the proxy. A super node without addresses
+(some fake nodes) gets the proxy as its InternalIP too, as before. It never carries `status.declaredFeatures`, so the
 tenant apiserver talks SPDY to the proxy, which passes it through untouched.
 `build` and `status_patch` are pure; `ensure`/`upward` do the I/O.
 """
@@ -55,8 +59,17 @@ def _condition_taints(super_node: dict[str, Any]) -> list[dict[str, str]]:
     return [{"key": NOT_READY_TAINT if ready == "False" else UNREACHABLE_TAINT, "effect": "NoSchedule"}]
 
 
-def _addresses(address: str) -> list[dict[str, str]]:
-    return [{"type": "InternalIP", "address": address}]
+_COPIED_ADDRESS_TYPES = ("InternalIP", "ExternalIP", "InternalDNS", "ExternalDNS")
+
+
+def _addresses(super_node: dict[str, Any], proxy: str) -> list[dict[str, str]]:
+    """The super node's addresses, its Hostname replaced by the proxy's address."""
+    copied = [{"type": a["type"], "address": a["address"]}
+              for a in (super_node.get("status") or {}).get("addresses") or ()
+              if a.get("type") in _COPIED_ADDRESS_TYPES and a.get("address")]
+    if not any(a["type"] == "InternalIP" for a in copied):
+        copied.insert(0, {"type": "InternalIP", "address": proxy})
+    return [*copied, {"type": "Hostname", "address": proxy}]
 
 
 def build(
@@ -78,7 +91,7 @@ def build(
             "allocatable": copy.deepcopy(status.get("allocatable") or {}),
             "nodeInfo": copy.deepcopy(status.get("nodeInfo") or {}),
             "conditions": copy.deepcopy(status.get("conditions") or []),
-            "addresses": _addresses(address),
+            "addresses": _addresses(super_node, address),
             "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
         },
     }
@@ -88,7 +101,7 @@ def status_patch(vnode: dict[str, Any], super_node: dict[str, Any], *, address: 
     """Merge patch bringing a vnode's conditions and endpoint in line (pure)."""
     want = {
         "conditions": (super_node.get("status") or {}).get("conditions") or [],
-        "addresses": _addresses(address),
+        "addresses": _addresses(super_node, address),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
     }
     have = vnode.get("status") or {}

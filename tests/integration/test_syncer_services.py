@@ -190,6 +190,55 @@ async def test_a_tenant_with_its_own_service_cidr_keeps_its_cluster_ips(env: syn
 
 
 @syncing.deadline(120)
+async def test_node_ports_are_the_tenants_unless_the_super_cluster_has_given_them_away(env: syncing.Env) -> None:
+    """A NodePort Service's super twin has the node port its tenant was given (what a client dials
+    on a node); one turned NodePort later gets it too. A port the super cluster already gave to
+    someone else stays theirs: the Service gets another and the tenant a NodePortNotKept Warning."""
+    sx = await env.start()
+    t = await env.tenant(sx, "np")
+    await syncing.tenant_namespace(t, "shop")
+    super_ns = naming.super_namespace(t.key, "shop")
+    await t.client.create(resources.SERVICES, {**service("web", selector={"app": "web"}, ports=[{"port": 80}]),
+                                               "spec": {"type": "NodePort", "selector": {"app": "web"},
+                                                        "ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "tls"}]}},
+                          namespace="shop")
+    ten, sup = await synced_service(env, t, "shop", "web")
+    assert [p["nodePort"] for p in sup["spec"]["ports"]] == [p["nodePort"] for p in ten["spec"]["ports"]]
+
+    await t.client.create(resources.SERVICES, service("later", selector={"app": "web"}, ports=[{"port": 80}]),
+                          namespace="shop")
+    await synced_service(env, t, "shop", "later")
+    await t.client.patch(resources.SERVICES, "later", {"spec": {"type": "NodePort"}}, namespace="shop")
+    given = (await t.client.get(resources.SERVICES, "later", namespace="shop"))["spec"]["ports"][0]["nodePort"]
+    await syncing.wait_object(env.superc, resources.SERVICES, "later", namespace=super_ns,
+                              where=lambda s: s["spec"].get("type") == "NodePort"
+                              and s["spec"]["ports"][0].get("nodePort") == given,
+                              what=f"super service later with the tenant's node port {given}")
+
+    # A super Service holds a port first; the tenant asks for the same one.
+    squatter_ns = f"squat-np-{t.key[-8:]}"
+    await env.superc.create(resources.NAMESPACES, {"metadata": {"name": squatter_ns}})
+    env.stack.push_async_callback(env.superc.delete, resources.NAMESPACES, squatter_ns)
+    squatter = await env.superc.create(resources.SERVICES, {"metadata": {"name": "squatter"}, "spec": {
+        "type": "NodePort", "ports": [{"port": 80}]}}, namespace=squatter_ns)
+    taken = squatter["spec"]["ports"][0]["nodePort"]
+    await t.client.create(resources.SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clash"},
+                                               "spec": {"type": "NodePort", "selector": {"app": "web"},
+                                                        "ports": [{"port": 80, "nodePort": taken}]}},
+                          namespace="shop")
+    _, sup = await synced_service(env, t, "shop", "clash")
+    assert sup["spec"]["ports"][0]["nodePort"] not in (None, taken)
+    assert (await env.superc.get(resources.SERVICES, "squatter", namespace=squatter_ns))["spec"]["ports"][0][
+        "nodePort"] == taken  # untouched
+
+    async def warned() -> bool:
+        events = (await t.client.list(resources.EVENTS, namespace="shop")).items
+        return any(e["reason"] == "NodePortNotKept" and e["involvedObject"]["name"] == "clash" for e in events)
+
+    await wait_for(warned, timeout=30, what="NodePortNotKept Warning on tenant service clash")
+
+
+@syncing.deadline(120)
 async def test_user_managed_endpoint_slices_are_copied_controller_ones_are_not(env: syncing.Env) -> None:
     """An EndpointSlice a user manages for a selector-less Service reaches the super namespace with
     its service-name and managed-by labels (kube-proxy reads them); the slices the tenant's own

@@ -53,3 +53,15 @@ def test_controller_manager_names_its_apiserver_on_the_command_line_when_told() 
     argv = components.controller_manager_argv(bins, pki_dir=Path("/t"), master="https://127.0.0.1:7")
     assert "--master=https://127.0.0.1:7" in argv
     assert not any(a.startswith("--master") for a in components.controller_manager_argv(bins, pki_dir=Path("/t")))
+
+
+def test_tenant_apiservers_dial_a_node_at_its_hostname_others_at_its_ip() -> None:
+    """A virtual node's Hostname address is the appliance's kubelet proxy; a real node's may not
+    resolve, so only tenant apiservers put Hostname first."""
+    bins = build.Binaries(Path("/opt/kube"))
+    base = {"etcd_servers": "http://127.0.0.1:1", "etcd_prefix": "/p", "port": 3, "pki_dir": Path("/t")}
+    plain = components.apiserver_argv(bins, components.ApiServerFlags(**base))  # type: ignore[arg-type]
+    tenant = components.apiserver_argv(bins, components.ApiServerFlags(
+        **base, kubelet_address_types=components.TENANT_KUBELET_ADDRESS_TYPES))  # type: ignore[arg-type]
+    assert "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname" in plain
+    assert "--kubelet-preferred-address-types=Hostname,InternalIP,ExternalIP" in tenant

@@ -303,23 +303,28 @@ def _service(spec: dict[str, Any]) -> dict[str, Any]:
             },
             {
                 "type": "LoadBalancer",
+                "healthCheckNodePort": 31000,
                 "externalTrafficPolicy": "Local",
-                "ports": [{"port": 80}, {"port": 443}],
+                "ports": [{"port": 80, "nodePort": 30080}, {"port": 443, "nodePort": 30443}],
             },
             "10.32.0.9",
-            id="node-ports-cleared",
+            id="node-ports-kept",
         ),
         pytest.param({"ports": [{"port": 80}]}, {"ports": [{"port": 80}]}, None, id="no-ip-yet"),
     ],
 )
 def test_adapt_service(spec: dict[str, Any], expected_spec: dict[str, Any], expected_annotation: str | None) -> None:
-    """The super allocates addresses: tenant ClusterIP moves to an annotation, node ports cleared."""
+    """The super allocates cluster IPs (the tenant's moves to an annotation); node ports are kept,
+    and `without_node_ports` clears them for the fallback."""
     svc = _service(spec)
     before = copy.deepcopy(svc)
     adapted = conversion.adapt_service(svc)
     assert before == svc
     assert expected_spec == adapted["spec"]
     assert expected_annotation == adapted["metadata"]["annotations"].get(naming.ANNOTATION_CLUSTER_IP)
+    cleared = conversion.without_node_ports(adapted)
+    assert not conversion.has_node_ports(cleared)
+    assert conversion.has_node_ports(adapted) == ("nodePort" in str(spec))
 
 
 def test_adapt_sa_token_secret() -> None:

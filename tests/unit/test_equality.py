@@ -345,8 +345,8 @@ BASE_SPEC = {"type": "ClusterIP", "selector": {"app": "a"}, "ports": [{"port": 8
                 "ports": [{"port": 80, "nodePort": 30001}, {"port": 81, "nodePort": 30002}],
             },
             {**BASE_SPEC, "type": "NodePort", "ports": [{"port": 80, "nodePort": 31001}]},
-            {"ports": [{"port": 80, "nodePort": 31001}, {"port": 81}]},
-            id="node-ports-by-index",
+            {"ports": [{"port": 80, "nodePort": 30001}, {"port": 81, "nodePort": 30002}]},
+            id="tenant-node-ports-by-index",
         ),
         pytest.param(
             {**BASE_SPEC, "type": "ClusterIP"},
@@ -379,6 +379,16 @@ def test_service_spec_patch(tenant_spec: dict[str, Any], super_spec: dict[str, A
     """Service specs are compared without allocated fields; patches keep super allocations."""
     patch = equality.service_spec_patch(svc(tenant_spec), svc(super_spec))
     assert expected == (patch["spec"] if patch else None)
+
+
+def test_service_spec_patch_falls_back_to_the_super_node_ports() -> None:
+    """Where the super cluster refused the tenant's node ports, patches keep the super's, by
+    index, and a port the super has none for gets none (the super cluster allocates it)."""
+    tenant = svc({**BASE_SPEC, "type": "NodePort",
+                  "ports": [{"port": 80, "nodePort": 30001}, {"port": 81, "nodePort": 30002}]})
+    super_ = svc({**BASE_SPEC, "type": "NodePort", "ports": [{"port": 80, "nodePort": 31001}]})
+    patch = equality.service_spec_patch(tenant, super_, keep_node_ports=False)
+    assert patch == {"spec": {"ports": [{"port": 80, "nodePort": 31001}, {"port": 81}]}}
 
 
 def test_service_spec_patch_ignores_external_ips_with_gate() -> None:

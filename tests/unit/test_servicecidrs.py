@@ -47,12 +47,12 @@ def svc(**spec: Any) -> dict[str, Any]:
 
 def test_a_tenant_cluster_ip_is_kept_only_inside_the_tenants_own_range() -> None:
     """Inside the range the addresses stay (and the tenant's is still recorded); outside it, or
-    without a range, the super cluster allocates; headless stays headless; nodePorts always go."""
+    without a range, the super cluster allocates; headless stays headless; nodePorts stay."""
     inside = svc(clusterIP="10.64.0.10", clusterIPs=["10.64.0.10"])
     kept = conversion.adapt_service(inside, own_range="10.64.0.0/20")
     assert kept["spec"]["clusterIP"] == "10.64.0.10" and kept["spec"]["clusterIPs"] == ["10.64.0.10"]
     assert kept["metadata"]["annotations"][naming.ANNOTATION_CLUSTER_IP] == "10.64.0.10"
-    assert "nodePort" not in kept["spec"]["ports"][0]
+    assert kept["spec"]["ports"][0]["nodePort"] == 31000
     for own in ("10.65.0.0/20", None, "not-a-range"):
         cleared = conversion.adapt_service(inside, own_range=own)
         assert "clusterIP" not in cleared["spec"] and "clusterIPs" not in cleared["spec"]

@@ -24,13 +24,21 @@ SUPER_NODE = {
 
 
 def test_vnode_points_at_the_proxy_and_hides_super_details() -> None:
-    """A vnode is schedulable and untainted, labelled, and its address and port are the proxy's."""
+    """A vnode is schedulable and untainted, labelled; it has the super node's IP (NodePorts and
+    host ports are there) and the proxy as its Hostname address with the proxy's port, which
+    kube-apiserver dials first."""
     node = vnode.build(SUPER_NODE, address="127.0.0.9", port=10550)
     assert node["metadata"]["labels"] == {
         "kubernetes.io/os": "linux", "kubernetes.io/hostname": "n1", naming.LABEL_VIRTUAL_NODE: "true"}
     assert node["spec"] == {}
-    assert node["status"]["addresses"] == [{"type": "InternalIP", "address": "127.0.0.9"}]
+    assert node["status"]["addresses"] == [{"type": "InternalIP", "address": "10.1.1.1"},
+                                           {"type": "Hostname", "address": "127.0.0.9"}]
     assert node["status"]["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10550}}
+    bare = vnode.build({**SUPER_NODE, "status": {**SUPER_NODE["status"], "addresses": []}},  # type: ignore[dict-item]
+                       address="127.0.0.9", port=10550)
+    assert bare["status"]["addresses"] == [{"type": "InternalIP", "address": "127.0.0.9"},
+                                           {"type": "Hostname", "address": "127.0.0.9"}]
+    assert vnode.status_patch(node, SUPER_NODE, address="127.0.0.9", port=10550) is None
     assert "declaredFeatures" not in node["status"]
     assert node["status"]["capacity"] == {"cpu": "4"}
 

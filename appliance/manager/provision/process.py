@@ -288,6 +288,7 @@ class ProcessProvisioner:
             etcd_servers=access.url, etcd_prefix=plan.etcd_prefix, port=plan.port, pki_dir=pki_dir,
             service_cidr=plan.service_cidr, bind_address=plan.bind, advertise_address=plan.host,
             etcd_tls=access.tls, etcd_compaction_interval=etcd.TENANT_COMPACTION_INTERVAL if shared else None,
+            kubelet_address_types=components.TENANT_KUBELET_ADDRESS_TYPES,
             extra={
                 "requestheader-client-ca-file": str(pki_dir / "ca.crt"),
                 "requestheader-allowed-names": "front-proxy-client",

@@ -4,7 +4,8 @@ Downward: a tenant Pod becomes a super Pod in its super namespace, converted (me
 tenancy stamps) and mutated (`mutation.mutate_pod`: nodeName/status cleared, cluster
 label, affinity scoping, `kubernetes` host aliases and service env vars with super IPs,
 DNS from the tenant's `kube-system/kube-dns`, a tenant token Secret in place of the
-projected service-account volume, a preset `spec.nodeName` turned into node affinity).
+projected service-account volume, ConfigMaps of the tenant's ClusterTrustBundles in place of
+`clusterTrustBundle` sources, a preset `spec.nodeName` turned into node affinity).
 Graceful deletion: a terminating tenant Pod deletes the super Pod
 with the same grace period.
 
@@ -19,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
-from appliance.syncer import conversion, equality, mutation, runtimeclasses, tokens, vnode
+from appliance.syncer import conversion, equality, mutation, runtimeclasses, tokens, trustbundles, vnode
 from appliance.syncer.resources.base import Kind, Retry, own_super_namespace, owner_of, uid_of
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
@@ -88,6 +89,8 @@ class PodKind(Kind):
         super_ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
         secret = await tokens.ensure_secret(sx, tenant, vobj) if tokens.needs_tokens(vobj) else None
         body = self._mutated(sx, tenant, vobj, secret)
+        if mutation.trust_bundle_sources(vobj):
+            await trustbundles.ensure(sx, tenant, vobj)
         # The API refuses ephemeral containers on create; `update` adds them through their subresource.
         body["spec"].pop("ephemeralContainers", None)
         runtime_class = (vobj.get("spec") or {}).get("runtimeClassName")
@@ -180,6 +183,8 @@ class PodKind(Kind):
                                         namespace=meta["namespace"], subresource="status")
         if tokens.needs_tokens(vobj):
             await tokens.ensure_secret(sx, tenant, vobj)  # refresh when due
+        if mutation.trust_bundle_sources(vobj):
+            await trustbundles.ensure(sx, tenant, vobj)  # follow edits of the bundles
 
     def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.pod_dw_patch(

@@ -1,11 +1,12 @@
 """Services: copied down with the tenant's addresses removed or kept; the super's flow back up.
 
-The super cluster allocates the node ports of every synced Service, and its cluster IP unless
-the tenant's Service range is its own ServiceCIDR in the super cluster
-(`manager/servicecidrs.py`, `Tenant.service_cidr`): then the super Service is created with
-the tenant's ClusterIP, so the address the tenant sees is the one that works; if the super
-cluster refuses it (taken by a Service made before the range was the tenant's) the Service
-gets a super address and the tenant a `ClusterIPNotKept` Warning. Upward,
+A synced Service keeps the tenant's node ports (the super cluster has the same default range,
+and a virtual node has its super node's IP: the NodePort a tenant sees works there). It keeps
+the tenant's cluster IP when the tenant's Service range is its own ServiceCIDR in the super
+cluster (`manager/servicecidrs.py`, `Tenant.service_cidr`), else the super cluster allocates
+one. When the super cluster refuses a kept port or address (taken by another tenant's or a
+super Service), the field the refusal names is left to the super cluster and the tenant gets a
+`NodePortNotKept` or `ClusterIPNotKept` Warning. Upward,
 the tenant Service gets the super cluster IP in annotation
 `transparency.tenancy.x-k8s.io/clusterIP` (what tenant DNS should answer, and how a tenant
 finds the address that works), the transparent labels/annotations, and the load-balancer
@@ -60,6 +61,16 @@ MESSAGE_EXTERNAL_IPS = (
 )
 
 
+_PORT_FIELDS = frozenset({"nodePort", "healthCheckNodePort"})
+_IP_FIELDS = frozenset({"clusterIP", "clusterIPs"})
+
+
+def refused_fields(exc: errors.ApiError) -> set[str]:
+    """The Service fields a 422 names (`spec.ports[0].nodePort` → nodePort), pure."""
+    causes = (exc.details or {}).get("causes") or ()
+    return {str(c.get("field", "")).rsplit(".", 1)[-1].split("[", 1)[0] for c in causes if c.get("field")}
+
+
 def has_external_ips(vobj: dict[str, Any]) -> bool:
     return bool((vobj.get("spec") or {}).get("externalIPs"))
 
@@ -77,13 +88,30 @@ class ServiceKind(Kind):
     async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
         body = self.build(sx, tenant, vobj)
         ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
-        try:
-            await self.create_super(sx, tenant, body, ns)
-        except errors.Invalid as exc:
-            if (body.get("spec") or {}).get("clusterIP") in (None, "None"):
-                raise
-            await self._not_kept(tenant, vobj, body["spec"]["clusterIP"], exc)
-            await self.create_super(sx, tenant, conversion.without_cluster_ips(body), ns)
+        while True:  # each refusal gives up at least one kept field, or is raised
+            try:
+                await self.create_super(sx, tenant, body, ns)
+                return
+            except errors.Invalid as exc:
+                body = await self._without_refused(tenant, vobj, body, exc)
+
+    async def _without_refused(self, tenant: Tenant, vobj: dict[str, Any], body: dict[str, Any],
+                               exc: errors.Invalid) -> dict[str, Any]:
+        """`body` without the kept fields the refusal names (all of them when it names none);
+        re-raises when it names nothing that was kept."""
+        fields = refused_fields(exc)
+        ip = (body.get("spec") or {}).get("clusterIP")
+        drop_ports = conversion.has_node_ports(body) and (not fields or bool(fields & _PORT_FIELDS))
+        drop_ip = ip not in (None, "None") and (not fields or bool(fields & _IP_FIELDS))
+        if not (drop_ports or drop_ip):
+            raise exc
+        if drop_ports:
+            await self._ports_not_kept(tenant, vobj, exc)
+            body = conversion.without_node_ports(body)
+        if drop_ip:
+            await self._not_kept(tenant, vobj, str(ip), exc)
+            body = conversion.without_cluster_ips(body)
+        return body
 
     async def update(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
         if has_external_ips(vobj):
@@ -92,13 +120,23 @@ class ServiceKind(Kind):
             await super().update(sx, tenant, vobj, pobj)
         except errors.Invalid as exc:
             kept = kept_ip_patch(vobj, pobj, tenant.service_cidr)
-            if kept is None:
+            ports = equality.service_spec_patch(vobj, pobj) != equality.service_spec_patch(
+                vobj, pobj, keep_node_ports=False)
+            if kept is None and not ports:
                 raise
-            await self._not_kept(tenant, vobj, kept["spec"]["clusterIP"], exc)
-            patch = self._patch(sx, tenant, vobj, pobj, keep_ip=False)
+            if kept is not None:
+                await self._not_kept(tenant, vobj, kept["spec"]["clusterIP"], exc)
+            if ports:
+                await self._ports_not_kept(tenant, vobj, exc)
+            patch = self._patch(sx, tenant, vobj, pobj, keep_ip=False, keep_node_ports=False)
             if patch:
                 meta = pobj["metadata"]
                 await sx.super_client.patch(self.resource, meta["name"], patch, namespace=meta["namespace"])
+
+    async def _ports_not_kept(self, tenant: Tenant, vobj: dict[str, Any], exc: errors.ApiError) -> None:
+        await tenant.events.post(vobj, type="Warning", reason="NodePortNotKept", message=(
+            f"a node port of this Service is not available in the super cluster ({exc.message}); "
+            "the super cluster chose another, so this Service's nodePort does not work on the nodes"))
 
     async def _not_kept(self, tenant: Tenant, vobj: dict[str, Any], ip: str, exc: errors.ApiError) -> None:
         # The address is taken in the super cluster (by a Service created there before the
@@ -112,9 +150,10 @@ class ServiceKind(Kind):
         return self._patch(sx, tenant, vobj, pobj, keep_ip=True)
 
     def _patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any], *,
-               keep_ip: bool) -> dict[str, Any] | None:
+               keep_ip: bool, keep_node_ports: bool = True) -> dict[str, Any] | None:
         return equality.merge_patches(
-            super().patch(sx, tenant, vobj, pobj), equality.service_spec_patch(vobj, pobj),
+            super().patch(sx, tenant, vobj, pobj),
+            equality.service_spec_patch(vobj, pobj, keep_node_ports=keep_node_ports),
             kept_ip_patch(vobj, pobj, tenant.service_cidr) if keep_ip else None,
         )
 
