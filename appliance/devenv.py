@@ -95,12 +95,14 @@ def _free_port() -> int:
     return free_port()
 
 
-def _config(state: Path, super_kubeconfig: Path, *, node_address: str | None) -> Path:
+def _config(state: Path, super_kubeconfig: Path, *, node_address: str | None, tenant_pool: str | None = None) -> Path:
     """The appliance's config; with a real node, tenant apiservers and the proxy listen on the
-    host end of its link (Pods reach them there), otherwise on loopback."""
+    host end of its link (Pods reach them there), otherwise on loopback, and tenant Service
+    ranges come from the pool the host routes through the node."""
     path = state / "appliance.toml"
     address = node_address or "127.0.0.1"
-    if path.exists() and f'address = "{address}"' in path.read_text():
+    pool = f'tenant-service-pool = "{tenant_pool}"\n' if tenant_pool else ""
+    if path.exists() and f'address = "{address}"' in path.read_text() and pool in path.read_text():
         return path
     http, proxy = _free_port(), _free_port()
     path.write_text(f"""# Written by `vc-appliance dev up`; see configs/appliance.toml for every key.
@@ -117,7 +119,7 @@ port = {http}
 provisioner = "process"
 keep-control-planes = true
 tenant-bind-address = "{address}"
-
+{pool}
 [syncer]
 patrol-period = 60.0
 
@@ -226,7 +228,8 @@ def up(state: Path, *, tenants: int = 1, node: str = "auto") -> int:
     private.write_file(super_kubeconfig, Path(info["super"]["admin_kubeconfig"]).read_bytes())
 
     real_node = info.get("real_node") or None
-    cfg = _config(state, super_kubeconfig, node_address=real_node["host_ip"] if real_node else None)
+    cfg = _config(state, super_kubeconfig, node_address=real_node["host_ip"] if real_node else None,
+                  tenant_pool=str(real_node.get("tenant_service_pool") or "") if real_node else None)
     app_log, app_pid = state / "appliance.log", state / "appliance.pid"
     if _alive(app_pid) is None:
         print("• starting vc-appliance ...", flush=True)

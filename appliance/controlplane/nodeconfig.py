@@ -3,8 +3,9 @@
 `NodePlan` fixes everything that differs between real nodes on one host (several test beds
 may run at once): its index picks the transit network between the host and the node's
 network namespace (`10.213.<i>.0/24`: host `.1`, node `.2`), the node's Pod network
-(`10.88.<i>.0/24`), the super cluster's Service range (`10.<95+i>.0.0/16`, routed from the
-host through the node, as on a host that is a node itself) and the names of its veth link
+(`10.88.<i>.0/24`), the super cluster's Service range (`10.<95+i>.0.0/17`) and the appliance's tenant
+Service pool (`10.<95+i>.128.0/17`), both routed from the host through the node, as on a
+host that is a node itself) and the names of its veth link
 and cgroup root. The renderers turn a plan
 into the files containerd, CNI, the kubelet and kube-proxy read. No I/O here: `realnode`
 writes the files and runs the processes; unit tests pin what is rendered.
@@ -68,6 +69,18 @@ class NodePlan:
     @property
     def service_cidr(self) -> str:
         """The super cluster's Service range; its own per node, since the host routes it."""
+        return f"10.{95 + self.index}.0.0/17"
+
+    @property
+    def tenant_service_pool(self) -> str:
+        """The appliance's `[manager] tenant-service-pool` on this bed: tenant ServiceCIDRs are
+        super ServiceCIDRs too, whose addresses the super cluster hands to any Service, so
+        they must be routed through the node like the super range."""
+        return f"10.{95 + self.index}.128.0/17"
+
+    @property
+    def routed_service_range(self) -> str:
+        """What the host routes through the node: the super range and the tenant pool."""
         return f"10.{95 + self.index}.0.0/16"
 
     @property

@@ -79,7 +79,7 @@ class RealNode:
         p = self.plan
         return {
             "name": p.name, "index": p.index, "node_ip": p.node_ip, "host_ip": p.host_ip,
-            "pod_cidr": p.pod_cidr, "state_dir": str(p.state_dir), "holder_pid": self.network.holder_pid,
+            "pod_cidr": p.pod_cidr, "tenant_service_pool": p.tenant_service_pool, "state_dir": str(p.state_dir), "holder_pid": self.network.holder_pid,
             "containerd_socket": str(p.containerd_socket), "cgroup_root": p.cgroup_root,
         }
 
@@ -111,7 +111,7 @@ async def _configure_link(net: NodeNetwork) -> None:
         ["ip", "link", "set", p.host_link, "up"],
         ["ip", "route", "add", p.pod_cidr, "via", p.node_ip, "dev", p.host_link],
         # The host reaches ClusterIPs through the node's kube-proxy, as a node host would.
-        ["ip", "route", "add", p.service_cidr, "via", p.node_ip, "dev", p.host_link],
+        ["ip", "route", "add", p.routed_service_range, "via", p.node_ip, "dev", p.host_link],
     ):
         await _run(argv)
     inside = (

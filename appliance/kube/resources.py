@@ -92,6 +92,8 @@ INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress", namespac
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", namespaced=True)
 CLUSTERTRUSTBUNDLES = Resource("certificates.k8s.io", "v1", "clustertrustbundles", "ClusterTrustBundle",
                                namespaced=False)
+PODCERTIFICATEREQUESTS = Resource("certificates.k8s.io", "v1", "podcertificaterequests", "PodCertificateRequest",
+                                  namespaced=True)
 RUNTIMECLASSES = Resource("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", namespaced=False)
 SERVICECIDRS = Resource("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", namespaced=False)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)

@@ -36,6 +36,8 @@ MAX_NAMESERVERS: Final = 3  # Kubernetes validation limit for dnsConfig.nameserv
 TRUST_BUNDLE_CONFIGMAP_PREFIX: Final = "vc-ctb-"
 TRUST_BUNDLE_KEY: Final = "bundle.pem"  # present only when a ClusterTrustBundle matched
 TRUST_BUNDLE_OR_EMPTY_KEY: Final = "or-empty.pem"  # always present: the bundle, or ""
+#: Secrets in a super namespace with the certificates issued for a Pod's podCertificate projections.
+POD_CERTIFICATE_SECRET_PREFIX: Final = "vc-pcert-"
 
 
 class MutationError(Exception):
@@ -209,6 +211,39 @@ def trust_bundle_sources(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
             if source.get("clusterTrustBundle")]
 
 
+@dataclass(frozen=True, slots=True)
+class PodCertificateSource:
+    """One `podCertificate` projection: its volume, its index among the volume's sources, its spec."""
+
+    volume: str
+    index: int
+    spec: Mapping[str, Any]
+
+    @property
+    def key_prefix(self) -> str:
+        return f"{self.volume}.{self.index}"
+
+
+def pod_certificate_sources(pod: Mapping[str, Any]) -> list[PodCertificateSource]:
+    """Every `podCertificate` projection of the Pod."""
+    return [PodCertificateSource(str(volume.get("name", "")), index, source["podCertificate"])
+            for volume in (pod.get("spec") or {}).get("volumes") or ()
+            for index, source in enumerate((volume.get("projected") or {}).get("sources") or ())
+            if source.get("podCertificate")]
+
+
+def pod_certificate_secret(tenant_pod_uid: str) -> str:
+    """The super Secret with a Pod's issued certificates (`syncer/podcerts.py` writes it)."""
+    return POD_CERTIFICATE_SECRET_PREFIX + hashlib.sha256(tenant_pod_uid.encode()).hexdigest()[:20]
+
+
+def pod_certificate_items(source: PodCertificateSource) -> list[dict[str, str]]:
+    """The Secret source items standing in for one projection: `<volume>.<index>.{bundle,key,chain}`."""
+    wanted = (("credentialBundlePath", "bundle"), ("keyPath", "key"), ("certificateChainPath", "chain"))
+    return [{"key": f"{source.key_prefix}.{suffix}", "path": str(source.spec[field])}
+            for field, suffix in wanted if source.spec.get(field)]
+
+
 def secret_volume_names(pod: Mapping[str, Any]) -> set[str]:
     """Names of the secrets mounted as volumes, for resolving `PodContext.sa_secrets`."""
     volumes = (pod.get("spec") or {}).get("volumes") or ()
@@ -230,6 +265,8 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         _replace_projected_tokens(spec, ctx.token_volume.secret_name)
     _refuse_super_tokens(spec)
     _replace_trust_bundles(spec)
+    _replace_pod_certificates(spec, str((super_pod.get("metadata") or {}).get("annotations", {}).get(
+        naming.ANNOTATION_UID, "")))
     if ctx.disable_service_account_token:
         spec["automountServiceAccountToken"] = False
     if ctx.root_ca_configmap:
@@ -328,6 +365,16 @@ def _replace_trust_bundles(spec: dict[str, Any]) -> None:
             key = TRUST_BUNDLE_OR_EMPTY_KEY if ctb.get("optional") else TRUST_BUNDLE_KEY
             name = trust_bundle_configmap(trust_bundle_selection(ctb))
             sources[index] = {"configMap": {"name": name, "items": [{"key": key, "path": ctb.get("path", "")}]}}
+
+
+def _replace_pod_certificates(spec: dict[str, Any], tenant_pod_uid: str) -> None:
+    """A `podCertificate` source becomes the same paths from the Secret the syncer writes once
+    the tenant's signer issued the certificate; the super kubelet waits for it, as it waits for
+    its own request to be answered."""
+    for source in pod_certificate_sources({"spec": spec}):
+        sources = spec["volumes"][[v.get("name") for v in spec["volumes"]].index(source.volume)]["projected"]["sources"]
+        sources[source.index] = {"secret": {"name": pod_certificate_secret(tenant_pod_uid),
+                                            "items": pod_certificate_items(source)}}
 
 
 def _rename_root_ca(spec: dict[str, Any], new_name: str) -> None:

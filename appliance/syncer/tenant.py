@@ -63,6 +63,9 @@ class Tenant:
     #: the tenant's Service range when the super cluster has it as the tenant's own ServiceCIDR:
     #: its Services then keep their tenant ClusterIPs in the super cluster
     service_cidr: str | None = None
+    #: podCertificate requests made for this tenant's Pods and not answered yet, by (Pod uid,
+    #: `<volume>.<index>`): the request's name and the private key waiting for its chain
+    pod_certificates: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.events = kevents.EventRecorder(self.client, component="vc-syncer")

@@ -96,6 +96,7 @@ port = {http}
 provisioner = "process"
 keep-control-planes = false
 tenant-bind-address = "{node['host_ip']}"
+tenant-service-pool = "{node['tenant_service_pool']}"
 [syncer]
 patrol-period = 60.0
 [proxy]

@@ -61,6 +61,7 @@ SUBSET = (
     "[sig-network] API Server should provide secure master service",
     "[sig-auth] ServiceAccounts ServiceAccountIssuerDiscovery should support OIDC discovery of service account issuer",
     "[sig-auth] ServiceAccounts should guarantee kube-root-ca.crt exist in any namespace",
+    "[sig-network] Services should be able to create a functioning NodePort service",
     # ConfigMaps, Secrets, Downward API, projected volumes
     "[sig-node] ConfigMap should be consumable via environment variable",
     "[sig-node] ConfigMap should be consumable via the environment",
@@ -69,6 +70,8 @@ SUBSET = (
     "[sig-storage] Secrets should be consumable from pods in volume with mappings",
     "[sig-storage] Projected secret should be consumable from pods in volume",
     "[sig-storage] Projected configMap should be consumable from pods in volume",
+    "[sig-auth] [FeatureGate:ClusterTrustBundle] [FeatureGate:ClusterTrustBundleProjection] should be able to mount "
+    "a single ClusterTrustBundle by name [MinimumKubeletVersion:1.37]",
     "[sig-node] Downward API should provide pod name, namespace and IP address as env vars",
     "[sig-node] Downward API should provide pod UID as env vars",
     "[sig-storage] Downward API volume should provide podname only",

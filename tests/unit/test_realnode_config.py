@@ -22,13 +22,17 @@ def test_plans_of_different_indexes_share_no_address_link_or_cgroup(tmp_path: Pa
     """Two test beds on one host get disjoint networks, links and cgroup roots from their index."""
     a, b = plan(tmp_path, 1), plan(tmp_path, 2)
     assert {a.host_ip, a.node_ip} == {"10.213.1.1", "10.213.1.2"}
-    for attr in ("host_ip", "node_ip", "pod_cidr", "transit_cidr", "host_link", "cgroup_root", "service_cidr"):
+    for attr in ("host_ip", "node_ip", "pod_cidr", "transit_cidr", "host_link", "cgroup_root", "service_cidr",
+                 "tenant_service_pool", "routed_service_range"):
         assert getattr(a, attr) != getattr(b, attr)
     last = plan(tmp_path, nodeconfig.MAX_INDEX)
     assert len(last.host_link) <= 15  # IFNAMSIZ - 1
     assert ipaddress.ip_address(last.cluster_dns_ip) in ipaddress.ip_network(last.service_cidr)
     for other in ("10.88.0.0/16", "10.213.0.0/16"):  # Pod and transit networks of every index
-        assert not ipaddress.ip_network(last.service_cidr).overlaps(ipaddress.ip_network(other))
+        assert not ipaddress.ip_network(last.routed_service_range).overlaps(ipaddress.ip_network(other))
+    routed = ipaddress.ip_network(last.routed_service_range)
+    own, pool = ipaddress.ip_network(last.service_cidr), ipaddress.ip_network(last.tenant_service_pool)
+    assert own.subnet_of(routed) and pool.subnet_of(routed) and not own.overlaps(pool)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="outside"):
         plan(tmp_path, 0)
 

@@ -5,7 +5,8 @@ tenancy stamps) and mutated (`mutation.mutate_pod`: nodeName/status cleared, clu
 label, affinity scoping, `kubernetes` host aliases and service env vars with super IPs,
 DNS from the tenant's `kube-system/kube-dns`, a tenant token Secret in place of the
 projected service-account volume, ConfigMaps of the tenant's ClusterTrustBundles in place of
-`clusterTrustBundle` sources, a preset `spec.nodeName` turned into node affinity).
+`clusterTrustBundle` sources, a Secret the syncer fills once the tenant's signer answered in
+place of `podCertificate` sources, a preset `spec.nodeName` turned into node affinity).
 Graceful deletion: a terminating tenant Pod deletes the super Pod
 with the same grace period.
 
@@ -20,7 +21,16 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from appliance.kube import errors, resources
-from appliance.syncer import conversion, equality, mutation, runtimeclasses, tokens, trustbundles, vnode
+from appliance.syncer import (
+    conversion,
+    equality,
+    mutation,
+    podcerts,
+    runtimeclasses,
+    tokens,
+    trustbundles,
+    vnode,
+)
 from appliance.syncer.resources.base import Kind, Retry, own_super_namespace, owner_of, uid_of
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
@@ -238,6 +248,8 @@ class PodKind(Kind):
         status = equality.pod_uw_status_patch(vobj, pobj)
         if status:
             await tenant.client.patch(self.resource, name, status, namespace=ns, subresource="status")
+        if node and pmeta.get("deletionTimestamp") is None and podcerts.missing(sx, vobj, pobj):
+            await podcerts.ensure(sx, tenant, vobj, pobj, node)
         if pmeta.get("deletionTimestamp") is not None:
             if vmeta.get("deletionTimestamp") is None:
                 await self._delete_tenant(tenant, vobj, grace=vspec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
@@ -249,7 +261,7 @@ class PodKind(Kind):
         if pobj is not None and conversion.tenant_uid(pobj) == meta["uid"]:
             if equality.pod_uw_status_patch(vobj, pobj) or (
                 (pobj.get("spec") or {}).get("nodeName") and not (vobj.get("spec") or {}).get("nodeName")
-            ):
+            ) or ((pobj.get("spec") or {}).get("nodeName") and podcerts.missing(sx, vobj, pobj)):
                 sx.enqueue_upward(tenant.key, self.name, meta["namespace"], meta["name"])
         elif pobj is None and (meta.get("deletionTimestamp") is not None or ran_in_super(vobj)):
             return True
