@@ -169,8 +169,14 @@ async def run(
     # the API server names an object's field manager after the user agent: with several
     # replicas, managedFields then tell which replica wrote what
     agent = f"vc-appliance@{identity}" if cfg.leases.enabled else "vc-appliance"
+    # by method: an idle appliance must make no writes (POST/PUT/PATCH/DELETE) to the super cluster
+    super_requests = registry.counter(
+        "vc_super_requests_total", "Requests to the super cluster by HTTP method and status code "
+        "(watches not counted)", ["method", "code"])
     async with open_client(creds, qps=cfg.super.qps, burst=cfg.super.burst,
-                           timeout=cfg.super.request_timeout, user_agent=agent) as superc:
+                           timeout=cfg.super.request_timeout, user_agent=agent,
+                           on_response=lambda method, code: super_requests.inc(method=method, code=str(code)),
+                           ) as superc:
         async with trio.open_nursery() as nursery:
             http_port = await nursery.start(lambda task_status: health.serve(
                 settings=cfg.http, readiness=readiness, registry=registry, task_status=task_status))

@@ -3,10 +3,13 @@
     vc-appliance run [--config PATH]        run the appliance (manager, syncer, proxy, http)
     vc-appliance kubeconfig NS/NAME         print a tenant's admin kubeconfig
     vc-appliance status                     which replica holds which tenant (Leases)
+    vc-appliance backup NS/NAME FILE        a process-mode tenant's etcd data and PKI into FILE (0600)
+    vc-appliance restore NS/NAME FILE       re-create the tenant from FILE (--new: under another name)
     vc-appliance dev up|down|status         the embedded local default (see `dev --help`)
     vc-appliance version
 
-`run`, `kubeconfig` and `status` reach the super cluster as kubectl does: `--kubeconfig PATH`
+`backup` and `restore` run on the appliance's host with its `--config` (they use its data dir).
+`run`, `kubeconfig`, `status`, `backup` and `restore` reach the super cluster as kubectl does: `--kubeconfig PATH`
 and `--context NAME` first, then the config's `[super]` keys, then KUBECONFIG (files merged),
 then ~/.kube/config, and the in-cluster service account only when none is given.
 
@@ -123,6 +126,91 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ref(text: str) -> tuple[str, str] | None:
+    ns, sep, name = text.partition("/")
+    return (ns, name) if sep and ns and name and "/" not in name else None
+
+
+def _tenant_command(args: argparse.Namespace) -> tuple[tuple[str, str], app.SuperSource, Path]:
+    """What `backup` and `restore` start from: the VirtualCluster, the super cluster, the data dir.
+    Exits with EXIT_USAGE on a malformed reference or configuration."""
+    ref = _ref(args.ref)
+    if ref is None:
+        print("vc-appliance: expected NAMESPACE/NAME", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    cfg = _load_config(args.config)
+    source = _super_source(args, cfg)
+    logsetup.configure(logsetup.LogSettings(level="WARNING"))
+    return ref, source, Path(cfg.data_dir).expanduser()
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from appliance import app
+    from appliance.kube import errors
+    from appliance.kube.client import open_client
+    from appliance.manager import archive, backups, report
+    from appliance.util import private
+
+    ref, source, data_dir = _tenant_command(args)
+
+    async def take() -> archive.Backup:
+        creds = await app.super_credentials(source)
+        async with open_client(creds) as superc:
+            backup = await backups.take(superc, data_dir=data_dir, namespace=ref[0], name=ref[1],
+                                        now=report.now_rfc3339())
+        data = await trio.to_thread.run_sync(archive.build, backup.manifest, backup.pairs, backup.pki)
+        await trio.to_thread.run_sync(private.write_file, args.file, data)
+        return backup
+
+    try:
+        backup = trio.run(take)
+    except app.StartupError as exc:
+        print(f"vc-appliance: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (errors.KubeError, backups.BackupError, OSError) as exc:
+        print(f"vc-appliance: backup failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    m = backup.manifest
+    print(f"backed up VirtualCluster {ref[0]}/{ref[1]}: {len(backup.pairs)} etcd keys at revision "
+          f"{m.etcd_revision} ({m.etcd_mode} etcd) and {len(backup.pki)} PKI files to {args.file}")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from appliance import app
+    from appliance.kube import errors
+    from appliance.kube.client import open_client
+    from appliance.manager import backups
+
+    ref, source, data_dir = _tenant_command(args)
+
+    async def restore() -> str:
+        data = await trio.Path(args.file).read_bytes()
+        creds = await app.super_credentials(source)
+        async with open_client(creds) as superc:
+            with trio.fail_after(args.timeout):
+                await backups.request_restore(superc, data_dir=data_dir, data=data, namespace=ref[0], name=ref[1],
+                                              new=args.new, force=args.force)
+                if args.no_wait:
+                    return "requested; the appliance restores it before the tenant's first start"
+                return await backups.wait_restored(superc, namespace=ref[0], name=ref[1])
+
+    try:
+        note = trio.run(restore)
+    except app.StartupError as exc:
+        print(f"vc-appliance: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except trio.TooSlowError:
+        print(f"vc-appliance: restore not finished after {args.timeout:g} s; see kubectl describe vc -n {ref[0]} "
+              f"{ref[1]}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (errors.KubeError, backups.BackupError, OSError) as exc:
+        print(f"vc-appliance: restore failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"VirtualCluster {ref[0]}/{ref[1]}: {note}")
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from appliance.controlplane import build
 
@@ -173,6 +261,30 @@ def parser() -> argparse.ArgumentParser:
                                     "which appliance replica serves each VirtualCluster.")
     st.set_defaults(fn=cmd_status)
 
+    bk = sub.add_parser("backup", parents=[kube], help="back up a process-mode tenant into a file",
+                        description="Write the etcd data (one consistent revision) and PKI of VirtualCluster "
+                                    "NAMESPACE/NAME into FILE (a gzip tar, mode 0600: it holds keys and Secret "
+                                    "data). Run it on the appliance's host with the appliance's --config.")
+    bk.add_argument("ref", metavar="NAMESPACE/NAME")
+    bk.add_argument("file", type=Path, metavar="FILE")
+    bk.set_defaults(fn=cmd_backup)
+
+    rs = sub.add_parser("restore", parents=[kube], help="re-create a tenant from a backup file",
+                        description="Create VirtualCluster NAMESPACE/NAME from FILE: its spec, etcd data and (under "
+                                    "the backup's own name) its PKI, so old kubeconfigs keep working. The "
+                                    "running appliance loads the data before the tenant's first start. Run it "
+                                    "on the appliance's host with the appliance's --config.")
+    rs.add_argument("ref", metavar="NAMESPACE/NAME")
+    rs.add_argument("file", type=Path, metavar="FILE")
+    rs.add_argument("--new", action="store_true",
+                    help="restore under another name than the backup's: a new tenant with new certificates")
+    rs.add_argument("--force", action="store_true",
+                    help="delete an existing VirtualCluster NAMESPACE/NAME (and all its data) first")
+    rs.add_argument("--no-wait", action="store_true", help="return once the VirtualCluster is created")
+    rs.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="give up waiting after this long (default 600)")
+    rs.set_defaults(fn=cmd_restore)
+
     ver = sub.add_parser("version", help="print the version", description="Print the version.")
     ver.set_defaults(fn=cmd_version)
 
@@ -197,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
+    except SystemExit as exc:  # a command's early exit (bad reference, bad config) is its result
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 

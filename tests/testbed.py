@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,3 +154,19 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def tenancy_manifests(*, cv: str, name: str, namespace: str, labels: dict[str, str],
+                      annotations: dict[str, str] | None = None, pki_expire_days: int | None = 30) -> bytes:
+    """A default ClusterVersion and a VirtualCluster of it, for `kubectl apply -f -` (JSON list)."""
+    spec: dict[str, object] = {"clusterDomain": "cluster.local", "clusterVersionName": cv}
+    if pki_expire_days is not None:
+        spec["pkiExpireDays"] = pki_expire_days
+    meta: dict[str, object] = {"name": name, "namespace": namespace, "labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    items = [
+        {"apiVersion": "tenancy.x-k8s.io/v1alpha1", "kind": "ClusterVersion", "metadata": {"name": cv}, "spec": {}},
+        {"apiVersion": "tenancy.x-k8s.io/v1alpha1", "kind": "VirtualCluster", "metadata": meta, "spec": spec},
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items}).encode()

@@ -6,7 +6,7 @@ Task tree of `run()`:
            ├── ClusterVersion informer (started first: workers look ClusterVersions up)
            ├── VirtualCluster informer (all of them, or those matching `label_selector`)
            ├── ClusterVersion finalizer loop (drops `clusterVersion.finalizers` on delete)
-           ├── orphan collection (once: tenant dirs whose VirtualCluster no longer exists)
+           ├── orphan collection (once: tenant dirs whose VirtualCluster no longer exists, stale staged restores)
            ├── shared etcd (started lazily by the first process-mode tenant)
            └── tenants nursery ── Worker(ns/name) ── its nursery: control-plane processes, monitor
                                └── ...
@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,7 +33,7 @@ from appliance.kube import errors, resources
 from appliance.kube.client import ApiClient
 from appliance.kube.events import EventRecorder
 from appliance.kube.informer import Informer
-from appliance.manager import crds, etcd, etcdgateway, kubeconfigs, model
+from appliance.manager import backups, crds, etcd, etcdgateway, kubeconfigs, model
 from appliance.manager.provision import imported, native
 from appliance.manager.provision import process as process_provisioner
 from appliance.manager.provision.base import Context, Provisioner
@@ -45,6 +46,9 @@ from appliance.util.drain import Drain
 __all__ = ["ManagerSettings", "admin_kubeconfig", "ensure_crds", "run"]
 
 logger = logging.getLogger(__name__)
+
+#: a staged restore that no VirtualCluster names is removed at start-up once it is this old (s)
+STAGED_RESTORE_GRACE = 3600.0
 
 
 async def ensure_crds(super_client: ApiClient) -> None:
@@ -183,6 +187,13 @@ class Controller:
                 except (etcdgateway.GatewayError, process.ProcessFailed, OSError) as exc:
                     logger.warning("could not remove the etcd keys and user of %s: %s", tdir.name, exc)
             await trio.to_thread.run_sync(_remove_tree, tdir)
+        # Staged restores hold keys and Secret data: none stays once nobody can ask for it.
+        wanted = {((vc.get("metadata") or {}).get("annotations") or {}).get(model.ANNOTATION_RESTORE_FROM, "")
+                  for vc in self.vcs.list()}
+        gone = await trio.to_thread.run_sync(lambda: backups.discard_abandoned(
+            settings.data_dir, wanted=wanted, before=time.time() - STAGED_RESTORE_GRACE))
+        if gone:
+            logger.warning("removed %d staged restore(s) that no VirtualCluster asked for", len(gone))
 
 
     async def _still_exists(self, plan: process_provisioner.Plan) -> bool:

@@ -21,10 +21,11 @@ as they are provisioned again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,16 @@ class SharedEtcd:
                 await gateway.ensure_tenant(user, tenant_prefix(cluster_key))
             self._users.add(user)
         return EtcdAccess(url=root.url, tls=files)
+
+    @contextlib.asynccontextmanager
+    async def open_root_gateway(self) -> AsyncIterator[etcdgateway.Gateway]:
+        """A root session with the shared etcd (started if needed): restores write through it.
+
+        Raises as `url()` does.
+        """
+        root = await self._start()
+        async with etcdgateway.open_gateway(root.url, tls=root.admin_tls, password=root.password) as gateway:
+            yield gateway
 
     async def forget_tenant(self, cluster_key: tenancy.ClusterKey) -> int:
         """Delete the tenant's keys, then its etcd user and role; return how many keys went.

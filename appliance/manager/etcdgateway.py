@@ -157,14 +157,38 @@ class Gateway:
         """Delete every key under `prefix`; return how many went."""
         return int((await self.call("/v3/kv/deleterange", prefix_range(prefix))).get("deleted", 0))
 
+    async def range_page(
+        self, prefix: str, *, after: bytes | None, revision: int, limit: int,
+    ) -> tuple[list[tuple[bytes, bytes]], bool, int]:
+        """Up to `limit` pairs under `prefix` past key `after`, read at `revision` (0: now).
+
+        Returns (pairs, more, revision read): passing that revision to the next call makes the
+        pages one consistent snapshot (etcd answers "compacted" once it is too old).
+        """
+        body: dict[str, Any] = {**prefix_range(prefix), "limit": limit, "revision": revision}
+        if after is not None:
+            body["key"] = _b64(after + b"\0")
+        found = await self.call("/v3/kv/range", body)
+        pairs = [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", ""))) for kv in found.get("kvs", ())]
+        return pairs, bool(found.get("more")), int(found.get("header", {}).get("revision", revision))
+
+    async def put_absent(self, pairs: list[tuple[bytes, bytes]]) -> bool:
+        """Write `pairs` in one transaction only if none of their keys exists; False if one did."""
+        compare = [{"key": _b64(k), "result": "EQUAL", "target": "CREATE", "create_revision": "0"} for k, _ in pairs]
+        success = [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in pairs]
+        return bool((await self.call("/v3/kv/txn", {"compare": compare, "success": success})).get("succeeded"))
+
 
 @contextlib.asynccontextmanager
-async def open_gateway(url: str, *, tls: ssl.SSLContext, password: str) -> AsyncIterator[Gateway]:
+async def open_gateway(url: str, *, tls: ssl.SSLContext, password: str | None) -> AsyncIterator[Gateway]:
     """A gateway session logged in as root (turning auth on first if it is off).
 
-    `tls` presents the appliance's CN-less client certificate. Raises GatewayError.
+    `tls` presents the appliance's CN-less client certificate. `password=None` skips the log-in:
+    a tenant's dedicated etcd has no users, its TLS client certificate is the whole check.
+    Raises GatewayError.
     """
     async with httpx.AsyncClient(base_url=url, verify=tls, trust_env=False, timeout=30.0) as client:
         gateway = Gateway(client)
-        await gateway.log_in(password)
+        if password is not None:
+            await gateway.log_in(password)
         yield gateway

@@ -19,6 +19,9 @@ ANNOTATION_PROVISIONER: Final = "tenancy.x-k8s.io/provisioner"
 #: process provisioner only: `dedicated` gives the tenant its own etcd, `shared` puts it in
 #: the manager's etcd under its own prefix. Default from `ManagerSettings.shared_etcd`.
 ANNOTATION_ETCD: Final = "tenancy.x-k8s.io/etcd"
+#: process provisioner only: the id of a restore staged by `vc-appliance restore` in this
+#: appliance's data dir (`manager.backups`); honoured before the tenant's first start, then removed.
+ANNOTATION_RESTORE_FROM: Final = "tenancy.x-k8s.io/restore-from"
 PROVISIONERS: Final = ("process", "native", "import")
 FIELD_MANAGER: Final = "vc-manager"
 COMPONENT: Final = "vc-manager"
@@ -31,6 +34,7 @@ ERROR: Final = "Error"
 
 COND_READY: Final = "Ready"
 COND_HEALTHY: Final = "ControlPlaneHealthy"
+COND_RESTORED: Final = "Restored"
 
 REASON_CREATING: Final = "ClusterCreating"
 REASON_RUNNING: Final = "TenantControlPlaneRunning"
@@ -40,6 +44,7 @@ REASON_DELETING: Final = "TenantControlPlaneDeleting"
 REASON_DELETE_FAILED: Final = "TenantControlPlaneDeleteFailed"
 REASON_PROCESSES_RUNNING: Final = "ProcessesRunning"
 REASON_PROCESS_RESTARTED: Final = "ProcessRestarted"
+REASON_RESTORED: Final = "RestoredFromBackup"
 
 #: Provisioning attempts of a new VirtualCluster before it gives up (the original's "retry: 3").
 RETRIES: Final = 3

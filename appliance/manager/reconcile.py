@@ -277,6 +277,13 @@ def running(vc: VirtualCluster, *, message: str, now: str) -> StatusPatch:
     return patch
 
 
+def restored(vc: VirtualCluster, *, message: str, now: str) -> StatusPatch:
+    """Condition `Restored`: the tenant started on a backup's data (what, from when, which identity)."""
+    return StatusPatch(conditions=set_condition(
+        vc.status.conditions, type_=model.COND_RESTORED, status="True", reason=model.REASON_RESTORED,
+        message=message, now=now))
+
+
 def unavailable(vc: VirtualCluster, *, error: str, now: str) -> StatusPatch:
     """A Running cluster whose control plane could not be (re)started: Ready=False, phase kept."""
     conditions = set_condition(

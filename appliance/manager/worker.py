@@ -28,7 +28,7 @@ from appliance.kube import errors, resources
 from appliance.kube.backoff import Backoff
 from appliance.kube.events import EventType
 from appliance.kube.informer import Informer
-from appliance.manager import model, reconcile, report, rootns
+from appliance.manager import backups, model, reconcile, report, rootns
 from appliance.manager.model import StatusPatch, VirtualCluster
 from appliance.manager.provision.base import Context, ManagedTenant, Provisioner, RunningPlane
 from appliance.manager.reconcile import Step
@@ -328,6 +328,10 @@ class Worker:
                     trio.current_time() - started, result)
         await self._write_status(lambda v: reconcile.running(v, message=result, now=report.now_rfc3339()))
         await self._event(obj, "Normal", model.REASON_RUNNING, result)
+        restored = tenant.extra.pop(backups.EXTRA_RESTORED, None)  # the process provisioner's note
+        if restored:
+            await self._write_status(lambda v: reconcile.restored(v, message=restored, now=report.now_rfc3339()))
+            await self._event(obj, "Normal", model.REASON_RESTORED, restored)
         self._start_monitor(tenant)
         return None
 

@@ -7,21 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.testbed import SuperCluster, run_kubectl, wait_for
+from tests.testbed import SuperCluster, run_kubectl, tenancy_manifests, wait_for
 
 SELECTOR_LABEL = "container-suite"
 
-MANIFESTS = """
-apiVersion: tenancy.x-k8s.io/v1alpha1
-kind: ClusterVersion
-metadata: {{name: {cv}}}
-spec: {{}}
----
-apiVersion: tenancy.x-k8s.io/v1alpha1
-kind: VirtualCluster
-metadata: {{name: {name}, namespace: {ns}, labels: {{{label}: "{run}"}}}}
-spec: {{clusterDomain: cluster.local, clusterVersionName: {cv}, pkiExpireDays: 30}}
-"""
 
 
 @dataclass(frozen=True)
@@ -45,8 +34,8 @@ async def provision(sc: SuperCluster, tmp: Path, run: str, *, name: str = "edge"
     wait for Running and write the tenant's admin kubeconfig into `tmp`."""
     ns = f"ctr-{run}"
     await run_kubectl(sc.kubectl, sc.kubeconfig, "create", "namespace", ns)
-    doc = MANIFESTS.format(cv=f"cv-{run}", name=name, ns=ns, label=SELECTOR_LABEL, run=run)
-    await run_kubectl(sc.kubectl, sc.kubeconfig, "apply", "-f", "-", stdin=doc.encode())
+    doc = tenancy_manifests(cv=f"cv-{run}", name=name, namespace=ns, labels={SELECTOR_LABEL: run})
+    await run_kubectl(sc.kubectl, sc.kubeconfig, "apply", "-f", "-", stdin=doc)
     key = await wait_for(lambda: phase(sc, ns, name), timeout=180, what=f"VirtualCluster {ns}/{name} Running")
     secret = json.loads((await run_kubectl(sc.kubectl, sc.kubeconfig, "get", "secret", "admin-kubeconfig",
                                            "-n", str(key), "-o", "json")).stdout)

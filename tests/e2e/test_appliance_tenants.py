@@ -12,21 +12,7 @@ import trio
 
 from appliance.controlplane import process
 from tests.e2e.appliance_proc import running
-from tests.testbed import SuperCluster, append_pod_log, pid_alive, run_kubectl, wait_for
-
-CV = """
-apiVersion: tenancy.x-k8s.io/v1alpha1
-kind: ClusterVersion
-metadata: {{name: {name}}}
-spec: {{}}
-"""
-
-VC = """
-apiVersion: tenancy.x-k8s.io/v1alpha1
-kind: VirtualCluster
-metadata: {{name: {name}, namespace: {ns}, labels: {{e2e: "{run}"}}}}
-spec: {{clusterDomain: cluster.local, clusterVersionName: {cv}, pkiExpireDays: 30}}
-"""
+from tests.testbed import SuperCluster, append_pod_log, pid_alive, run_kubectl, tenancy_manifests, wait_for
 
 
 def _pids(data_dir: Path) -> dict[str, int]:
@@ -51,9 +37,8 @@ async def _lifecycle(sc: SuperCluster, tmp_path: Path, *, run: str, ns: str, cv:
     kubectl = sc.kubectl
     async with running(sc, tmp_path, extra=extra, data_dir=data_dir) as app:
         await run_kubectl(kubectl, sc.kubeconfig, "create", "namespace", ns)
-        await run_kubectl(kubectl, sc.kubeconfig, "apply", "-f", "-", stdin=CV.format(name=cv).encode())
-        await run_kubectl(kubectl, sc.kubeconfig, "apply", "-f", "-",
-                          stdin=VC.format(name="shop", ns=ns, run=run, cv=cv).encode())
+        await run_kubectl(kubectl, sc.kubeconfig, "apply", "-f", "-", stdin=tenancy_manifests(
+            cv=cv, name="shop", namespace=ns, labels={"e2e": run}))
 
         async def phase() -> str | None:
             out = await run_kubectl(kubectl, sc.kubeconfig, "get", "vc", "shop", "-n", ns, "-o", "json")

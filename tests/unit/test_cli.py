@@ -90,3 +90,11 @@ def test_super_cluster_commands_take_kubectls_flags(command: list[str]) -> None:
     """run, kubeconfig and status accept --kubeconfig and --context (kubectl's spelling)."""
     args = cli.parser().parse_args([*command, "--kubeconfig", "/k", "--context", "c"])
     assert ("/k", "c") == (args.kubeconfig, args.context)
+
+
+@pytest.mark.parametrize("command", [["backup", "shop", "f.tar.gz"], ["restore", "team-a/", "f.tar.gz"],
+                                     ["restore", "a/b/c", "f.tar.gz", "--new"]])
+def test_backup_and_restore_want_namespace_slash_name(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed NAMESPACE/NAME is a usage error (2) before any config or cluster is touched."""
+    assert cli.EXIT_USAGE == cli.main(command)
+    assert "expected NAMESPACE/NAME" in capsys.readouterr().err

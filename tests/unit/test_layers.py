@@ -33,6 +33,8 @@ PURE = (
     "appliance.kube.backoff",
     "appliance.kube.resources",
     "appliance.kube.wire",
+    "appliance.manager.archive",
+    "appliance.manager.footprint",
     "appliance.manager.model",
     "appliance.manager.pkisecrets",
     "appliance.manager.provision.templates",

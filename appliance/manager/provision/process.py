@@ -8,6 +8,7 @@ Layout of `<data_dir>/tenants/<cluster key>/` (0700, files 0600):
                 also the tenant's etcd client certificate (`etcdcreds.TENANT_FILES`)
     logs/       one log and one pid file per process
     etcd/       the data of a dedicated etcd (annotation `tenancy.x-k8s.io/etcd: dedicated`)
+    restore.json  only for a restored tenant: which staged backup was loaded (`manager.backups`)
 
 Everything the command lines contain comes from that directory, so after an appliance restart
 the same command lines are built and the kept processes are adopted (same pids, same
@@ -48,7 +49,17 @@ import trio
 from appliance.controlplane import cluster, components, ports, process, stale
 from appliance.controlplane.components import TLSFiles
 from appliance.kube import resources
-from appliance.manager import etcd, model, pkisecrets, reconcile, rootns, servicecidrs
+from appliance.manager import (
+    backups,
+    etcd,
+    etcdgateway,
+    footprint,
+    model,
+    pkisecrets,
+    reconcile,
+    rootns,
+    servicecidrs,
+)
 from appliance.manager.provision.base import Context, ManagedTenant, RunningPlane
 from appliance.pki import kubeconfig
 from appliance.util import private
@@ -96,6 +107,15 @@ def etcd_mode(vc: model.VirtualCluster, *, shared_default: bool) -> str:
             "InvalidEtcdMode", f"annotation {model.ANNOTATION_ETCD} is {value!r}; expected shared or dedicated"
         )
     return value
+
+
+def process_spec(t: ManagedTenant) -> footprint.ProcessSpec:
+    """The footprint settings of `t`'s ClusterVersion (`footprint`); bad ones reject the VC."""
+    try:
+        return footprint.from_cluster_version(t.cluster_version)
+    except footprint.Invalid as exc:
+        raise reconcile.Rejected("InvalidClusterVersion", f"ClusterVersion {t.vc.spec.cluster_version_name}: {exc}") \
+            from None
 
 
 def _read_plan(path: Path) -> Plan | None:
@@ -168,28 +188,36 @@ class ProcessProvisioner:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    async def _new_plan(self, t: ManagedTenant) -> Plan:
+    async def _new_plan(self, t: ManagedTenant, restore: backups.Staged | None = None) -> Plan:
         settings = self._ctx.settings
         cidr, problem = reconcile.parse_service_cidr(t.vc.spec.service_cidr)
         if problem is not None:
             raise reconcile.Rejected(problem.reason, problem.message)
+        requested = t.vc.spec.service_cidr
+        if restore is not None and restore.backup.manifest.service_cidr:
+            # The restored Services hold addresses of the backup's range; register it as it was.
+            cidr = restore.backup.manifest.service_cidr
+            requested = requested or (cidr if cidr != model.DEFAULT_SERVICE_CIDR else "")
         # A range of its own, which the super cluster routes (else the default, translated).
         t.progress = "registering the tenant's Service range in the super cluster"
-        if t.vc.spec.service_cidr or settings.tenant_service_pool:
-            cidr = await servicecidrs.ensure(self._ctx.super, t.key, requested=t.vc.spec.service_cidr,
+        if requested or settings.tenant_service_pool:
+            cidr = await servicecidrs.ensure(self._ctx.super, t.key, requested=requested,
                                              pool=settings.tenant_service_pool,
                                              prefix=settings.tenant_service_prefix) or cidr
         mode = etcd_mode(t.vc, shared_default=settings.shared_etcd)
         return Plan(
             vc_namespace=t.vc.metadata.namespace, vc_name=t.vc.metadata.name, vc_uid=t.vc.metadata.uid,
             bind=settings.tenant_bind_address, host=advertised_host(settings.tenant_bind_address),
-            port=cluster.free_port(), service_cidr=cidr, etcd_mode=mode,
+            port=(restore.port(settings.tenant_bind_address) if restore else 0) or cluster.free_port(),
+            service_cidr=cidr, etcd_mode=mode,
             etcd_prefix=f"{etcd.tenant_prefix(t.key)}registry",
             etcd_client_port=cluster.free_port() if mode == "dedicated" else 0,
             etcd_peer_port=cluster.free_port() if mode == "dedicated" else 0,
         )
 
-    async def _pki(self, t: ManagedTenant, plan: Plan) -> pkisecrets.TenantPKI:
+    async def _pki(self, t: ManagedTenant, plan: Plan, restore: backups.Staged | None = None) -> pkisecrets.TenantPKI:
+        if restore is not None and restore.pki is not None:
+            return restore.pki
         pki = await trio.to_thread.run_sync(_read_pki, t.dir / "pki")
         if pki is not None:
             return pki
@@ -210,6 +238,7 @@ class ProcessProvisioner:
 
     async def provision(self, t: ManagedTenant) -> str:
         ctx = self._ctx
+        process_spec(t)  # bad footprint settings are the user's to fix: no attempt is started
         # The root namespace first: it proves the cluster key (and so the directory) is ours.
         t.progress = "creating the root namespace"
         await rootns.ensure_root_namespace(ctx.super, t.vc, t.key)
@@ -226,9 +255,12 @@ class ProcessProvisioner:
             if plan is not None:  # left behind by an earlier VirtualCluster with this key
                 await trio.to_thread.run_sync(process.kill_leftovers, t.dir / "logs")
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(t.dir, ignore_errors=True))
-            plan = await self._new_plan(t)
+        # A restore asked for and not done yet (`backups`): its data and PKI, before the first start.
+        restore = await trio.to_thread.run_sync(backups.staged_for, ctx.settings.data_dir, t.vc, t.dir)
+        if plan is None or plan.vc_uid != t.vc.metadata.uid:
+            plan = await self._new_plan(t, restore)
         plan = await self._move_taken_ports(t, plan)
-        pki = await self._pki(t, plan)
+        pki = await self._pki(t, plan, restore)
         await trio.to_thread.run_sync(
             lambda: _write_tenant_dir(t.dir, plan, pki, cluster_name=t.vc.metadata.name)
         )
@@ -237,8 +269,11 @@ class ProcessProvisioner:
             await rootns.apply(ctx.super, resources.SECRETS, secret)
         if not t.plane_running:
             access = await self._etcd_access(t, plan)
+            if restore is not None and access is not None:
+                async with ctx.etcd.open_root_gateway() as gateway:
+                    await self._restore(t, gateway, restore)
             t.progress = f"starting the control plane processes at {plan.server}"
-            t.plane = await t.nursery.start(self._run_plane, t, plan, access)
+            t.plane = await t.nursery.start(self._run_plane, t, plan, access, restore)
         # Usable means Pods can be created: the tenant KCM has made `default/default`.
         t.progress = "waiting for the tenant controller-manager (service account default/default)"
         try:
@@ -248,7 +283,16 @@ class ProcessProvisioner:
             raise RuntimeError(
                 "the tenant controller-manager did not create service account default/default "
                 f"within {ctx.settings.provisioner_timeout:.0f} s; see {t.dir / 'logs'}") from None
+        note = await backups.finish(ctx.super, data_dir=ctx.settings.data_dir, vc=t.vc, tdir=t.dir)
+        if note:
+            t.extra[backups.EXTRA_RESTORED] = note  # the worker sets condition Restored
         return f"tenant control plane is running at {plan.server}"
+
+    async def _restore(self, t: ManagedTenant, gateway: etcdgateway.Gateway, restore: backups.Staged) -> None:
+        """Load the staged keys before the apiserver first starts."""
+        t.progress = f"restoring {restore.backup.manifest.key_count} etcd keys from a backup"
+        note = await backups.load(gateway, key=t.key, tdir=t.dir, staged=restore, vc_uid=t.vc.metadata.uid)
+        logger.info("VirtualCluster %s: %s", t.vc.ref, note)
 
     async def ensure(self, t: ManagedTenant) -> None:
         """Re-adopt (or restart) the processes of a Running tenant that this worker lacks."""
@@ -284,6 +328,7 @@ class ProcessProvisioner:
         settings = self._ctx.settings
         pki_dir, logs = t.dir / "pki", t.dir / "logs"
         shared = plan.etcd_mode == "shared"
+        trim = process_spec(t)
         flags = components.ApiServerFlags(
             etcd_servers=access.url, etcd_prefix=plan.etcd_prefix, port=plan.port, pki_dir=pki_dir,
             service_cidr=plan.service_cidr, bind_address=plan.bind, advertise_address=plan.host,
@@ -300,6 +345,7 @@ class ProcessProvisioner:
                 # Tenant ClusterIPs exist only inside the tenant: aggregated APIs and webhooks
                 # are reached at their Pods' addresses, which the appliance host routes.
                 "enable-aggregator-routing": "true",
+                **footprint.apiserver_flags(trim),
             },
         )
         env = dict(os.environ, GOMAXPROCS="2")
@@ -310,21 +356,21 @@ class ProcessProvisioner:
                 argv=components.apiserver_argv(settings.bins, flags),
                 log_path=logs / "kube-apiserver.log",
                 ready=cluster.http_probe(f"{plan.server}/readyz", ctx=ssl_ctx),
-                env=env, keep_on_cancel=keep,
+                env={**env, **footprint.apiserver_env(trim)}, keep_on_cancel=keep,
             ),
             process.ProcessSpec(
                 name=f"{t.key}/kube-controller-manager",
                 argv=components.controller_manager_argv(
                     settings.bins, pki_dir=pki_dir, service_cidr=plan.service_cidr, virtual_nodes=True,
-                    master=plan.server,
+                    master=plan.server, extra=footprint.controller_manager_flags(trim),
                 ),
                 log_path=logs / "kube-controller-manager.log",
-                env=env, keep_on_cancel=keep,
+                env={**env, **footprint.controller_manager_env(trim)}, keep_on_cancel=keep,
             ),
         ]
 
     async def _run_plane(
-        self, t: ManagedTenant, plan: Plan, access: etcd.EtcdAccess | None,
+        self, t: ManagedTenant, plan: Plan, access: etcd.EtcdAccess | None, restore: backups.Staged | None = None,
         *, task_status: trio.TaskStatus[RunningPlane] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Start (or adopt) the tenant's processes and supervise them until cancelled."""
@@ -347,6 +393,11 @@ class ProcessProvisioner:
                             lambda: stale.stop_unadoptable([etcd_spec], keep=settings.keep_control_planes)
                         )
                         handles.append(await nursery.start(process.supervise, etcd_spec))
+                        if restore is not None:  # the tenant's own etcd is up, its apiserver not yet
+                            url, tls = await trio.to_thread.run_sync(
+                                backups.dedicated_access, t.dir, plan.etcd_client_port)
+                            async with etcdgateway.open_gateway(url, tls=tls, password=None) as gateway:
+                                await self._restore(t, gateway, restore)
                         access = etcd.EtcdAccess(
                             url=cluster.etcd_url(plan.etcd_client_port, tls=True),
                             tls=TLSFiles(pki_dir / "ca.crt", pki_dir / "apiserver.crt", pki_dir / "apiserver.key"),
