@@ -26,10 +26,9 @@ import trio
 from appliance import config
 from appliance.controlplane import process
 from tests.e2e.appliance_proc import running
-from tests.e2e.test_appliance_tenants import CV, VC
 from tests.security.conftest import RoleIdentity
 from tests.tally import Tally
-from tests.testbed import SuperCluster, append_pod_log, run_kubectl, wait_for
+from tests.testbed import SuperCluster, append_pod_log, run_kubectl, tenancy_manifests, wait_for
 
 pytestmark = [pytest.mark.security, pytest.mark.integration, pytest.mark.e2e]
 
@@ -157,8 +156,8 @@ async def _lifecycle(sc: SuperCluster, tmp: Path, *, run: str, ns: str, cv: str,
     their mode problems, and the token and key strings a log must not contain."""
     kubectl, admin = sc.kubectl, sc.kubeconfig
     await run_kubectl(kubectl, admin, "create", "namespace", ns)
-    await run_kubectl(kubectl, admin, "apply", "-f", "-", stdin=CV.format(name=cv).encode())
-    await run_kubectl(kubectl, admin, "apply", "-f", "-", stdin=VC.format(name="vault", ns=ns, run=run, cv=cv).encode())
+    await run_kubectl(kubectl, admin, "apply", "-f", "-", stdin=tenancy_manifests(
+        cv=cv, name="vault", namespace=ns, labels={"e2e": run}))
 
     async def phase() -> str | None:
         out = await run_kubectl(kubectl, admin, "get", "vc", "vault", "-n", ns, "-o", "json")
