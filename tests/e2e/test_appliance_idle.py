@@ -52,6 +52,9 @@ async def test_idle_appliance_makes_no_writes_to_the_super_cluster(tmp_path: Pat
         with trio.fail_after(300):
             async with running(sc, tmp_path, extra=extra, data_dir=data_dir) as app:
                 await _idle(sc, app, run=run, ns=ns, cv=cv)
+                # Deleted while the appliance runs, so its finalizer releases the tenant's
+                # ServiceCIDR in the super cluster too (later tests share that cluster).
+                await run_kubectl(sc.kubectl, sc.kubeconfig, "delete", "vc", "quiet", "-n", ns, "--timeout=120s")
     finally:
         for d in {p.parent for p in data_dir.rglob("*.pid")}:
             process.kill_leftovers(d)

@@ -280,5 +280,16 @@ async def test_deployment_manifest_is_accepted_and_configures_leases(super_clust
     async with super_client(sc) as superc:
         with contextlib.suppress(errors.AlreadyExists):  # server-side dry-run needs the namespace
             await superc.create(resources.NAMESPACES, {"metadata": {"name": "vc-appliance-system"}})
-    out = await run_kubectl(sc.kubectl, sc.kubeconfig, "apply", "--dry-run=server", "-f", str(manifest))
-    assert "deployment.apps/vc-appliance created (server dry run)" in out.stdout, out.stdout
+    async def dry_run() -> str | None:
+        out = await run_kubectl(sc.kubectl, sc.kubeconfig, "apply", "--dry-run=server", "-f", str(manifest),
+                                check=False)
+        if out.returncode != 0 and "is not in the valid range" in out.stderr:
+            # With tenant ServiceCIDRs next to the default one, kube-apiserver v1.37.2 now and
+            # then refuses a fixed ClusterIP of the default range, naming another CIDR as the
+            # valid one; the same request succeeds when repeated. Not the manifest's fault.
+            return None
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    stdout = await wait_for(dry_run, timeout=30, what="a server-side dry run of the manifest", interval=0.5)
+    assert "deployment.apps/vc-appliance created (server dry run)" in str(stdout), stdout
