@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -146,14 +145,7 @@ class Appliance:
         return out
 
     async def stop(self) -> None:
-        with trio.CancelScope(shield=True):
-            if self.proc.returncode is None:
-                self.proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(30):
-                    await self.proc.wait()
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
+        await testbed.terminate(self.proc)
         for d in {p.parent for p in self.data_dir.rglob("*.pid")}:
             process.kill_leftovers(d)
 

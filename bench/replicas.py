@@ -17,7 +17,6 @@ import collections
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -48,14 +47,7 @@ class Replica:
         self.proc, self.identity, self.log = proc, identity, log
 
     async def stop(self) -> None:
-        with trio.CancelScope(shield=True):
-            if self.proc.returncode is None:
-                self.proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(30):
-                    await self.proc.wait()
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
+        await testbed.terminate(self.proc)
 
 
 async def start_replica(bed: testbed.Bed, identity: str, lease_ns: str) -> Replica:

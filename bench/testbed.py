@@ -84,6 +84,20 @@ def _cleanup_state(state_dir: Path, *, keep: bool) -> None:
 
 # --- the test bed ----------------------------------------------------------------------------------
 
+
+async def terminate(proc: trio.Process, *, grace: float = 30) -> None:
+    """SIGTERM a child the bench started and wait up to `grace` s; SIGKILL it if it does not go.
+    Shielded: benches call it on their way out, cancelled or not."""
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class BedTenant:
     """A tenant control plane registered as an imported, Running VirtualCluster, with a client.
