@@ -5,11 +5,12 @@
     vc-appliance status                     which replica holds which tenant (Leases)
     vc-appliance backup NS/NAME FILE        a process-mode tenant's etcd data and PKI into FILE (0600)
     vc-appliance restore NS/NAME FILE       re-create the tenant from FILE (--new: under another name)
+    vc-appliance rotate-certs NS/NAME       renew a process-mode tenant's certificates now
     vc-appliance dev up|down|status         the embedded local default (see `dev --help`)
     vc-appliance version
 
 `backup` and `restore` run on the appliance's host with its `--config` (they use its data dir).
-`run`, `kubeconfig`, `status`, `backup` and `restore` reach the super cluster as kubectl does: `--kubeconfig PATH`
+`run`, `kubeconfig`, `status`, `backup`, `restore` and `rotate-certs` reach the super cluster as kubectl does: `--kubeconfig PATH`
 and `--context NAME` first, then the config's `[super]` keys, then KUBECONFIG (files merged),
 then ~/.kube/config, and the in-cluster service account only when none is given.
 
@@ -211,6 +212,39 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rotate_certs(args: argparse.Namespace) -> int:
+    from appliance import app
+    from appliance.kube import errors
+    from appliance.kube.client import open_client
+    from appliance.manager import renewals
+
+    ref, source, _ = _tenant_command(args)
+
+    async def rotate() -> str:
+        creds = await app.super_credentials(source)
+        async with open_client(creds) as superc:
+            with trio.fail_after(args.timeout):
+                token = await renewals.request(superc, namespace=ref[0], name=ref[1])
+                if args.no_wait:
+                    return f"renewal requested ({token})"
+                return await renewals.wait_renewed(superc, namespace=ref[0], name=ref[1], token=token)
+
+    try:
+        note = trio.run(rotate)
+    except app.StartupError as exc:
+        print(f"vc-appliance: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except trio.TooSlowError:
+        print(f"vc-appliance: renewal not reported after {args.timeout:g} s; see kubectl describe vc -n {ref[0]} "
+              f"{ref[1]}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (errors.KubeError, renewals.RenewalError) as exc:
+        print(f"vc-appliance: rotate-certs failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"VirtualCluster {ref[0]}/{ref[1]}: {note}")
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from appliance.controlplane import build
 
@@ -284,6 +318,16 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                     help="give up waiting after this long (default 600)")
     rs.set_defaults(fn=cmd_restore)
+
+    rc = sub.add_parser("rotate-certs", parents=[kube], help="renew a process-mode tenant's certificates now",
+                        description="Ask the appliance to renew every certificate of VirtualCluster NAMESPACE/NAME "
+                                    "(its CA and service-account key stay), restart its processes one at a time "
+                                    "and update its admin-kubeconfig secret; wait until it reports done.")
+    rc.add_argument("ref", metavar="NAMESPACE/NAME")
+    rc.add_argument("--no-wait", action="store_true", help="return once the request is made")
+    rc.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="give up waiting after this long (default 600)")
+    rc.set_defaults(fn=cmd_rotate_certs)
 
     ver = sub.add_parser("version", help="print the version", description="Print the version.")
     ver.set_defaults(fn=cmd_version)

@@ -72,6 +72,8 @@ class ProcessHandle:
     adopted: bool = False
     keep_on_cancel: bool = False
     ready: trio.Event = field(default_factory=trio.Event)
+    #: POSIX time this supervisor started the current child (0 for an adopted one: unknown)
+    started_at: float = 0.0
 
     @property
     def restarts(self) -> int:
@@ -284,6 +286,7 @@ async def supervise(
             proc = await _start(spec)
         handle.pid = proc.pid
         handle.starts += 1
+        handle.started_at = 0.0 if handle.adopted and first else time.time()
         leaving = False
         try:
             await _wait_ready(proc, spec)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import logging
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -145,8 +147,21 @@ class ApiClient:
         self._watch_timeout = httpx.Timeout(connect_timeout, read=None)
         self._watch_head_timeout = connect_timeout
         self._extensions: dict[str, Any] = {}
+        self._ssl: ssl.SSLContext | None = None
         if creds.tls_server_name:
             self._extensions["sni_hostname"] = creds.tls_server_name
+
+    async def renew_client_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Present a renewed client certificate (same CA) on every connection opened from now on.
+
+        Open connections keep the certificate they were made with until they close; the
+        server checks a client certificate only at the handshake.
+        """
+        if self._ssl is None:
+            raise RuntimeError("this client was not built by open_client")
+        ctx = self._ssl
+        await trio.to_thread.run_sync(lambda: creds_mod.load_cert_chain_pem(ctx, cert_pem=cert_pem, key_pem=key_pem))
+        self.creds = dataclasses.replace(self.creds, client_cert_pem=cert_pem, client_key_pem=key_pem)
 
     # -- transport --------------------------------------------------------------------
 
@@ -595,10 +610,12 @@ async def open_client(
         auth=auth,
         headers={"Accept": _JSON, "User-Agent": user_agent},
     ) as http:
-        yield ApiClient(
+        client = ApiClient(
             http,
             creds=creds,
             limiter=ratelimit.RateLimiter(qps=qps, burst=burst),
             connect_timeout=timeout,
             on_response=on_response,
         )
+        client._ssl = ssl_ctx
+        yield client

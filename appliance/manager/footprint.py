@@ -12,15 +12,17 @@ appliances ignore it):
           watchCache: true                                        # --watch-cache
           goMemoryLimit: 200MiB                                   # GOMEMLIMIT
           goGC: "50"                                              # GOGC
+          binary: /opt/k8s/v1.36/kube-apiserver                   # instead of the bundled one
         controllerManager:
           controllers: "*,-ttl-controller"   # --controllers; node-lifecycle stays off (virtual nodes)
           goMemoryLimit: 96MiB
           goGC: "50"
 
 Only these keys map to flags: a ClusterVersion cannot move a tenant's etcd prefix, ports or
-certificates. Values reach the child's argv as one element each (no shell). Settings apply
-when the tenant's processes next start; a changed command line makes an appliance restart
-restart the kept processes instead of adopting them. Pure: no I/O.
+certificates. Values reach the child's argv as one element each (no shell). A changed
+setting is rolled out to Running tenants one process at a time, and rolled back when the new
+process does not become ready (`provision.process`); a changed command line also makes an
+appliance restart restart the kept processes instead of adopting them. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class _Base(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
 class GoRuntime(_Base):
     go_memory_limit: str = ""
     go_gc: str = msgspec.field(default="", name="goGC")
+    #: an absolute path on the appliance host run instead of the bundled binary (another version)
+    binary: str = ""
 
 
 class ApiServerTrim(GoRuntime):
@@ -98,6 +102,8 @@ def from_cluster_version(cv: dict[str, Any] | None) -> ProcessSpec:
             raise Invalid(f"spec.process.{where}.goMemoryLimit {rt.go_memory_limit!r}: expected e.g. 200MiB")
         if rt.go_gc and not _GOGC.match(rt.go_gc):
             raise Invalid(f"spec.process.{where}.goGC {rt.go_gc!r}: expected a percentage or off")
+        if rt.binary and not rt.binary.startswith("/"):
+            raise Invalid(f"spec.process.{where}.binary {rt.binary!r}: expected an absolute path")
     return spec
 
 

@@ -22,6 +22,9 @@ ANNOTATION_ETCD: Final = "tenancy.x-k8s.io/etcd"
 #: process provisioner only: the id of a restore staged by `vc-appliance restore` in this
 #: appliance's data dir (`manager.backups`); honoured before the tenant's first start, then removed.
 ANNOTATION_RESTORE_FROM: Final = "tenancy.x-k8s.io/restore-from"
+#: process provisioner only: renew the tenant's certificates now when this value is new to the
+#: manager (`vc-appliance rotate-certs` writes the time); see `manager.certrotation`.
+ANNOTATION_ROTATE_CERTIFICATES: Final = "tenancy.x-k8s.io/rotate-certificates"
 PROVISIONERS: Final = ("process", "native", "import")
 FIELD_MANAGER: Final = "vc-manager"
 COMPONENT: Final = "vc-manager"
@@ -35,6 +38,8 @@ ERROR: Final = "Error"
 COND_READY: Final = "Ready"
 COND_HEALTHY: Final = "ControlPlaneHealthy"
 COND_RESTORED: Final = "Restored"
+COND_CERTIFICATES: Final = "CertificatesValid"
+COND_ROLLOUT: Final = "ControlPlaneUpToDate"
 
 REASON_CREATING: Final = "ClusterCreating"
 REASON_RUNNING: Final = "TenantControlPlaneRunning"
@@ -45,6 +50,13 @@ REASON_DELETE_FAILED: Final = "TenantControlPlaneDeleteFailed"
 REASON_PROCESSES_RUNNING: Final = "ProcessesRunning"
 REASON_PROCESS_RESTARTED: Final = "ProcessRestarted"
 REASON_RESTORED: Final = "RestoredFromBackup"
+REASON_CERTIFICATES_RENEWED: Final = "CertificatesRenewed"
+REASON_CERTIFICATES_ISSUED: Final = "CertificatesIssued"
+REASON_ROLLING: Final = "RollingOut"
+REASON_ROLLED_OUT: Final = "RolledOut"
+REASON_ROLLED_BACK: Final = "RolledBack"
+REASON_UP_TO_DATE: Final = "UpToDate"
+REASON_MAINTENANCE_FAILED: Final = "MaintenanceFailed"
 
 #: Provisioning attempts of a new VirtualCluster before it gives up (the original's "retry: 3").
 RETRIES: Final = 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,8 @@ class PKIRequest:
     etcd_dns: tuple[str, ...] = ()
     etcd_ips: tuple[str, ...] = ("127.0.0.1",)
     days: int = DEFAULT_DAYS
+    #: overrides `days` for the leaves (`[manager] certificate-lifetime`)
+    lifetime: dt.timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -89,17 +92,17 @@ def build(req: PKIRequest, *, root_ca: certs.CertKey | None = None) -> TenantPKI
     ))
 
     def client(cn: str, *orgs: str) -> certs.CertKey:
-        return certs.issue(ca, common_name=cn, organizations=orgs, client=True, days=days)
+        return certs.issue(ca, common_name=cn, organizations=orgs, client=True, days=days, lifetime=req.lifetime)
 
     return TenantPKI(
         root_ca=ca,
         apiserver=certs.issue(
             ca, common_name=req.cluster_key, dns_names=apiserver_dns,
-            ip_addresses=_unique(req.apiserver_ips), server=True, client=True, days=days,
+            ip_addresses=_unique(req.apiserver_ips), server=True, client=True, days=days, lifetime=req.lifetime,
         ),
         etcd=certs.issue(
             ca, common_name="kube-etcd", dns_names=_unique(req.etcd_dns),
-            ip_addresses=_unique(req.etcd_ips), server=True, client=True, days=days,
+            ip_addresses=_unique(req.etcd_ips), server=True, client=True, days=days, lifetime=req.lifetime,
         ),
         front_proxy=client("front-proxy-client"),
         controller_manager=client(CONTROLLER_MANAGER_USER),

@@ -284,6 +284,12 @@ def restored(vc: VirtualCluster, *, message: str, now: str) -> StatusPatch:
         message=message, now=now))
 
 
+def condition(vc: VirtualCluster, *, type_: str, status: str, reason: str, message: str, now: str) -> StatusPatch:
+    """Only condition `type_` set (a provisioner's news: renewals, rollouts)."""
+    return StatusPatch(conditions=set_condition(
+        vc.status.conditions, type_=type_, status=status, reason=reason, message=message, now=now))
+
+
 def unavailable(vc: VirtualCluster, *, error: str, now: str) -> StatusPatch:
     """A Running cluster whose control plane could not be (re)started: Ready=False, phase kept."""
     conditions = set_condition(

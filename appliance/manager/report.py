@@ -8,7 +8,7 @@ from appliance.controlplane import process
 from appliance.kube import errors
 from appliance.manager import reconcile
 from appliance.manager.model import StatusPatch, VirtualCluster
-from appliance.manager.provision.base import RunningPlane
+from appliance.manager.provision.plane import RunningPlane
 
 
 def now_rfc3339() -> str:

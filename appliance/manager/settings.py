@@ -46,8 +46,18 @@ class ManagerConfig(ConfigBase, frozen=True):
     #: An empty pool keeps such tenants on 10.32.0.0/16 with super-allocated addresses.
     tenant_service_pool: str = "10.64.0.0/12"
     tenant_service_prefix: int = msgspec.field(default=20)
+    #: Process-mode tenants' certificates are renewed when this fraction of their validity
+    #: has passed (`certrotation`); the tenant's processes then restart one at a time.
+    certificate_renew_fraction: float = 0.8
+    #: Lifetime of renewed tenant certificates in seconds; 0 = the VirtualCluster's
+    #: `pkiExpireDays` (default 365 days). Short values are for tests and strict sites.
+    certificate_lifetime: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.certificate_renew_fraction <= 0.95:
+            raise msgspec.ValidationError("manager.certificate-renew-fraction must be between 0.1 and 0.95")
+        if self.certificate_lifetime and self.certificate_lifetime < 30:
+            raise msgspec.ValidationError("manager.certificate-lifetime must be 0 or at least 30 seconds")
         if self.tenant_service_pool:
             try:
                 pool = ipaddress.ip_network(self.tenant_service_pool)

@@ -30,7 +30,8 @@ from appliance.kube.events import EventType
 from appliance.kube.informer import Informer
 from appliance.manager import backups, model, reconcile, report, rootns
 from appliance.manager.model import StatusPatch, VirtualCluster
-from appliance.manager.provision.base import Context, ManagedTenant, Provisioner, RunningPlane
+from appliance.manager.provision.base import Context, ManagedTenant, News, Provisioner
+from appliance.manager.provision.plane import RunningPlane
 from appliance.manager.reconcile import Step
 from appliance.manager.settings import ManagerSettings
 from appliance.util import naming, tenancy
@@ -184,6 +185,8 @@ class Worker:
             self._tenant = ManagedTenant(vc=vc, key=key, dir=tenant_dir, nursery=nursery)
         self._tenant.vc = vc
         self._tenant.cluster_version = cv
+        self._tenant.on_news = self._news
+        self._tenant.poke = self.poke
         return self._tenant
 
     # -- one round ----------------------------------------------------------------------
@@ -353,7 +356,30 @@ class Worker:
         if ready is None or ready.status != "True":
             await self._write_status(lambda v: reconcile.running(v, message=v.status.message, now=report.now_rfc3339()))
         self._start_monitor(tenant)
-        return None
+        return await self._maintain(obj, provisioner, tenant)
+
+    async def _maintain(self, obj: dict[str, Any], provisioner: Provisioner, tenant: ManagedTenant) -> float | None:
+        """The provisioner's work on a Running plane (renewals, rollouts, sleep); when to come back."""
+        due: float | None = None
+
+        async def work() -> None:
+            nonlocal due
+            due = await provisioner.maintain(tenant)
+
+        result = await self._attempt(work, vc=tenant.vc, tenant=tenant)
+        if isinstance(result, reconcile.Problem | BaseException):
+            error = result.message if isinstance(result, reconcile.Problem) else report.describe(result)
+            await self._event(obj, "Warning", model.REASON_MAINTENANCE_FAILED, error)
+            return self._backoff.next_delay()
+        return due
+
+    async def _news(self, item: News) -> None:
+        await self._write_status(lambda v: reconcile.condition(
+            v, type_=item.condition, status=item.status, reason=item.reason, message=item.message,
+            now=report.now_rfc3339()))
+        obj = self._current()
+        if item.event and obj is not None:
+            await self._event(obj, "Warning" if item.warning else "Normal", item.reason, item.message)
 
     # -- health ----------------------------------------------------------------------------
 
@@ -366,7 +392,7 @@ class Worker:
 
     async def _monitor(self, plane: RunningPlane) -> None:
         """Report process restarts in `ControlPlaneHealthy` and as Events, until the plane stops."""
-        seen = {h.name: h.starts for h in plane.handles}
+        seen = {id(h): h.starts for h in plane.handles}  # a replaced process has a new handle
         while not plane.done.is_set():
             states = [reconcile.ProcessState(h.name.rsplit("/", 1)[-1], h.restarts, h.last_exit)
                       for h in plane.handles]
@@ -376,8 +402,8 @@ class Worker:
                 logger.warning("VirtualCluster %s/%s: health status not written: %s", *self.key, exc)
             obj = self._current()
             for h in plane.handles:
-                if h.starts > seen[h.name] and obj is not None:
-                    seen[h.name] = h.starts
+                if h.starts > seen.setdefault(id(h), 1) and obj is not None:
+                    seen[id(h)] = h.starts
                     await self._event(obj, "Warning", model.REASON_PROCESS_RESTARTED,
                                       f"{h.name} exited with code {h.last_exit} and was restarted "
                                       f"(restart {h.restarts})")

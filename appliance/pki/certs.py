@@ -118,8 +118,9 @@ def issue(
     client: bool = False,
     days: int = 365,
     now: dt.datetime | None = None,
+    lifetime: dt.timedelta | None = None,
 ) -> CertKey:
-    """A leaf certificate signed by `ca`.
+    """A leaf certificate signed by `ca`, valid for `days` (or `lifetime`, when given).
 
     `organizations` become one O attribute each: Kubernetes reads them as groups. An empty
     `common_name` leaves the CN out (etcd's JSON gateway refuses client certificates with one
@@ -131,7 +132,8 @@ def issue(
     ca_cert = ca.cert
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     key = new_private_key()
-    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    valid = lifetime if lifetime is not None else dt.timedelta(days=days)
+    not_after = min(now + valid, ca_cert.not_valid_after_utc)
     usages = []
     if server:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
@@ -143,7 +145,7 @@ def issue(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(now - min(_BACKDATE, valid / 10))
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -180,3 +182,36 @@ def content_hash(*parts: bytes) -> str:
     for p in parts:
         h.update(p)
     return h.hexdigest()
+
+
+def renew_at(cert_pem: bytes, fraction: float) -> dt.datetime:
+    """When `fraction` of the certificate's validity has passed (UTC): the time to renew it."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return start + (end - start) * fraction
+
+
+def reissue(ca: CertKey, old_pem: bytes, *, lifetime: dt.timedelta, now: dt.datetime | None = None) -> CertKey:
+    """A new key and certificate saying what `old_pem` said (subject, names, usages), signed by `ca`.
+
+    Renewal keeps every identity the certificate carried, so whoever checks it (RBAC by CN
+    and O, TLS by SAN) sees no difference but the dates.
+    """
+    old = x509.load_pem_x509_certificate(old_pem)
+    cn = [a.value for a in old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    orgs = [str(a.value) for a in old.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    try:
+        sans = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = sans.get_values_for_type(x509.DNSName)
+        ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        dns, ips = [], []
+    try:
+        usages = list(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    return issue(
+        ca, common_name=str(cn[0]) if cn else "", organizations=orgs, dns_names=dns, ip_addresses=ips,
+        server=ExtendedKeyUsageOID.SERVER_AUTH in usages, client=ExtendedKeyUsageOID.CLIENT_AUTH in usages,
+        lifetime=lifetime, now=now,
+    )

@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from typing import Any, NoReturn
 
 import trio
+from cryptography import x509
 
 from appliance import logsetup
 from appliance.kube import creds as kcreds
@@ -147,22 +149,82 @@ async def _serve_tenant(sx: Syncer, vc: dict[str, Any], tid: TenantId) -> NoRetu
                         starting.start_soon(nursery.start, inf.run)
             sx.register(tenant)
             sx.health[tid.key] = True
+            renew_at = client_cert_renewal(creds)
+            next_probe = trio.current_time() + sx.settings.health_period
             try:
                 while True:
-                    await trio.sleep(sx.settings.health_period)
-                    try:
-                        with trio.fail_after(sx.settings.health_timeout):
-                            await client.server_version()
-                    except BaseException:
-                        sx.health[tid.key] = False  # seen by the gauge until the restart
-                        raise
+                    wake = next_probe
+                    if renew_at is not None:  # a short-lived certificate may be due before the probe
+                        wake = min(wake, trio.current_time() + max(0.5, renew_at - time.time()))
+                    await trio.sleep_until(wake)
+                    if renew_at is not None and time.time() >= renew_at:
+                        renew_at = await _pick_up_renewal(sx, vc, tid, client)
+                    if trio.current_time() >= next_probe:
+                        try:
+                            await _probe(client, timeout=sx.settings.health_timeout)
+                        except BaseException:
+                            sx.health[tid.key] = False  # seen by the gauge until the restart
+                            raise
+                        next_probe = trio.current_time() + sx.settings.health_period
             finally:
                 sx.unregister(tid.key)
     raise AssertionError("unreachable")
 
 
+async def _probe(client: ApiClient, *, timeout: float) -> None:  # noqa: ASYNC109 (a setting, passed on)
+    """The tenant apiserver answers `/version` within `timeout`, asked again every second: a
+    restart under a certificate renewal or a rollout takes seconds and is not an outage."""
+    last: errors.KubeError | None = None
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                await client.server_version()
+                return
+            except errors.KubeError as exc:
+                last = exc
+            await trio.sleep(1.0)
+    raise last or errors.KubeError(f"no answer from the tenant apiserver within {timeout:g} s")
+
+
+#: The share of its validity after which the syncer looks for a renewed client certificate;
+#: the manager renews at `[manager] certificate-renew-fraction` (0.8), before this.
+CLIENT_CERT_CHECK = 0.9
+
+
+def client_cert_renewal(creds: kcreds.Credentials) -> float | None:
+    """When (POSIX time) to look for a renewal of the client certificate, None without one."""
+    if not creds.client_cert_pem:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(creds.client_cert_pem)
+    except ValueError:
+        return None
+    start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    return start + (end - start) * CLIENT_CERT_CHECK
+
+
+async def _pick_up_renewal(sx: Syncer, vc: dict[str, Any], tid: TenantId, client: ApiClient) -> float | None:
+    """Use the tenant's renewed client certificate on new connections; when to look again.
+
+    A changed server or CA is not a renewal: the tenant task starts over with them.
+    """
+    fresh = await tenant_credentials(sx.super_client, vc, tid)
+    old = client.creds
+    if (fresh.server, fresh.ca_pem) != (old.server, old.ca_pem):
+        raise kcreds.KubeconfigError("the tenant's kubeconfig now names another server or CA")
+    if fresh.client_cert_pem and fresh.client_key_pem and fresh.client_cert_pem != old.client_cert_pem:
+        await client.renew_client_certificate(fresh.client_cert_pem, fresh.client_key_pem)
+        log.info("tenant %s: using its renewed client certificate", tid.key)
+        return client_cert_renewal(fresh)
+    return time.time() + sx.settings.health_period  # not renewed yet: look again next round
+
+
 def desired(vc: dict[str, Any]) -> bool:
-    return (vc.get("status") or {}).get("phase") == "Running" and not vc["metadata"].get("deletionTimestamp")
+    """Running, not being deleted, and not asleep: a sleeping tenant's apiserver is stopped on
+    purpose, and what it made in the super cluster stays untouched until it wakes."""
+    status = vc.get("status") or {}
+    asleep = any(c.get("type") == "Sleeping" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return status.get("phase") == "Running" and not vc["metadata"].get("deletionTimestamp") and not asleep
 
 
 async def run(

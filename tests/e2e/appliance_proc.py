@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ import httpx
 import trio
 
 from appliance.controlplane.cluster import free_port
-from tests.testbed import SuperCluster, wait_for
+from tests.testbed import SuperCluster, run_kubectl, wait_for
 
 
 @dataclass
@@ -35,6 +36,12 @@ class Appliance:
             return (await self.get("/readyz")).status_code == 200
         except httpx.HTTPError:
             return False
+
+    async def cli(self, *args: str) -> tuple[int, str, str]:
+        """`vc-appliance ARGS --config <this appliance's config>`: (exit code, stdout, stderr)."""
+        proc = await trio.run_process([sys.executable, "-m", "appliance", *args, "--config", str(self.config)],
+                                      capture_stdout=True, capture_stderr=True, check=False)
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
     async def stop(self, *, timeout: float = 30) -> int:
         """SIGTERM and wait; returns the exit code (fails the test if it hangs)."""
@@ -98,3 +105,37 @@ async def running(
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+
+
+#: A one-replica Deployment `default/web` for tenants whose syncing a test follows.
+WEB_DEPLOYMENT = b"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: nginx}]
+"""
+
+
+async def wait_web_synced(sc: SuperCluster, tkc: Path, key: str, *, pods: int) -> None:
+    """`pods` Pods of `default/web` Running in the tenant, each with a super Pod in `<key>-default`
+    naming its UID. A failing kubectl counts as not yet (a tenant process may be restarting)."""
+    async def synced() -> bool:
+        out = await run_kubectl(sc.kubectl, tkc, "get", "pods", "-l", "app=web", "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        tenant = [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+        if len(tenant) != pods or any(p.get("status", {}).get("phase") != "Running" for p in tenant):
+            return False
+        out = await run_kubectl(sc.kubectl, sc.kubeconfig, "get", "pods", "-n", f"{key}-default", "-o", "json",
+                                check=False)
+        supers = json.loads(out.stdout)["items"] if out.returncode == 0 else []
+        uids = {p["metadata"].get("annotations", {}).get("tenancy.x-k8s.io/uid") for p in supers}
+        return {p["metadata"]["uid"] for p in tenant} <= uids
+
+    await wait_for(synced, timeout=120, what=f"{pods} tenant pods Running and synced into {key}-default")

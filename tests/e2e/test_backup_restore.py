@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -55,11 +54,6 @@ KEPT = [("namespace", "", "shop-app"), ("configmap", "shop-app", "settings"), ("
         ("deployment", "shop-app", "web"), ("serviceaccount", "shop-app", "default")]
 
 
-async def _cli(app: Appliance, *args: str) -> tuple[int, str, str]:
-    proc = await trio.run_process([sys.executable, "-m", "appliance", *args, "--config", str(app.config)],
-                                  capture_stdout=True, capture_stderr=True, check=False)
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
-
 
 async def _vc(sc: SuperCluster, ns: str, name: str) -> dict[str, Any] | None:
     out = await run_kubectl(sc.kubectl, sc.kubeconfig, "get", "vc", name, "-n", ns, "-o", "json", check=False)
@@ -77,7 +71,7 @@ async def _wait_running(sc: SuperCluster, ns: str, name: str) -> str:
 
 
 async def _admin_kubeconfig(app: Appliance, ref: str, path: Path) -> Path:
-    rc, out, err = await _cli(app, "kubeconfig", ref)
+    rc, out, err = await app.cli("kubeconfig", ref)
     assert rc == 0, err
     await trio.Path(path).write_text(out)
     return path
@@ -151,15 +145,15 @@ async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, *, run: st
 
     # Back up: a private file, and the command says what it took.
     archive_path = tmp_path / "backups" / "shop.tar.gz"
-    rc, out, err = await _cli(app, "backup", f"{ns}/shop", str(archive_path))
+    rc, out, err = await app.cli("backup", f"{ns}/shop", str(archive_path))
     assert rc == 0, err
     assert "etcd keys" in out
     assert 0o600 == archive_path.stat().st_mode & 0o777
 
     # Restoring over the live tenant is refused without --force, and under another name without --new.
-    rc, _, err = await _cli(app, "restore", f"{ns}/shop", str(archive_path))
+    rc, _, err = await app.cli("restore", f"{ns}/shop", str(archive_path))
     assert rc == 1 and "--force" in err, err
-    rc, _, err = await _cli(app, "restore", f"{ns}/copy", str(archive_path))
+    rc, _, err = await app.cli("restore", f"{ns}/copy", str(archive_path))
     assert rc == 1 and "--new" in err, err
 
     # Delete it: processes, namespaces, etcd keys, directory are gone.
@@ -171,7 +165,7 @@ async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, *, run: st
     assert not [n for n in left.stdout.split() if n.startswith(f"namespace/{old_key}")]
 
     # Restore under its own name: same objects and UIDs, synced again, the old kubeconfig still works.
-    rc, out, err = await _cli(app, "restore", f"{ns}/shop", str(archive_path))
+    rc, out, err = await app.cli("restore", f"{ns}/shop", str(archive_path))
     assert rc == 0, err
     assert "restored" in out
     new_key = await _wait_running(sc, ns, "shop")
@@ -193,7 +187,7 @@ async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, *, run: st
     assert events.stdout.strip()
 
     # Restore as a new VirtualCluster next to it: the objects are there, with new certificates.
-    rc, _, err = await _cli(app, "restore", f"{ns}/copy", str(archive_path), "--new")
+    rc, _, err = await app.cli("restore", f"{ns}/copy", str(archive_path), "--new")
     assert rc == 0, err
     copy_key = await _wait_running(sc, ns, "copy")
     ckc = await _admin_kubeconfig(app, f"{ns}/copy", tmp_path / "copy.kubeconfig")
@@ -204,7 +198,7 @@ async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, *, run: st
     assert denied.returncode != 0, "the original's credentials must not open the copy"
 
     # --force replaces an existing tenant: the copy is deleted and made again from the backup.
-    rc, out, err = await _cli(app, "restore", f"{ns}/copy", str(archive_path), "--new", "--force")
+    rc, out, err = await app.cli("restore", f"{ns}/copy", str(archive_path), "--new", "--force")
     assert rc == 0, err
     again = await _wait_running(sc, ns, "copy")
     assert again != copy_key

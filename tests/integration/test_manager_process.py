@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +315,91 @@ async def test_tenant_deleted_while_manager_is_down_is_collected_on_start(harnes
 
     await wait_for(collected, timeout=60, what="the orphaned tenant directory is removed")
     assert not any(_alive(pid) for pid in pids.values())
+
+
+def _cmdline(pid: int) -> list[str]:
+    return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+
+
+async def test_changed_cluster_version_is_rolled_out_one_process_at_a_time_and_rolled_back(
+    harness: Harness, tmp_path: Path,
+) -> None:
+    """A Running tenant gets a changed ClusterVersion (a flag, then another binary through a VC that
+    switches ClusterVersion): only the changed process is replaced, the status says so; a binary
+    that never becomes ready is rolled back, and the tenant keeps serving on the previous one."""
+    h = harness
+    await h.start_manager()
+    cv = await h.create_cv(provisioner="process")
+    await h.create_vc("roll", cv=cv)
+    vc = await h.wait_phase("roll", model.RUNNING, within=60)
+    key = _status(vc)["clusterNamespace"]
+    _, credentials = await h.admin_client("roll")
+    await _wait_default_service_account(credentials)
+    before = _pids(h, key)
+
+    def rolled(reason: str, *words: str) -> Callable[[dict[str, Any]], bool]:
+        def check(v: dict[str, Any]) -> bool:
+            c = _condition(v, model.COND_ROLLOUT)
+            return c is not None and c["reason"] == reason and all(w in c["message"] for w in words)
+        return check
+
+    # 1. A flag of the apiserver: it alone is replaced.
+    await h.client.patch(resources.CLUSTERVERSIONS, cv, {"spec": {"process": {"apiServer": {
+        "watchCacheSizes": "events#0"}}}})
+    await h.wait_vc("roll", rolled(model.REASON_ROLLED_OUT, "kube-apiserver"), what="the flag rolled out")
+    after = _pids(h, key)
+    assert after["kube-apiserver"] != before["kube-apiserver"]
+    assert after["kube-controller-manager"] == before["kube-controller-manager"], "KCM did not change"
+    assert "--watch-cache-sizes=events#0" in _cmdline(after["kube-apiserver"])
+    assert await _serves(credentials)
+
+    # 2. The VC moves to a ClusterVersion whose KCM is another binary (the same program elsewhere).
+    other = tmp_path / "other-bin"
+    other.mkdir()
+    (other / "kube-controller-manager").symlink_to(h.sc.bins.path("kube-controller-manager"))
+    cv2 = await h.create_cv({"process": {"apiServer": {"watchCacheSizes": "events#0"}, "controllerManager": {
+        "binary": str(other / "kube-controller-manager")}}}, provisioner="process")
+    await h.client.patch(resources.VIRTUALCLUSTERS, "roll", {"spec": {"clusterVersionName": cv2}}, namespace=h.ns)
+    await h.wait_vc("roll", rolled(model.REASON_ROLLED_OUT, "kube-controller-manager"), what="the binary rolled out")
+    moved = _pids(h, key)
+    assert moved["kube-apiserver"] == after["kube-apiserver"]
+    assert _cmdline(moved["kube-controller-manager"])[0] == str(other / "kube-controller-manager")
+    await _create_namespace(credentials, "after-kcm-roll")
+    await _wait_sa(credentials, "after-kcm-roll")  # the new KCM works
+
+    # 3. An apiserver binary that never gets ready: rolled back, reported, the tenant still serves.
+    broken = other / "kube-apiserver"
+    broken.write_text("#!/bin/sh\necho 'unsupported storage version' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    await h.client.patch(resources.CLUSTERVERSIONS, cv2, {"spec": {"process": {"apiServer": {"binary": str(broken)}}}})
+    vc = await h.wait_vc("roll", rolled(model.REASON_ROLLED_BACK, "kube-apiserver", "unsupported storage version"),
+                         what="the broken apiserver rolled back", within=120)
+    assert _condition(vc, model.COND_ROLLOUT)["status"] == "False"  # type: ignore[index]
+    back = _pids(h, key)
+    assert _cmdline(back["kube-apiserver"])[0] == str(h.sc.bins.path("kube-apiserver"))
+    assert back["kube-controller-manager"] == moved["kube-controller-manager"]
+    assert await _serves(credentials)
+    assert _status(vc)["phase"] == model.RUNNING
+    assert any(e["reason"] == model.REASON_ROLLED_BACK for e in await h.events("roll"))
+
+    # Undoing the change is "up to date" again, with nothing restarted.
+    await h.client.patch(resources.CLUSTERVERSIONS, cv2, {"spec": {"process": {"apiServer": {"binary": None}}}})
+    await h.wait_vc("roll", rolled(model.REASON_UP_TO_DATE), what="up to date after the undo")
+    assert _pids(h, key) == back
+
+
+async def _create_namespace(credentials: creds.Credentials, name: str) -> None:
+    async with open_client(credentials) as c:
+        await c.create(resources.NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+async def _wait_sa(credentials: creds.Credentials, namespace: str) -> None:
+    async with open_client(credentials) as c:
+        async def exists() -> bool:
+            try:
+                await c.get(resources.SERVICEACCOUNTS, "default", namespace=namespace)
+            except errors.NotFound:
+                return False
+            return True
+
+        await wait_for(exists, timeout=60, what=f"the tenant KCM creates {namespace}/default")

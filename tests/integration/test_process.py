@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import trio
 
 from appliance.controlplane import process
+from appliance.manager.provision import plane
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -87,3 +89,56 @@ async def test_child_that_never_gets_ready_fails_start_with_its_log(
     )
     with pytest.raises(process.ProcessFailed, match="boom-in-log"):
         await nursery.start(process.supervise, spec)
+
+
+async def _ready() -> bool:
+    return True
+
+
+async def _never() -> bool:
+    return False
+
+
+async def test_plane_replaces_one_process_and_rolls_back_a_broken_replacement(tmp_path: Path) -> None:
+    """`RunningPlane.replace`: the named process is swapped alone; a replacement that is never
+    ready is rolled back to the previous spec, and the plane keeps running."""
+    a = process.ProcessSpec(name="t/a", argv=SLEEPER, log_path=tmp_path / "a.log", ready=_ready)
+    b = process.ProcessSpec(name="t/b", argv=SLEEPER, log_path=tmp_path / "b.log", ready=_ready)
+    async with trio.open_nursery() as outer:
+        done = trio.Event()
+
+        async def run_plane(*, task_status: trio.TaskStatus[plane.RunningPlane]) -> None:
+            try:
+                async with trio.open_nursery() as n:
+                    p = plane.RunningPlane([], n.cancel_scope, done, n)
+                    for spec in (a, b):
+                        p.slots.append(await n.start(plane.run_slot, spec))
+                    task_status.started(p)
+            finally:
+                done.set()
+
+        p: plane.RunningPlane = await outer.start(run_plane)
+        old_a, old_b = p.handles[0].pid, p.handles[1].pid
+        assert old_a and old_b
+        marker = tmp_path / "new-a"
+
+        async def marked() -> bool:
+            return marker.exists()
+
+        new_a = dataclasses.replace(a, argv=[*SLEEPER[:-1], f"open({str(marker)!r}, 'w').close(); {SLEEPER[-1]}"],
+                                    ready=marked)
+        await p.replace(new_a)
+        assert marker.exists() and p.slot("t/a").spec is new_a  # type: ignore[union-attr]
+        assert not _alive(old_a) and _alive(p.handles[0].pid)  # type: ignore[arg-type]
+        assert p.handles[1].pid == old_b, "the other process is not touched"
+
+        broken = dataclasses.replace(a, argv=[sys.executable, "-c", "print('broken-a'); raise SystemExit(4)"],
+                                     ready=_never, ready_timeout=5)
+        running = p.handles[0].pid
+        with pytest.raises(plane.RolledBack, match="broken-a"):
+            await p.replace(broken)
+        assert p.slot("t/a").spec is new_a  # type: ignore[union-attr]
+        assert p.handles[0].pid != running and _alive(p.handles[0].pid)  # type: ignore[arg-type]
+        assert not p.done.is_set()
+        await p.stop()
+    assert not _alive(p.handles[0].pid) and not _alive(old_b)  # type: ignore[arg-type]

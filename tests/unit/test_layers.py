@@ -74,7 +74,7 @@ ALLOWED: Mapping[tuple[str, str], str] = {
         "describe() names KubeError in an isinstance check",
     ("appliance.manager.report", "appliance.controlplane.process"):
         "describe() names ProcessFailed in an isinstance check",
-    ("appliance.manager.report", "appliance.manager.provision.base"):
+    ("appliance.manager.report", "appliance.manager.provision.plane"):
         "plane_news() reads a RunningPlane record",
 }
 

@@ -10,17 +10,18 @@ failure worth retrying. The caller (the worker) sets the deadline.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
-from appliance.controlplane import process
 from appliance.kube.client import ApiClient
 from appliance.kube.events import EventRecorder
 from appliance.manager import model
 from appliance.manager.etcd import SharedEtcd
+from appliance.manager.provision.plane import RunningPlane
 from appliance.manager.settings import ManagerSettings
 from appliance.util import tenancy
 from appliance.util.drain import Drain
@@ -38,20 +39,16 @@ class Context:
     drain: Drain = field(default_factory=Drain)
 
 
-@dataclass(slots=True)
-class RunningPlane:
-    """Child processes of one tenant, running in the tenant's nursery."""
+@dataclass(frozen=True, slots=True)
+class News:
+    """A status condition (and optionally an Event) a provisioner reports through the worker."""
 
-    handles: tuple[process.ProcessHandle, ...]
-    scope: trio.CancelScope
-    done: trio.Event
-
-    async def stop(self) -> None:
-        """Really stop them (even kept ones) and wait until they are gone."""
-        for handle in self.handles:
-            handle.keep_on_cancel = False
-        self.scope.cancel()
-        await self.done.wait()
+    condition: str
+    status: str
+    reason: str
+    message: str
+    event: bool = False
+    warning: bool = False
 
 
 @dataclass(slots=True)
@@ -67,6 +64,16 @@ class ManagedTenant:
     progress: str = ""
     plane: RunningPlane | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: set by the worker: writes a provisioner's `News` into status (and Events)
+    on_news: Callable[[News], Awaitable[None]] | None = None
+    #: set by the worker: asks it for a reconcile soon (a sleeping tenant's wake-up call)
+    poke: Callable[[], None] = lambda: None
+    #: the control plane is stopped on purpose (`manager.sleep`): nothing to restart
+    asleep: bool = False
+
+    async def news(self, item: News) -> None:
+        if self.on_news is not None:
+            await self.on_news(item)
 
     @property
     def plane_running(self) -> bool:
@@ -82,6 +89,10 @@ class Provisioner(Protocol):
 
     async def ensure(self, t: ManagedTenant) -> None:
         """Keep a Running control plane running (re-adopt it after an appliance restart)."""
+        ...
+
+    async def maintain(self, t: ManagedTenant) -> float | None:
+        """Work on a Running control plane (renewals, rollouts); seconds until it is due again."""
         ...
 
     async def teardown(self, t: ManagedTenant) -> None:

@@ -62,5 +62,9 @@ class ImportProvisioner:
     async def ensure(self, t: ManagedTenant) -> None:
         """Nothing to adopt: the imported cluster runs on its own."""
 
+    async def maintain(self, t: ManagedTenant) -> float | None:
+        """Nothing: an imported cluster's certificates and processes are its owner's."""
+        return None
+
     async def teardown(self, t: ManagedTenant) -> None:
         """Nothing outside the root namespace; the imported cluster is left alone."""

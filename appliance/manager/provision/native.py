@@ -130,5 +130,9 @@ class NativeProvisioner:
     async def ensure(self, t: ManagedTenant) -> None:
         """Nothing to adopt: the StatefulSets run in the super cluster on their own."""
 
+    async def maintain(self, t: ManagedTenant) -> float | None:
+        """Not yet: native tenants' certificates are renewed by re-creating the VirtualCluster."""
+        return None
+
     async def teardown(self, t: ManagedTenant) -> None:
         """Nothing outside the root namespace, whose deletion removes the rest."""

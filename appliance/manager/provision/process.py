@@ -9,11 +9,17 @@ Layout of `<data_dir>/tenants/<cluster key>/` (0700, files 0600):
     logs/       one log and one pid file per process
     etcd/       the data of a dedicated etcd (annotation `tenancy.x-k8s.io/etcd: dedicated`)
     restore.json  only for a restored tenant: which staged backup was loaded (`manager.backups`)
+    rotation.json the last certificate renewal and whether every process runs on it (`certrotation`)
+    sleep.json    only while the tenant sleeps (`manager.sleep`)
+    audit-policy.yaml  what the apiserver logs (logs/audit.log) when the tenant may sleep when idle
 
 Everything the command lines contain comes from that directory, so after an appliance restart
 the same command lines are built and the kept processes are adopted (same pids, same
 certificates). The PKI is read back from `pki/`, else from the root-namespace secrets, and
-only generated when neither has it. The processes run under `process.supervise` in the
+only generated when neither has it. A Running tenant is maintained (`maintain`): due
+certificates are renewed, a changed ClusterVersion or VirtualCluster is rolled out one
+process at a time (`plane.RunningPlane.replace`, rolled back when the new process is not
+ready), and it sleeps and wakes as its annotations ask (`manager.sleep`). The processes run under `process.supervise` in the
 tenant's nursery (restart with backoff, counted in the handles the health monitor reads).
 The apiserver presents `kubelet-client` (CN = cluster key, issued by the tenant root CA) to
 kubelets, which is how the vn-agent proxy identifies the tenant.
@@ -33,12 +39,15 @@ bind fails the attempt ("address already in use"), and the next attempt moves it
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import ipaddress
 import json
 import logging
 import os
 import shutil
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +60,7 @@ from appliance.controlplane.components import TLSFiles
 from appliance.kube import resources
 from appliance.manager import (
     backups,
+    certrotation,
     etcd,
     etcdgateway,
     footprint,
@@ -59,8 +69,11 @@ from appliance.manager import (
     reconcile,
     rootns,
     servicecidrs,
+    sleep,
+    wakelistener,
 )
-from appliance.manager.provision.base import Context, ManagedTenant, RunningPlane
+from appliance.manager.provision.base import Context, ManagedTenant, News
+from appliance.manager.provision.plane import RolledBack, RunningPlane, run_slot
 from appliance.pki import kubeconfig
 from appliance.util import private
 
@@ -68,6 +81,15 @@ logger = logging.getLogger(__name__)
 
 #: Event reason when a planned port was taken by another program and replaced.
 REASON_PORT_REASSIGNED = "PortReassigned"
+#: `ManagedTenant.extra` key: the digest of a rollout that was rolled back (not retried as is).
+EXTRA_ROLLED_BACK = "rolled-back"
+#: `ManagedTenant.extra` keys of a sleeping tenant: its `WakeListener`; the last use and how far
+#: the audit log was read (`_idle_for`).
+EXTRA_WAKE = "wake-listener"
+EXTRA_LAST_USE = "last-use"
+EXTRA_AUDIT_CURSOR = "audit-cursor"
+#: the VirtualCluster's resourceVersion after a wake-up set `sleep: "false"`
+EXTRA_WOKEN_AT_RV = "woken-at-rv"
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,6 +161,58 @@ def _read_pki(pki_dir: Path) -> pkisecrets.TenantPKI | None:
     return pki
 
 
+def _read_rotation(path: Path) -> certrotation.State:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=certrotation.State)
+    except (OSError, msgspec.MsgspecError):
+        return certrotation.State(applied=True)
+
+
+def _read_sleep(path: Path) -> sleep.State | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=sleep.State)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.MsgspecError):
+        return sleep.State(since="", why="unreadable state file")  # asleep: waking is explicit
+
+
+#: at most this much of the audit log is read per check
+_AUDIT_CHUNK = 4 << 20
+
+
+def _scan_audit(path: Path, cursor: tuple[int, int] | None) -> tuple[bool, tuple[int, int] | None]:
+    """Whether the audit log grew by a request that counts as use since `cursor` (inode, offset)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False, None
+    inode, offset = cursor if cursor is not None and cursor[0] == st.st_ino and cursor[1] <= st.st_size \
+        else (st.st_ino, 0)
+    if st.st_size == offset:
+        return False, (inode, offset)
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read(_AUDIT_CHUNK)
+    complete = data[: data.rfind(b"\n") + 1]
+    used = False
+    for line in complete.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and sleep.counts_as_use(event):
+            used = True
+            break
+    return used, (inode, offset + len(complete))
+
+
+def _spec_digest(spec: process.ProcessSpec) -> str:
+    """What a rollout compares: the command line and the environment we set."""
+    h = hashlib.sha256(json.dumps([list(spec.argv), sorted((spec.env or {}).items())]).encode())
+    return h.hexdigest()
+
+
 def _write_tenant_dir(tdir: Path, plan: Plan, pki: pkisecrets.TenantPKI, *, cluster_name: str) -> None:
     for d in (tdir.parent, tdir, tdir / "pki", tdir / "logs"):
         private.make_dir(d)
@@ -147,6 +221,9 @@ def _write_tenant_dir(tdir: Path, plan: Plan, pki: pkisecrets.TenantPKI, *, clus
         if not path.exists() or path.read_bytes() != data:
             private.write_file(path, data)
     private.write_file(tdir / "plan.json", json.dumps(msgspec.to_builtins(plan), indent=2))
+    policy = tdir / "audit-policy.yaml"  # read only by tenants that may sleep when idle
+    if not policy.exists() or policy.read_text() != sleep.audit_policy():
+        private.write_file(policy, sleep.audit_policy())
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +309,8 @@ class ProcessProvisioner:
             cluster_key=t.key, vc_name=t.vc.metadata.name, cluster_domain=t.vc.spec.cluster_domain,
             apiserver_dns=("localhost", t.key), apiserver_ips=ips, etcd_dns=("localhost",),
             days=t.vc.spec.pki_expire_days or pkisecrets.DEFAULT_DAYS,
+            lifetime=certrotation.lifetime(t.vc.spec.pki_expire_days,
+                                           override_seconds=self._ctx.settings.certificate_lifetime),
         )
         root_ca = pkisecrets.secret_cert(stored.get(pkisecrets.SECRET_ROOT_CA))
         return await trio.to_thread.run_sync(lambda: pkisecrets.build(req, root_ca=root_ca))
@@ -261,6 +340,12 @@ class ProcessProvisioner:
             plan = await self._new_plan(t, restore)
         plan = await self._move_taken_ports(t, plan)
         pki = await self._pki(t, plan, restore)
+        now = dt.datetime.now(dt.UTC)
+        if now >= certrotation.next_renewal(pki, fraction=ctx.settings.certificate_renew_fraction):
+            # Due already (the host was off past the renewal time): start on renewed ones;
+            # processes kept from before are rolled by `maintain`.
+            state = await trio.to_thread.run_sync(_read_rotation, t.dir / "rotation.json")
+            pki, _ = await self._renew(t, plan, pki, state, asked="", now=now)
         await trio.to_thread.run_sync(
             lambda: _write_tenant_dir(t.dir, plan, pki, cluster_name=t.vc.metadata.name)
         )
@@ -295,9 +380,105 @@ class ProcessProvisioner:
         logger.info("VirtualCluster %s: %s", t.vc.ref, note)
 
     async def ensure(self, t: ManagedTenant) -> None:
-        """Re-adopt (or restart) the processes of a Running tenant that this worker lacks."""
-        if not t.plane_running:
+        """Re-adopt (or restart) the processes of a Running tenant that this worker lacks; a
+        sleeping tenant stays asleep (its address held) until it is woken."""
+        if t.plane_running:
+            return
+        state = await trio.to_thread.run_sync(_read_sleep, t.dir / "sleep.json")
+        if state is None:
             await self.provision(t)
+            return
+        listener: wakelistener.WakeListener | None = t.extra.get(EXTRA_WAKE)
+        by_request = listener is not None and listener.woken.is_set()
+        try:
+            wanted = sleep.wants_sleep(t.vc.metadata.annotations)
+        except sleep.Invalid:
+            wanted = False  # `maintain` reports it once the tenant runs
+        if wanted and not by_request:
+            t.asleep = True
+            if listener is None or listener.done.is_set():
+                plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
+                if plan is None:
+                    raise RuntimeError(f"{t.dir / 'plan.json'} is unreadable; the sleeping tenant cannot be held")
+                listener = wakelistener.WakeListener(plan.bind, plan.port, on_wake=t.poke)
+                await t.nursery.start(listener.run)
+                t.extra[EXTRA_WAKE] = listener
+            return
+        await self._wake(t, listener, by_request=by_request, wanted=wanted)
+
+    async def _wake(
+        self, t: ManagedTenant, listener: wakelistener.WakeListener | None, *, by_request: bool, wanted: bool,
+    ) -> None:
+        """Start the control plane again, hand it the held connections, say why it woke."""
+        t.progress = "waking the tenant"
+        if listener is not None:
+            listener.stop_listening()
+            with trio.fail_after(10):
+                while True:  # the listening socket is closed once its task leaves the accept loop
+                    plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
+                    if plan is None or await trio.to_thread.run_sync(ports.bindable, plan.bind, plan.port):
+                        break
+                    await trio.sleep(0.05)
+        await self.provision(t)
+        plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
+        if listener is not None and plan is not None:
+            await listener.hand_over(plan.host, plan.port)
+        t.extra.pop(EXTRA_WAKE, None)
+        await trio.to_thread.run_sync(lambda: (t.dir / "sleep.json").unlink(missing_ok=True))
+        t.asleep = False
+        if by_request:
+            who = listener.first_peer if listener is not None else "a client"
+            message = f"woken by a connection from {who}"
+            if wanted:  # else it would fall asleep again at once
+                patch = {"metadata": {"annotations": {sleep.ANNOTATION_SLEEP: "false"}}}
+                patched = await self._ctx.super.patch(resources.VIRTUALCLUSTERS, t.vc.metadata.name, patch,
+                                                      namespace=t.vc.metadata.namespace)
+                t.vc = model.decode_vc(patched)
+                # The informer's copy may still say "true" for a moment: not a new request to sleep.
+                t.extra[EXTRA_WOKEN_AT_RV] = int(t.vc.metadata.resource_version or 0)
+                message += f"; annotation {sleep.ANNOTATION_SLEEP} set to false"
+            reason = sleep.REASON_WOKEN_BY_REQUEST
+        else:
+            message, reason = f"woken: annotation {sleep.ANNOTATION_SLEEP} is no longer true", sleep.REASON_WAKE_REQUESTED
+        t.extra[EXTRA_LAST_USE] = time.time()
+        logger.info("tenant %s (VirtualCluster %s): %s", t.key, t.vc.ref, message)
+        await t.news(News(sleep.COND_SLEEPING, "False", reason, message, event=True))
+
+    async def _sleep(self, t: ManagedTenant, plan: Plan, *, reason: str, why: str) -> None:
+        """Stop the processes (data and super Pods stay), hold the address, say so.
+
+        The condition is written first: the syncer lets go of a sleeping tenant when it sees
+        it, before the address is held, so its reconnects cannot wake the tenant again.
+        """
+        plane = t.plane
+        if plane is None:
+            return
+        t.progress = "putting the tenant to sleep"
+        since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        state = sleep.State(since=since, why=why)
+        await trio.to_thread.run_sync(lambda: private.write_file(t.dir / "sleep.json", msgspec.json.encode(state)))
+        t.asleep = True
+        message = (f"asleep since {since} ({why}): its control-plane processes are stopped, its data and "
+                   f"Pods stay; the first connection to {plan.server} wakes it")
+        await t.news(News(sleep.COND_SLEEPING, "True", reason, message, event=True))
+        await plane.stop()
+        t.plane = None
+        listener = wakelistener.WakeListener(plan.bind, plan.port, on_wake=t.poke)
+        await t.nursery.start(listener.run)
+        t.extra[EXTRA_WAKE] = listener
+        logger.info("tenant %s (VirtualCluster %s): %s", t.key, t.vc.ref, message)
+
+    async def _idle_for(self, t: ManagedTenant) -> float:
+        """Seconds since the last request that counts as use (`sleep.counts_as_use`) in the audit log."""
+        now = time.time()
+        last = float(t.extra.setdefault(EXTRA_LAST_USE, now))
+        cursor = t.extra.get(EXTRA_AUDIT_CURSOR)
+        used, cursor = await trio.to_thread.run_sync(_scan_audit, t.dir / "logs" / "audit.log", cursor)
+        t.extra[EXTRA_AUDIT_CURSOR] = cursor
+        if used:
+            last = now
+            t.extra[EXTRA_LAST_USE] = now
+        return now - last
 
     async def _move_taken_ports(self, t: ManagedTenant, plan: Plan) -> Plan:
         """Replace planned ports that another program holds; say so in the log and an Event."""
@@ -346,28 +527,76 @@ class ProcessProvisioner:
                 # are reached at their Pods' addresses, which the appliance host routes.
                 "enable-aggregator-routing": "true",
                 **footprint.apiserver_flags(trim),
+                **self._audit_flags(t),
             },
         )
         env = dict(os.environ, GOMAXPROCS="2")
         keep = settings.keep_control_planes
+        apiserver = components.apiserver_argv(settings.bins, flags)
+        kcm = components.controller_manager_argv(
+            settings.bins, pki_dir=pki_dir, service_cidr=plan.service_cidr, virtual_nodes=True,
+            master=plan.server, extra=footprint.controller_manager_flags(trim),
+        )
+        if trim.api_server.binary:
+            apiserver[0] = trim.api_server.binary
+        if trim.controller_manager.binary:
+            kcm[0] = trim.controller_manager.binary
         return [
             process.ProcessSpec(
                 name=f"{t.key}/kube-apiserver",
-                argv=components.apiserver_argv(settings.bins, flags),
+                argv=apiserver,
                 log_path=logs / "kube-apiserver.log",
                 ready=cluster.http_probe(f"{plan.server}/readyz", ctx=ssl_ctx),
                 env={**env, **footprint.apiserver_env(trim)}, keep_on_cancel=keep,
             ),
             process.ProcessSpec(
                 name=f"{t.key}/kube-controller-manager",
-                argv=components.controller_manager_argv(
-                    settings.bins, pki_dir=pki_dir, service_cidr=plan.service_cidr, virtual_nodes=True,
-                    master=plan.server, extra=footprint.controller_manager_flags(trim),
-                ),
+                argv=kcm,
                 log_path=logs / "kube-controller-manager.log",
                 env={**env, **footprint.controller_manager_env(trim)}, keep_on_cancel=keep,
             ),
         ]
+
+    def _etcd_spec(self, t: ManagedTenant, plan: Plan) -> process.ProcessSpec:
+        """The dedicated etcd of `t`."""
+        pki_dir = t.dir / "pki"
+        return cluster.etcd_spec(
+            self._ctx.settings.bins, state_dir=t.dir, client_port=plan.etcd_client_port,
+            peer_port=plan.etcd_peer_port, keep_on_cancel=self._ctx.settings.keep_control_planes,
+            tls=TLSFiles(pki_dir / "ca.crt", pki_dir / "etcd.crt", pki_dir / "etcd.key"),
+        )
+
+    @staticmethod
+    def _dedicated_access(t: ManagedTenant, plan: Plan) -> etcd.EtcdAccess:
+        pki_dir = t.dir / "pki"
+        return etcd.EtcdAccess(
+            url=cluster.etcd_url(plan.etcd_client_port, tls=True),
+            tls=TLSFiles(pki_dir / "ca.crt", pki_dir / "apiserver.crt", pki_dir / "apiserver.key"),
+        )
+
+    async def _wanted_specs(self, t: ManagedTenant, plan: Plan) -> list[process.ProcessSpec]:
+        """Every process `t` should run now, in start order (from the current plan, PKI and ClusterVersion)."""
+        ssl_ctx = await trio.to_thread.run_sync(cluster.admin_ssl_context, t.dir / "pki")
+        if plan.etcd_mode == "dedicated":
+            return [self._etcd_spec(t, plan), *self._specs(t, plan, self._dedicated_access(t, plan), ssl_ctx)]
+        access = await self._ctx.etcd.tenant(t.key, t.dir / "pki")
+        return self._specs(t, plan, access, ssl_ctx)
+
+    @staticmethod
+    def _audit_flags(t: ManagedTenant) -> dict[str, str]:
+        """A tenant that sleeps when idle logs who uses it (`sleep.audit_policy`); others log nothing."""
+        try:
+            if sleep.idle_limit(t.vc.metadata.annotations) is None:
+                return {}
+        except sleep.Invalid:
+            return {}
+        return {
+            "audit-policy-file": str(t.dir / "audit-policy.yaml"),
+            "audit-log-path": str(t.dir / "logs" / "audit.log"),
+            "audit-log-format": "json",
+            "audit-log-maxsize": "1",
+            "audit-log-maxbackup": "1",
+        }
 
     async def _run_plane(
         self, t: ManagedTenant, plan: Plan, access: etcd.EtcdAccess | None, restore: backups.Staged | None = None,
@@ -380,55 +609,180 @@ class ProcessProvisioner:
         ssl_ctx = await trio.to_thread.run_sync(cluster.admin_ssl_context, t.dir / "pki")
         try:
             async with trio.open_nursery() as nursery:
-                handles: list[process.ProcessHandle] = []
+                plane = RunningPlane([], nursery.cancel_scope, done, nursery)
                 try:
                     if access is None:
-                        pki_dir = t.dir / "pki"
-                        etcd_spec = cluster.etcd_spec(
-                            settings.bins, state_dir=t.dir, client_port=plan.etcd_client_port,
-                            peer_port=plan.etcd_peer_port, keep_on_cancel=settings.keep_control_planes,
-                            tls=TLSFiles(pki_dir / "ca.crt", pki_dir / "etcd.crt", pki_dir / "etcd.key"),
-                        )
+                        etcd_spec = self._etcd_spec(t, plan)
                         await trio.to_thread.run_sync(
                             lambda: stale.stop_unadoptable([etcd_spec], keep=settings.keep_control_planes)
                         )
-                        handles.append(await nursery.start(process.supervise, etcd_spec))
+                        plane.slots.append(await nursery.start(run_slot, etcd_spec))
                         if restore is not None:  # the tenant's own etcd is up, its apiserver not yet
                             url, tls = await trio.to_thread.run_sync(
                                 backups.dedicated_access, t.dir, plan.etcd_client_port)
                             async with etcdgateway.open_gateway(url, tls=tls, password=None) as gateway:
                                 await self._restore(t, gateway, restore)
-                        access = etcd.EtcdAccess(
-                            url=cluster.etcd_url(plan.etcd_client_port, tls=True),
-                            tls=TLSFiles(pki_dir / "ca.crt", pki_dir / "apiserver.crt", pki_dir / "apiserver.key"),
-                        )
+                        access = self._dedicated_access(t, plan)
                     specs = self._specs(t, plan, access, ssl_ctx)
                     await trio.to_thread.run_sync(
                         lambda: stale.stop_unadoptable(specs, keep=settings.keep_control_planes)
                     )
                     for spec in specs:
-                        handles.append(await nursery.start(process.supervise, spec))
+                        plane.slots.append(await nursery.start(run_slot, spec))
                 except process.ProcessFailed as exc:
                     failure = exc
                     if "address already in use" in str(exc):
                         logger.warning("tenant %s: a planned port was taken as its processes started; "
                                        "the next attempt moves it", t.key)
-                    for handle in handles:
-                        handle.keep_on_cancel = False
+                    for slot in plane.slots:
+                        slot.handle.keep_on_cancel = False
                     nursery.cancel_scope.cancel()
                 else:
-                    adopted = sum(h.adopted for h in handles)
-                    logger.info("tenant %s: %d processes up (%d adopted)", t.key, len(handles), adopted)
-                    task_status.started(RunningPlane(tuple(handles), nursery.cancel_scope, done))
+                    adopted = sum(h.adopted for h in plane.handles)
+                    logger.info("tenant %s: %d processes up (%d adopted)", t.key, len(plane.slots), adopted)
+                    task_status.started(plane)
         finally:
             done.set()
         if failure is not None:
             raise failure
 
+    # -- a Running tenant: renewals and rollouts -----------------------------------------------
+
+    async def maintain(self, t: ManagedTenant) -> float | None:
+        """Renew certificates that are due (or asked for), then roll processes whose spec changed.
+
+        Returns the seconds until the next renewal is due. Both end in the same place: each
+        changed process is replaced alone, in start order, and a replacement that does not
+        become ready is rolled back (`plane.RolledBack`) and not tried again until what it
+        was built from changes.
+        """
+        plane = t.plane
+        if plane is None or not t.plane_running:
+            return None
+        plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
+        pki = await trio.to_thread.run_sync(_read_pki, t.dir / "pki")
+        if plan is None or pki is None:
+            return None  # the next provision rebuilds them
+        idle_check = await self._sleep_if_asked(t, plan)
+        if t.asleep:
+            return None
+        settings = self._ctx.settings
+        state_path = t.dir / "rotation.json"
+        state = await trio.to_thread.run_sync(_read_rotation, state_path)
+        asked = certrotation.requested(t.vc.metadata.annotations, model.ANNOTATION_ROTATE_CERTIFICATES, state)
+        now = dt.datetime.now(dt.UTC)
+        fraction = settings.certificate_renew_fraction
+        if asked or now >= certrotation.next_renewal(pki, fraction=fraction):
+            pki, state = await self._renew(t, plan, pki, state, asked=asked, now=now)
+        if not state.applied:
+            await self._roll(t, plane, plan, why="renewed certificates", older_than=state.rotated_at)
+            state = msgspec.structs.replace(state, applied=True)
+            await trio.to_thread.run_sync(lambda: private.write_file(state_path, msgspec.json.encode(state)))
+            await t.news(News(model.COND_CERTIFICATES, "True", model.REASON_CERTIFICATES_RENEWED,
+                              f"certificates renewed {state.why}, valid until {state.not_after}; processes "
+                              "restarted one at a time", event=True))
+        else:
+            await self._roll(t, plane, plan, why="a changed specification")
+        due = certrotation.next_renewal(pki, fraction=fraction)
+        wait = max(1.0, (due - dt.datetime.now(dt.UTC)).total_seconds())
+        return min(wait, idle_check) if idle_check is not None else wait
+
+    async def _sleep_if_asked(self, t: ManagedTenant, plan: Plan) -> float | None:
+        """Sleep when the annotation asks or the idle time is up; else seconds until the next idle check."""
+        annotations = t.vc.metadata.annotations
+        try:
+            wanted, limit = sleep.wants_sleep(annotations), sleep.idle_limit(annotations)
+        except sleep.Invalid as exc:
+            current = t.vc.status.condition(sleep.COND_SLEEPING)
+            if current is None or current.message != str(exc):
+                await t.news(News(sleep.COND_SLEEPING, "False", "InvalidAnnotation", str(exc),
+                                  event=True, warning=True))
+            return None
+        if wanted and int(t.vc.metadata.resource_version or 0) < t.extra.get(EXTRA_WOKEN_AT_RV, 0):
+            wanted = False  # an older copy of the VirtualCluster than our own "false"
+        if wanted:
+            await self._sleep(t, plan, reason=sleep.REASON_ASLEEP,
+                              why=f"annotation {sleep.ANNOTATION_SLEEP} is true")
+            return None
+        if limit is None:
+            return None
+        idle = await self._idle_for(t)
+        if idle >= limit:
+            await self._sleep(t, plan, reason=sleep.REASON_IDLE,
+                              why=f"no request for {idle:.0f} s; {sleep.ANNOTATION_SLEEP_AFTER} is "
+                                  f"{annotations[sleep.ANNOTATION_SLEEP_AFTER]}")
+            return None
+        return max(1.0, limit - idle)
+
+    async def _renew(
+        self, t: ManagedTenant, plan: Plan, pki: pkisecrets.TenantPKI, state: certrotation.State,
+        *, asked: str, now: dt.datetime,
+    ) -> tuple[pkisecrets.TenantPKI, certrotation.State]:
+        """New leaves on disk and in the root-namespace secrets; the state says they are not applied yet."""
+        settings = self._ctx.settings
+        valid_for = certrotation.lifetime(t.vc.spec.pki_expire_days, override_seconds=settings.certificate_lifetime)
+        t.progress = "renewing the tenant's certificates"
+        new = await trio.to_thread.run_sync(lambda: certrotation.renewed(pki, valid_for=valid_for, now=now))
+        until = certrotation.not_after(new).strftime("%Y-%m-%dT%H:%M:%SZ")
+        why = f"on request {asked}" if asked else f"at {settings.certificate_renew_fraction:.0%} of their validity"
+        state = certrotation.State(requested=asked or state.requested, rotated_at=now.timestamp(),
+                                   not_after=until, applied=False, why=why)
+        await trio.to_thread.run_sync(
+            lambda: _write_tenant_dir(t.dir, plan, new, cluster_name=t.vc.metadata.name))
+        await trio.to_thread.run_sync(lambda: private.write_file(t.dir / "rotation.json", msgspec.json.encode(state)))
+        for secret in pkisecrets.secrets(new, namespace=t.key, server=plan.server, cluster_name=t.vc.metadata.name):
+            await rootns.apply(self._ctx.super, resources.SECRETS, secret)
+        logger.info("tenant %s (VirtualCluster %s): certificates renewed %s, valid until %s",
+                    t.key, t.vc.ref, why, until)
+        return new, state
+
+    async def _roll(
+        self, t: ManagedTenant, plane: RunningPlane, plan: Plan, *, why: str, older_than: float | None = None,
+    ) -> None:
+        """Replace processes of `plane` by the wanted ones, one at a time: those started before
+        `older_than` (renewed certificates), else those whose command line or environment changed."""
+        wanted = await self._wanted_specs(t, plan)
+        only_changed = older_than is None
+        todo = [spec for spec in wanted
+                if (slot := plane.slot(spec.name)) is not None
+                and (_spec_digest(slot.spec) != _spec_digest(spec) if older_than is None
+                     else slot.handle.started_at < older_than)]
+        current = t.vc.status.condition(model.COND_ROLLOUT)
+        if not todo:
+            t.extra.pop(EXTRA_ROLLED_BACK, None)
+            if current is not None and current.status != "True":
+                await t.news(News(model.COND_ROLLOUT, "True", model.REASON_UP_TO_DATE,
+                                  "every process runs its current specification"))
+            return
+        target = "".join(_spec_digest(spec) for spec in todo)
+        if only_changed and t.extra.get(EXTRA_ROLLED_BACK) == target:
+            return  # rolled back before: wait until the specification changes again
+        names = [spec.name.rsplit("/", 1)[-1] for spec in todo]
+        for i, spec in enumerate(todo, 1):
+            name = names[i - 1]
+            t.progress = f"replacing {name} ({i} of {len(todo)}) for {why}"
+            await t.news(News(model.COND_ROLLOUT, "False", model.REASON_ROLLING,
+                              f"replacing {name} ({i} of {len(todo)}: {', '.join(names)}) for {why}"))
+            try:
+                await plane.replace(spec)
+            except RolledBack as exc:
+                logger.warning("tenant %s (VirtualCluster %s): %s", t.key, t.vc.ref, exc)
+                await t.news(News(model.COND_ROLLOUT, "False", model.REASON_ROLLED_BACK, str(exc),
+                                  event=True, warning=True))
+                if not only_changed:
+                    raise
+                t.extra[EXTRA_ROLLED_BACK] = target
+                return
+        await t.news(News(model.COND_ROLLOUT, "True", model.REASON_ROLLED_OUT,
+                          f"replaced {', '.join(names)} one at a time for {why}", event=only_changed))
+
     async def teardown(self, t: ManagedTenant) -> None:
         if t.plane is not None:
             await t.plane.stop()
             t.plane = None
+        listener: wakelistener.WakeListener | None = t.extra.pop(EXTRA_WAKE, None)
+        if listener is not None:  # a sleeping tenant: its address is released, held clients cut
+            listener.close()
         plan = await trio.to_thread.run_sync(_read_plan, t.dir / "plan.json")
         if plan is None or plan.vc_uid != t.vc.metadata.uid:
             # Nothing of ours on disk (or the directory is another VirtualCluster's): leave it.
