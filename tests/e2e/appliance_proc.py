@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from appliance.controlplane import process
 from appliance.controlplane.cluster import free_port
 from tests.testbed import SuperCluster, run_kubectl, wait_for
 
@@ -122,20 +123,38 @@ spec:
 """
 
 
-async def wait_web_synced(sc: SuperCluster, tkc: Path, key: str, *, pods: int) -> None:
-    """`pods` Pods of `default/web` Running in the tenant, each with a super Pod in `<key>-default`
-    naming its UID. A failing kubectl counts as not yet (a tenant process may be restarting)."""
+async def wait_web_synced(sc: SuperCluster, tkc: Path, key: str, *, pods: int, namespace: str = "default",
+                          timeout: float = 120) -> None:
+    """`pods` Pods of Deployment `web` Running in the tenant's `namespace`, each with a super Pod in
+    `<key>-<namespace>` naming its UID. A failing kubectl counts as not yet (a tenant process may be
+    restarting)."""
     async def synced() -> bool:
-        out = await run_kubectl(sc.kubectl, tkc, "get", "pods", "-l", "app=web", "-o", "json", check=False)
+        out = await run_kubectl(sc.kubectl, tkc, "get", "pods", "-n", namespace, "-l", "app=web", "-o", "json",
+                                check=False)
         if out.returncode != 0:
             return False
         tenant = [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
         if len(tenant) != pods or any(p.get("status", {}).get("phase") != "Running" for p in tenant):
             return False
-        out = await run_kubectl(sc.kubectl, sc.kubeconfig, "get", "pods", "-n", f"{key}-default", "-o", "json",
+        out = await run_kubectl(sc.kubectl, sc.kubeconfig, "get", "pods", "-n", f"{key}-{namespace}", "-o", "json",
                                 check=False)
         supers = json.loads(out.stdout)["items"] if out.returncode == 0 else []
         uids = {p["metadata"].get("annotations", {}).get("tenancy.x-k8s.io/uid") for p in supers}
         return {p["metadata"]["uid"] for p in tenant} <= uids
 
-    await wait_for(synced, timeout=120, what=f"{pods} tenant pods Running and synced into {key}-default")
+    await wait_for(synced, timeout=timeout, what=f"{pods} tenant pods Running and synced into {key}-{namespace}")
+
+
+@contextlib.asynccontextmanager
+async def running_for_run(
+    sc: SuperCluster, tmp: Path, run: str, *, env: dict[str, str] | None = None,
+) -> AsyncIterator[Appliance]:
+    """`running` for the VirtualClusters labelled `e2e=<run>`; afterwards the processes it keeps by
+    design (the shared etcd, tenant control planes) are stopped too."""
+    data_dir = tmp / "data"
+    try:
+        async with running(sc, tmp, extra=f'tenant-selector = "e2e={run}"\n', data_dir=data_dir, env=env) as app:
+            yield app
+    finally:
+        for d in {p.parent for p in data_dir.rglob("*.pid")}:
+            process.kill_leftovers(d)

@@ -14,7 +14,7 @@ import trio
 
 from appliance.controlplane import process
 from appliance.manager import backups, etcdgateway
-from tests.e2e.appliance_proc import Appliance, running
+from tests.e2e.appliance_proc import Appliance, running, wait_web_synced
 from tests.testbed import SuperCluster, run_kubectl, tenancy_manifests, wait_for
 
 TENANT_OBJECTS = """
@@ -88,22 +88,6 @@ async def _uids(sc: SuperCluster, tkc: Path) -> dict[tuple[str, str, str], str]:
     return found
 
 
-async def _wait_synced(sc: SuperCluster, tkc: Path, key: str, *, pods: int) -> None:
-    """`pods` tenant Pods Running, and a super Pod for each in `<key>-shop-app` naming its UID."""
-    async def synced() -> bool:
-        out = await run_kubectl(sc.kubectl, tkc, "get", "pods", "-n", "shop-app", "-o", "json")
-        tenant = [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
-        if len(tenant) != pods or any(p.get("status", {}).get("phase") != "Running" for p in tenant):
-            return False
-        out = await run_kubectl(sc.kubectl, sc.kubeconfig, "get", "pods", "-n", f"{key}-shop-app", "-o", "json",
-                                check=False)
-        supers = json.loads(out.stdout)["items"] if out.returncode == 0 else []
-        uids = {p["metadata"].get("annotations", {}).get("tenancy.x-k8s.io/uid") for p in supers}
-        return {p["metadata"]["uid"] for p in tenant} <= uids
-
-    await wait_for(synced, timeout=180, what=f"tenant pods Running and synced into {key}-shop-app")
-
-
 async def _prefix_keys(data_dir: Path, key: str) -> int:
     url, tls, password = await trio.to_thread.run_sync(backups.shared_root, data_dir)
     async with etcdgateway.open_gateway(url, tls=tls, password=password) as gateway:
@@ -140,7 +124,7 @@ async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, *, run: st
         return (await run_kubectl(kubectl, tkc, "get", "sa", "default", "-n", "shop-app", check=False)).returncode == 0
 
     await wait_for(has_sa, timeout=60, what="service account shop-app/default")
-    await _wait_synced(sc, tkc, old_key, pods=2)
+    await wait_web_synced(sc, tkc, old_key, pods=2, namespace="shop-app", timeout=180)
     before = await _uids(sc, tkc)
 
     # Back up: a private file, and the command says what it took.
@@ -171,7 +155,7 @@ async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, *, run: st
     new_key = await _wait_running(sc, ns, "shop")
     assert new_key != old_key  # a new object, a new UID: a new cluster key and etcd prefix
     assert before == await _uids(sc, tkc)
-    await _wait_synced(sc, tkc, new_key, pods=2)
+    await wait_web_synced(sc, tkc, new_key, pods=2, namespace="shop-app", timeout=180)
     data = await run_kubectl(kubectl, tkc, "get", "secret", "password", "-n", "shop-app",
                              "-o", "jsonpath={.data.password}")
     assert b"hunter2" == base64.b64decode(data.stdout)
@@ -192,7 +176,7 @@ async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, *, run: st
     copy_key = await _wait_running(sc, ns, "copy")
     ckc = await _admin_kubeconfig(app, f"{ns}/copy", tmp_path / "copy.kubeconfig")
     assert before == await _uids(sc, ckc)
-    await _wait_synced(sc, ckc, copy_key, pods=2)
+    await wait_web_synced(sc, ckc, copy_key, pods=2, namespace="shop-app", timeout=180)
     assert ckc.read_text() != tkc.read_text()
     denied = await run_kubectl(kubectl, tkc, "--server", _server(ckc), "get", "ns", check=False)
     assert denied.returncode != 0, "the original's credentials must not open the copy"

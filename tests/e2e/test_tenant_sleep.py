@@ -15,8 +15,7 @@ from typing import Any
 
 import trio
 
-from appliance.controlplane import process
-from tests.e2e.appliance_proc import WEB_DEPLOYMENT, Appliance, running, wait_web_synced
+from tests.e2e.appliance_proc import WEB_DEPLOYMENT, Appliance, running_for_run, wait_web_synced
 from tests.testbed import SuperCluster, run_kubectl, tenancy_manifests, wait_for
 
 
@@ -33,13 +32,8 @@ async def test_tenant_sleeps_keeps_its_pods_and_wakes_on_request_annotation_and_
     tmp_path: Path, super_cluster: SuperCluster,
 ) -> None:
     sc, run = super_cluster, uuid.uuid4().hex[:8]
-    data_dir = tmp_path / "data"
-    try:
-        async with running(sc, tmp_path, extra=f'tenant-selector = "e2e={run}"\n', data_dir=data_dir) as app:
-            await _scenario(sc, app, tmp_path, run)
-    finally:  # kept processes (the shared etcd) outlive the appliance by design: stop them here
-        for d in {p.parent for p in data_dir.rglob("*.pid")}:
-            process.kill_leftovers(d)
+    async with running_for_run(sc, tmp_path, run) as app:
+        await _scenario(sc, app, tmp_path, run)
 
 
 async def _scenario(sc: SuperCluster, app: Appliance, tmp_path: Path, run: str) -> None:

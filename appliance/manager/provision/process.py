@@ -88,6 +88,8 @@ EXTRA_ROLLED_BACK = "rolled-back"
 EXTRA_WAKE = "wake-listener"
 EXTRA_LAST_USE = "last-use"
 EXTRA_AUDIT_CURSOR = "audit-cursor"
+#: what the running plane's specs were last compared against (`maintain`)
+EXTRA_SPEC_INPUTS = "spec-inputs"
 #: the VirtualCluster's resourceVersion after a wake-up set `sleep: "false"`
 EXTRA_WOKEN_AT_RV = "woken-at-rv"
 
@@ -682,7 +684,12 @@ class ProcessProvisioner:
                               f"certificates renewed {state.why}, valid until {state.not_after}; processes "
                               "restarted one at a time", event=True))
         else:
-            await self._roll(t, plane, plan, why="a changed specification")
+            # What the specs are built from; status writes reconcile often, the specs rarely change.
+            inputs = ((t.cluster_version or {}).get("metadata", {}).get("resourceVersion"),
+                      t.vc.metadata.generation, t.vc.metadata.annotations.get(sleep.ANNOTATION_SLEEP_AFTER), id(plane))
+            if t.extra.get(EXTRA_SPEC_INPUTS) != inputs:
+                await self._roll(t, plane, plan, why="a changed specification")
+                t.extra[EXTRA_SPEC_INPUTS] = inputs
         due = certrotation.next_renewal(pki, fraction=fraction)
         wait = max(1.0, (due - dt.datetime.now(dt.UTC)).total_seconds())
         return min(wait, idle_check) if idle_check is not None else wait
