@@ -91,7 +91,7 @@ async def test_attach_reads_stdin_and_streams_output(any_upstream: nodebed.NodeE
     """`kubectl attach -i` feeds the container's stdin and shows what it answers."""
     env = any_upstream
     t, name = await _sleeper(env, "attach", "while read line; do echo got-$line; done; echo stdin-closed",
-                             container={"stdin": True, "stdinOnce": True})
+                             container={"stdin": True, "stdinOnce": True}, restartPolicy="Never")
     token = uuid.uuid4().hex
     tries: list[str] = []
     logs = ""
@@ -105,8 +105,12 @@ async def test_attach_reads_stdin_and_streams_output(any_upstream: nodebed.NodeE
             break
 
     async def answered() -> str | None:
-        logs = (await env.kubectl_in(t, "logs", name)).stdout
-        return logs if "stdin-closed" in logs else None
+        # restartPolicy Never: a container that saw stdin close exits and keeps its log,
+        # where the default Always would restart it into an empty log.
+        if "stdin-closed" in logs:
+            return logs
+        now = (await env.kubectl_in(t, "logs", name)).stdout
+        return now if "stdin-closed" in now else None
 
     logs = str(await wait_for(answered, timeout=30,
                               what=f"the attached process to read its stdin (attach: {tries}; logs: {logs[-300:]!r})"))
