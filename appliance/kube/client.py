@@ -5,6 +5,7 @@ super cluster); `ApiClient` speaks the Kubernetes verbs for any `Resource`, obje
 dicts plus raw-bytes variants for caches. It never retries: callers classify errors
 (STYLE rule 22) and informers reconnect. Every request takes a rate-limiter token.
 HTTP/1.1 only: each watch holds a pooled connection, so size `max_connections` for them.
+TLS goes through `transport` (reads hand over every record already received).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import msgspec
 import trio
 
 from appliance.kube import creds as creds_mod
-from appliance.kube import errors, ratelimit, wire
+from appliance.kube import errors, ratelimit, transport, wire
 from appliance.kube.creds import Credentials
 from appliance.kube.resources import Resource
 from appliance.kube.wire import ObjectList, RawObjectList, RawWatchEvent, WatchEvent
@@ -179,7 +180,7 @@ class ApiClient:
             response = await self._http.request(
                 method,
                 path,
-                params=params,
+                params=params or None,  # an empty mapping still costs httpx a URL rebuild
                 content=content,
                 headers=headers,
                 extensions=self._extensions,
@@ -600,13 +601,10 @@ async def open_client(
     )
     async with httpx.AsyncClient(
         base_url=creds.server,
-        verify=ssl_ctx,
-        http1=True,
-        http2=False,
+        transport=transport.transport(ssl_context=ssl_ctx, limits=limits),
         trust_env=False,
         follow_redirects=False,
         timeout=httpx.Timeout(timeout),
-        limits=limits,
         auth=auth,
         headers={"Accept": _JSON, "User-Agent": user_agent},
     ) as http:

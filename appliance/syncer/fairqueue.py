@@ -219,6 +219,14 @@ class FairQueue:
         delay: float = self._base_delay * 2**failures
         return min(delay, self._max_delay)
 
+    def waiting(self) -> int:
+        """Items ready or delayed (not processing): work no worker has taken yet."""
+        return self._length + len(self._waiting)
+
+    def pending(self) -> int:
+        """Items ready, processing or delayed: 0 means the queue has nothing left to do."""
+        return self._length + len(self._processing) + len(self._waiting)
+
     def num_retries(self, tenant: Hashable, key: Hashable) -> int:
         """How many times `key` has been retried since it was last forgotten."""
         return self._failures.get((tenant, key), 0)
@@ -245,6 +253,12 @@ class TrioFairQueue:
     def __init__(self, core: FairQueue | None = None) -> None:
         self.core = core if core is not None else FairQueue()
         self._lot = trio.lowlevel.ParkingLot()
+        self._idle_lot = trio.lowlevel.ParkingLot()  # `wait_idle` callers
+        self._backlog_lot = trio.lowlevel.ParkingLot()  # `wait_backlog` callers (pool growth)
+
+    def _check_idle(self) -> None:
+        if self._idle_lot and not self.core.pending():
+            self._idle_lot.unpark_all()
 
     def _wake_one(self) -> None:
         self._lot.unpark()
@@ -252,11 +266,17 @@ class TrioFairQueue:
     def add(self, tenant: Hashable, key: Hashable) -> None:
         """See FairQueue.add."""
         self.core.add(tenant, key)
+        self._signal_backlog()
         self._wake_one()
+
+    def _signal_backlog(self) -> None:
+        if not self._lot and self._backlog_lot and self.core.waiting():
+            self._backlog_lot.unpark_all()  # work waiting and every worker busy
 
     def add_after(self, tenant: Hashable, key: Hashable, delay: float) -> None:
         """See FairQueue.add_after; the delay runs on trio's clock."""
         self.core.add_after(tenant, key, delay, trio.current_time())
+        self._signal_backlog()
         # A parked worker may be sleeping towards a later deadline: let one re-plan.
         self._wake_one()
 
@@ -265,6 +285,8 @@ class TrioFairQueue:
         self.core.done(tenant, key)
         if len(self.core):
             self._wake_one()
+        else:
+            self._check_idle()
 
     def retry(self, tenant: Hashable, key: Hashable) -> bool:
         """See FairQueue.retry; the backoff runs on trio's clock."""
@@ -280,6 +302,7 @@ class TrioFairQueue:
     def remove_tenant(self, tenant: Hashable) -> None:
         """See FairQueue.remove_tenant."""
         self.core.remove_tenant(tenant)
+        self._check_idle()
 
     def collect_idle(self, *, idle_after: float = IDLE_AFTER) -> list[Hashable]:
         """See FairQueue.collect_idle; call it every minute or so, on trio's clock."""
@@ -290,6 +313,23 @@ class TrioFairQueue:
         stats = self.core.statistics()
         stats["waiting_workers"] = self._lot.statistics().tasks_waiting
         return stats
+
+    async def wait_backlog(self) -> None:
+        """Wait until an item is added while items are ready and no worker waits in `get()`."""
+        await self._backlog_lot.park()
+
+    def waiting_workers(self) -> int:
+        """Workers parked in `get()`."""
+        return len(self._lot)
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is ready, processing or delayed (at once if so already).
+
+        Always a checkpoint. A later `add()` may make the queue busy again right after.
+        """
+        await trio.lowlevel.checkpoint()
+        while self.core.pending():
+            await self._idle_lot.park()
 
     async def get(self) -> Item:
         """Wait for the next item in fair order and mark it processing.

@@ -116,7 +116,8 @@ async def run(sx: Syncer) -> NoReturn:
             if requeued or orphans:
                 log.info("patrol %s: %d requeued, %d orphans", kind.name, requeued, orphans)
             await trio.lowlevel.checkpoint()
-        for q in (*sx.queues.values(), sx.upward):
+        sx.patrol_scan_done()
+        for q in sx.all_queues():
             q.collect_idle()
         for tenant in list(sx.tenants.values()):
             try:

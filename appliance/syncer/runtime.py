@@ -5,8 +5,10 @@ Task tree (all inside `Syncer.run`'s nursery):
     Syncer.run
     ├── super informers (one per kind, filtered by `Kind.super_selector`; nodes unfiltered)
     ├── super Event watch (`resources.events`: no cache, only keys of registered tenants' events)
-    ├── downward workers: `workers` per kind (`pod_workers` for pods), one fair queue per kind
-    ├── upward workers: one fair queue for every kind's back-population
+    ├── downward workers: `workers` per kind (`pod_workers` for pods), one fair queue per kind;
+    │   a pool grows to `*_growth` × its size while work waits with all its workers busy
+    ├── upward workers: one fair queue for every kind's back-population (coalesced per object)
+    ├── Event workers: `event_workers` on the queue `queues["event"]` (super Events → tenants)
     └── patrol (periodic drift scan; enqueues keys, never writes itself)
 
 Tenants (their clients and informers) live in the supervisor's per-tenant nurseries and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -39,6 +42,7 @@ from appliance.util import naming, tenancy
 from appliance.util.drain import Drain
 
 if TYPE_CHECKING:
+    from appliance.syncer.resources.events import EventUpward
     from appliance.syncer.resources.sourced import SuperSourcedKind
 
 log = logging.getLogger(__name__)
@@ -75,10 +79,15 @@ class Syncer:
         self.drain = drain if drain is not None else Drain()
         self.tenants: dict[tenancy.ClusterKey, Tenant] = {}
         self.queues = {name: TrioFairQueue() for name in self.kinds}
+        if self.event_upward is not None:  # upward only, with workers of its own
+            self.queues["event"] = TrioFairQueue()
         self.upward = TrioFairQueue()
         self._super: dict[str, kinformer.Informer] = {}
         self._node_informer: kinformer.Informer | None = None
         self._tenants_changed = trio.Event()
+        #: full patrol scans finished so far; `_scan_done` is replaced after each
+        self.patrol_scans = 0
+        self._scan_done = trio.Event()
         self._on_register = on_register
         self._on_unregister = on_unregister
         self._metrics(registry)
@@ -133,18 +142,19 @@ class Syncer:
         self.upward.add(tenant_key, (kind, ns, name))
 
     def tenant_handler(self, tenant: Tenant, kind: str) -> kinformer.Handler:
-        """Tenant informer events mark the object's key dirty in the kind's fair queue."""
+        """Tenant informer events mark the object's key dirty in the kind's fair queue (unless
+        the kind says the change cannot matter downward)."""
         queue = self.queues[kind]
+        matters = self.kinds[kind].tenant_change_matters
 
         def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+            if new is not None and old is not None and not matters(new, old):
+                return
             meta = (new or old or {}).get("metadata") or {}
             if kind == "namespace":
                 queue.add(tenant.key, ("", meta.get("name", "")))
             else:
                 queue.add(tenant.key, (meta.get("namespace", ""), meta.get("name", "")))
-            extra = getattr(self.kinds[kind], "on_tenant_event", None)
-            if extra is not None:
-                extra(self, tenant, event_type, new, old)
 
         return handle
 
@@ -165,9 +175,9 @@ class Syncer:
                 return
             name = k.tenant_name(ref.name)
             key = ("", ref.namespace) if kind == "namespace" else (ref.namespace, name)
-            if getattr(k, "has_upward", False):
-                self.enqueue_upward(ref.cluster_key, kind, key[0], key[1])
-            if getattr(k, "repair_on_super_event", True):
+            if k.has_upward:  # coalesced: a burst of super events costs one upward reconcile
+                self.upward.add_after(ref.cluster_key, (kind, key[0], key[1]), self.settings.upward_coalesce)
+            if k.repair_on_super_event:
                 self.enqueue(kind, ref.cluster_key, key)
 
         return handle
@@ -198,13 +208,42 @@ class Syncer:
         if self._on_unregister is not None:
             self._on_unregister(tenant_key)
         self._notify_tenants_changed()
-        for q in (*self.queues.values(), self.upward):
+        for q in self.all_queues():
             q.remove_tenant(tenant_key)
         log.info("tenant %s unregistered", tenant_key)
 
     def _notify_tenants_changed(self) -> None:
         self._tenants_changed.set()
         self._tenants_changed = trio.Event()
+
+    def all_queues(self) -> tuple[TrioFairQueue, ...]:
+        """Every work queue: one per kind (downward) and the upward one."""
+        return (*self.queues.values(), self.upward)
+
+    def busy(self) -> int:
+        """Items ready, processing or delayed in all queues (0: the syncer has nothing to do)."""
+        return sum(q.core.pending() for q in self.all_queues())
+
+    async def wait_idle(self) -> None:
+        """Return once every queue is empty with nothing processing or delayed. The caller sets
+        the deadline; work that arrives later (an event, the patrol) makes it busy again."""
+        while True:
+            for q in self.all_queues():
+                await q.wait_idle()
+            if not self.busy():  # an item of one queue may have queued one in another
+                return
+
+    def patrol_scan_done(self) -> None:
+        """The patrol finished a full scan of every kind (called by `patrol.run`)."""
+        self.patrol_scans += 1
+        self._scan_done.set()
+        self._scan_done = trio.Event()
+
+    async def wait_patrol_scans(self, count: int = 1) -> None:
+        """Return once `count` more full patrol scans have finished. The caller sets the deadline."""
+        target = self.patrol_scans + count
+        while self.patrol_scans < target:
+            await self._scan_done.wait()
 
     async def wait_registered(self, tenant_key: tenancy.ClusterKey) -> None:
         """Return once `tenant_key` is registered (its caches synced). The caller sets the deadline."""
@@ -286,26 +325,55 @@ class Syncer:
             return "Error", None
         return "OK", None
 
-    async def _next(self, queue: TrioFairQueue) -> tuple[Hashable, Hashable]:
-        """The next item, unless a graceful stop began (then wait to be cancelled).
+    async def _next(self, queue: TrioFairQueue, idle_exit: float | None) -> tuple[Hashable, Hashable] | None:
+        """The next item, unless a graceful stop began (then wait to be cancelled); None when
+        `idle_exit` seconds pass without one (a grown worker then leaves its pool).
 
         Checked again after the wait: an item taken during the stop stays unprocessed; the
         initial sync after the restart finds its object again.
         """
         await self.drain.gate()
-        item = await queue.get()
-        await self.drain.gate()
+        item = None
+        with trio.move_on_after(math.inf if idle_exit is None else idle_exit):
+            item = await queue.get()  # cancel-safe: a cancelled get() took nothing
+        if item is not None:
+            await self.drain.gate()
         return item
+
+    async def _pool(self, worker: Callable[[float | None], Awaitable[None]], queue: TrioFairQueue,
+                    size: int, growth: int) -> NoReturn:
+        """Keep `size` workers on `queue`, and while items are added with every worker busy
+        (each mostly waits for an apiserver) start more, up to `growth` × `size`; those leave
+        after `pool_idle_exit` s without work. The fair queue still orders the work, so a
+        bigger pool serves every tenant sooner but never one tenant before the others."""
+        limit = size * max(1, growth)
+        grown = 0
+
+        async def extra() -> None:
+            nonlocal grown
+            try:
+                await worker(self.settings.pool_idle_exit)
+            finally:
+                grown -= 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(size):
+                nursery.start_soon(worker, None)
+            while True:
+                await queue.wait_backlog()
+                if size + grown < limit:
+                    grown += 1
+                    nursery.start_soon(extra)
+        raise AssertionError("unreachable")
 
     async def _report_sync_failure(self, kind: base.Kind, ns: str, name: str, tenant: Tenant, msg: str) -> None:
         vobj = tenant.get(kind.name, name, ns or None)
         if vobj is not None:  # EventRecorder.post never raises an API error
             await tenant.events.post(vobj, type="Warning", reason="FailedSync", message=msg)
 
-    async def _downward_worker(self, kind: base.Kind) -> NoReturn:
+    async def _downward_worker(self, kind: base.Kind, idle_exit: float | None) -> None:
         queue = self.queues[kind.name]
-        while True:
-            item = await self._next(queue)
+        while (item := await self._next(queue, idle_exit)) is not None:
             ns, name = cast(tuple[str, str], item[1])
             started = trio.current_time()
             with self.drain.work():
@@ -324,14 +392,11 @@ class Syncer:
             from appliance.syncer import vnode
 
             await vnode.upward(self, tenant, name)
-        elif kind_name == "event" and self.event_upward is not None:
-            await self.event_upward.upward(tenant, ns, name)
         elif kind_name in self.kinds:
             await self.kinds[kind_name].upward(self, tenant, ns, name)
 
-    async def _upward_worker(self) -> NoReturn:
-        while True:
-            item = await self._next(self.upward)
+    async def _upward_worker(self, idle_exit: float | None) -> None:
+        while (item := await self._next(self.upward, idle_exit)) is not None:
             kind_name, ns, name = cast(tuple[str, str, str], item[1])
             started = trio.current_time()
             with self.drain.work():
@@ -342,6 +407,19 @@ class Syncer:
             if tenant is not None:
                 self.m_uws.inc(resource=kind_name, code=code)
                 self.m_uws_seconds.observe(trio.current_time() - started, resource=kind_name)
+
+    async def _event_worker(self, events: EventUpward, idle_exit: float | None) -> None:
+        queue = self.queues["event"]
+        while (item := await self._next(queue, idle_exit)) is not None:
+            ns, name = cast(tuple[str, str], item[1])
+            started = trio.current_time()
+            with self.drain.work():
+                tenant, code = await self._process(
+                    queue, item, functools.partial(events.upward, super_ns=ns, name=name), what="back-populate event",
+                )
+            if tenant is not None:
+                self.m_uws.inc(resource="event", code=code)
+                self.m_uws_seconds.observe(trio.current_time() - started, resource="event")
 
     # --- run ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
@@ -361,11 +439,14 @@ class Syncer:
             await nursery.start(self._node_informer.run)
             if self.event_upward is not None:
                 await nursery.start(self.event_upward.run)
+            s = self.settings
             for kind in self.kinds.values():
-                for _ in range(getattr(self.settings, kind.workers_setting)):
-                    nursery.start_soon(self._downward_worker, kind)
-            for _ in range(self.settings.upward_workers):
-                nursery.start_soon(self._upward_worker)
+                nursery.start_soon(self._pool, functools.partial(self._downward_worker, kind),
+                                   self.queues[kind.name], getattr(s, kind.workers_setting), s.downward_growth)
+            nursery.start_soon(self._pool, self._upward_worker, self.upward, s.upward_workers, s.upward_growth)
+            if self.event_upward is not None:
+                nursery.start_soon(self._pool, functools.partial(self._event_worker, self.event_upward),
+                                   self.queues["event"], s.event_workers, s.upward_growth)
             nursery.start_soon(patrol.run, self)
             log.info("syncer started: %s", ", ".join(self.kinds))
             task_status.started()

@@ -62,3 +62,17 @@ class SyncerSettings(SyncerConfig, frozen=True):
     token_expiration_seconds: int = 3600
     #: deadline of one reconcile, seconds
     reconcile_timeout: float = 60.0
+    #: seconds a super event's upward work waits for more events of the same object (a super
+    #: Pod is scheduled and then started within milliseconds): one tenant write for both
+    upward_coalesce: float = 0.05
+    #: workers copying super Events to tenants (their own queue, apart from upward_workers)
+    event_workers: int = 10
+    #: worker pools grow past their configured size while work waits and every worker is busy
+    #: (each one mostly waits for an apiserver), up to this many times that size; a grown
+    #: worker leaves after `pool_idle_exit` s without work. Upward (and Event) writes wait on
+    #: tenant apiservers, so more of them in flight cut the upward queue wait; downward pools
+    #: stay as configured by default: on a CPU-bound host (bench/RESULTS.md, issue 15) more
+    #: concurrent super creates only made each one slower.
+    upward_growth: int = 4
+    downward_growth: int = 1
+    pool_idle_exit: float = 10.0

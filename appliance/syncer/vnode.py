@@ -131,7 +131,7 @@ async def ensure(sx: Syncer, tenant: Tenant, node_name: str) -> None:
     """Create the vnode in the tenant if it is missing; raises Retry if the super node is unknown."""
     from appliance.syncer.resources.base import Retry
 
-    if tenant.get("node", node_name) is not None:
+    if tenant.informers["node"].get_raw(node_name) is not None:  # existence: no decode
         return
     super_node = sx.super_nodes.get(node_name)
     if super_node is None:
@@ -183,7 +183,7 @@ def super_node_handler(sx: Syncer) -> kinformer.Handler:
             return
         name = (new or old or {})["metadata"]["name"]
         for tenant in list(sx.tenants.values()):
-            if tenant.get("node", name) is not None:
+            if tenant.informers["node"].get_raw(name) is not None:
                 sx.enqueue_upward(tenant.key, "node", "", name)
 
     return handle

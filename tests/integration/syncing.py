@@ -339,30 +339,20 @@ async def record_events(
 
 def syncer_busy(sx: runtime.Syncer) -> int:
     """Items ready, processing or waiting for a retry in all of the syncer's queues."""
-    total = 0
-    for q in (*sx.queues.values(), sx.upward):
-        stats = q.statistics()
-        total += stats["length"] + stats["processing"] + stats["delayed"]
-    return total
+    return sx.busy()
 
 
 def patrol_scans(sx: runtime.Syncer) -> int:
     """How many full patrol scans the syncer has finished."""
-    counts = sx.m_patrol_seconds.counts.get(("pod",))
-    return counts[-1] if counts else 0
+    return sx.patrol_scans
 
 
 async def wait_quiet(sx: runtime.Syncer, *, scans: int = 2, timeout: float = 120) -> None:
     """Wait until the syncer's queues are empty across `scans` patrol scans (it has nothing to do)."""
     with trio.fail_after(timeout):
-        while True:
-            while syncer_busy(sx):
-                await trio.sleep(0.1)  # in-process queues: no event to wait on
-            target = patrol_scans(sx) + scans
-            while patrol_scans(sx) < target and not syncer_busy(sx):
-                await trio.sleep(0.1)
-            if not syncer_busy(sx):
-                return
+        await sx.wait_idle()
+        await sx.wait_patrol_scans(scans)
+        await sx.wait_idle()  # what the last scans queued (a no-op repair, say) is done too
 
 
 def deadline(seconds: float) -> Callable[[_Test], _Test]:

@@ -75,10 +75,8 @@ async def test_orphaned_super_object_of_a_tenant_is_deleted_and_foreign_ones_kep
                                      namespace=super_app)
 
     await syncing.wait_gone(env.superc, CM, "orphan", namespace=super_app, what="orphan deleted")
-    scans = syncing.patrol_scans(sx)
     with trio.fail_after(30):
-        while syncing.patrol_scans(sx) < scans + 2:
-            await trio.sleep(0.1)  # two more full scans without touching the foreign object
+        await sx.wait_patrol_scans(2)  # two more full scans without touching the foreign object
     await syncing.wait_quiet(sx, scans=0)
     assert await syncing.get_or_none(env.superc, CM, "foreign", namespace=super_app) is not None
     assert await syncing.get_or_none(env.superc, CM, "real", namespace=super_app) is not None

@@ -64,7 +64,7 @@ def test_only_pod_and_service_events_of_registered_tenants_are_queued() -> None:
     assert not up.offer(_raw(metadata__namespace="default", metadata__name="d.1"))
     assert not up.offer(_raw(metadata__namespace="gone-x", metadata__name="g.1"))
     assert not up.offer(b"not json")
-    assert sx.upward == [(KEY, "event", f"{KEY}-shop", "web.17a"), (KEY, "event", f"{KEY}-shop", "svc.1")]
+    assert sx.queued == [("event", KEY, (f"{KEY}-shop", "web.17a")), ("event", KEY, (f"{KEY}-shop", "svc.1"))]
     assert set(up.pending) == {(f"{KEY}-shop", "web.17a"), (f"{KEY}-shop", "svc.1")}
 
 
@@ -76,4 +76,4 @@ def test_pending_event_bodies_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     for i in range(5):
         assert up.offer(_raw(metadata__name=f"e{i}"))
     assert [name for _, name in up.pending] == ["e2", "e3", "e4"]
-    assert len(sx.upward) == 5
+    assert len(sx.queued) == 5

@@ -91,8 +91,17 @@ class Kind:
     #: the super cluster is the source of truth (`SuperSourcedKind`): super events and
     #: the patrol go through the kind's own hooks instead of the tenancy back-trace
     super_sourced: ClassVar[bool] = False
+    #: super events of the kind queue an upward reconcile (`upward`) of the tenant object
+    has_upward: ClassVar[bool] = False
+    #: super events of the kind queue a downward reconcile (repair of super-side drift)
+    repair_on_super_event: ClassVar[bool] = True
 
     # --- hooks -------------------------------------------------------------------------
+    def tenant_change_matters(self, new: dict[str, Any], old: dict[str, Any]) -> bool:
+        """Whether a tenant MODIFIED event (`old` → `new`) can change what the downward sync
+        does; False skips the reconcile (the patrol still compares everything)."""
+        return True
+
     def wanted(self, tenant: Tenant, vobj: dict[str, Any]) -> bool:
         """Whether this tenant object should have a super copy at all."""
         return True

@@ -6,10 +6,11 @@ follows a list+watch of all super Events **without caching them**: each new Even
 decoded into a small view, and only one about a `Pod` or `Service` in a super namespace
 of a *registered* tenant (by that namespace's tenancy annotations, from the super
 namespace cache) is kept. It is held, as raw JSON, in `pending`, a dict of at most
-`PENDING_LIMIT` entries (the oldest is dropped first), and its key goes to the shared
-upward queue. The worker takes the body from `pending`, or GETs it again if it was
-dropped, so memory is bounded by `PENDING_LIMIT` and the queue's keys, never by the
-super cluster's event volume.
+`PENDING_LIMIT` entries (the oldest is dropped first), and its key goes to the Event queue
+(`Syncer.queues["event"]`, with workers of its own, as the original has: a burst of Events
+never delays the upward sync of Pod status). The worker takes the body from `pending`, or
+GETs it again if it was dropped, so memory is bounded by `PENDING_LIMIT` and the queue's
+keys, never by the super cluster's event volume.
 
 Like the original, only additions are copied (not count updates of aggregated events),
 and an Event whose name already exists in the tenant is left alone (create, AlreadyExists
@@ -121,7 +122,7 @@ class EventUpward:
         while len(self.pending) >= PENDING_LIMIT:
             del self.pending[next(iter(self.pending))]
         self.pending[key] = raw
-        self.sx.enqueue_upward(owner[0], "event", *key)
+        self.sx.enqueue("event", owner[0], key)  # its own queue: Events never delay Pod status
         return True
 
     async def upward(self, tenant: Tenant, super_ns: str, name: str) -> None:

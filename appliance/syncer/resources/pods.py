@@ -57,12 +57,26 @@ def ran_in_super(vpod: dict[str, Any]) -> bool:
     return any(c.get("type") == "PodScheduled" and c.get("status") == "True" for c in conditions)
 
 
+def status_free(pod: dict[str, Any]) -> tuple[Any, ...]:
+    """A Pod without what the syncer's own upward writes change (status, resourceVersion,
+    managedFields, and `spec.nodeName`, which only a binding sets and nothing downward reads),
+    for comparing two versions of it."""
+    meta = {k: v for k, v in (pod.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
+    spec = {k: v for k, v in (pod.get("spec") or {}).items() if k != "nodeName"}
+    return meta, spec, {k: v for k, v in pod.items() if k not in ("metadata", "spec", "status")}
+
+
 class PodKind(Kind):
     name = "pod"
     resource = resources.PODS
     workers_setting = "pod_workers"
     has_upward = True
     repair_on_super_event = False  # super pod changes are upward news, not drift
+
+    def tenant_change_matters(self, new: dict[str, Any], old: dict[str, Any]) -> bool:
+        """A status-only change of a tenant Pod (most are the syncer's own upward writes) changes
+        nothing downward, unless the Pod has readiness gates (their conditions go down)."""
+        return status_free(new) != status_free(old) or bool(equality.readiness_gates(new))
 
     def context(self, sx: Syncer, tenant: Tenant, vpod: dict[str, Any], token_secret: str | None) -> mutation.PodContext:
         tid, meta = tenant.id, vpod["metadata"]
@@ -240,7 +254,7 @@ class PodKind(Kind):
                 await tenant.client.create(self.resource, binding, namespace=ns, subresource="binding", name=name)
             except errors.Conflict:
                 pass  # bound meanwhile
-        elif node and vspec.get("nodeName") and tenant.get("node", node) is None:
+        elif node and vspec.get("nodeName") and tenant.informers["node"].get_raw(node) is None:
             await vnode.ensure(sx, tenant, node)
         meta_patch = equality.meta_uw_patch(vobj, pobj, transparent_prefixes=tenant.id.transparent_prefixes)
         if meta_patch:
