@@ -145,6 +145,23 @@ def readyz(port: int) -> bool:
         return False
 
 
+def served_tenants(port: int) -> int:
+    """How many tenants the appliance's syncer (and so its kubelet proxy) serves right now.
+
+    A VirtualCluster's `Running` phase survives an appliance restart in the super cluster;
+    this number does not: it counts only tenants this process has registered.
+    """
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("syncer_tenants "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 SAMPLES = """
 apiVersion: tenancy.x-k8s.io/v1alpha1
 kind: ClusterVersion
@@ -261,6 +278,10 @@ def up(state: Path, *, tenants: int = 1, node: str = "auto") -> int:
                         "-o", "jsonpath={.data.admin-kubeconfig}")
         out = state / "tenants" / f"{name}.kubeconfig"
         private.write_file(out, base64.b64decode(data))
+    # After a restart the phases above are the previous run's: `logs`/`exec` work only once
+    # the syncer has registered each tenant (that is also when the proxy trusts its CA).
+    _wait(f"the syncer to serve {len(names)} tenant(s)", lambda: served_tenants(port) >= len(names) or None,
+          timeout=120, log=app_log, pid_file=app_pid)
     elapsed = time.monotonic() - started
     first = state / "tenants" / f"{names[0]}.kubeconfig" if names else None
     print(f"""
