@@ -4,7 +4,9 @@ The peer is trio's own `SSLStream` on the server side (independent of the code u
 with certificates from the appliance's `pki.certs`. What matters: a read hands over every TLS
 record already received instead of one record per scheduling pass, ends cleanly with or
 without close_notify, maps failures to httpcore's exceptions, and `open_client` uses it for
-ordinary requests and watches.
+ordinary requests and watches; its pool reuses connections, retries a request once on a new
+connection when a reused one turns out closed, frees a connection abandoned mid-body and
+bounds what is in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import h11
 import httpcore
+import httpx
 import msgspec
 import pytest
 import trio
@@ -239,7 +242,7 @@ def json_head(*, chunked: bool = False, length: int = 0) -> h11.Response:
 
 
 async def test_open_client_requests_and_watches_over_it(pki: Pki) -> None:
-    """open_client's pool runs on TrioTLSBackend; a GET and a watch of separately flushed events work."""
+    """open_client's pool is Http1Transport on TrioTLSBackend; a GET and a watch of separately flushed events work."""
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "1"}}
     events = [{"type": "ADDED" if i == 0 else "MODIFIED",
                "object": {**pod, "metadata": {**pod["metadata"], "resourceVersion": str(i + 2)}}} for i in range(5)]
@@ -259,10 +262,131 @@ async def test_open_client_requests_and_watches_over_it(pki: Pki) -> None:
             port = await start_server(nursery, pki, serve)
             creds = Credentials(server=f"https://127.0.0.1:{port}", ca_pem=pki.ca.cert_pem)
             async with kclient.open_client(creds) as api:
-                pool = api._http._transport._pool  # type: ignore[attr-defined]
-                assert isinstance(pool._network_backend, transport.TrioTLSBackend)
+                assert isinstance(api._http._transport, transport.Http1Transport)
                 assert pod == await api.get(resources.PODS, "p", namespace="ns")
                 seen = [e.resource_version async for e in api.watch_raw(
                     resources.PODS, namespace="ns", resource_version="1")]
                 assert ["2", "3", "4", "5", "6"] == seen
+            nursery.cancel_scope.cancel()
+
+
+# --- Http1Transport's pool ---------------------------------------------------------------------
+
+
+@dataclass
+class Counting:
+    connections: int = 0
+    requests: int = 0
+
+
+def counting_server(counts: Counting, respond: Respond, *, requests_per_connection: int = 1 << 30) -> Serve:
+    async def serve(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        counts.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        served = 0
+        while served < requests_per_connection:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.EndOfMessage):
+                counts.requests += 1
+                for out in respond(request):
+                    await stream.send_all(conn.send(out) or b"")
+                conn.start_next_cycle()
+                served += 1
+            elif not isinstance(event, h11.Data):  # a request body is read and ignored
+                return
+        # then the server closes the connection without saying so (an idle close)
+    return serve
+
+
+def small_json(request: h11.Request) -> list[Any]:
+    body = b'{"ok":true}'
+    if b"stream" in request.target:
+        return [json_head(chunked=True), *(h11.Data(data=b"x" * 1000) for _ in range(3)), h11.EndOfMessage()]
+    return [json_head(length=len(body)), h11.Data(data=body), h11.EndOfMessage()]
+
+
+def pool_client(port: int, pki: Pki, **limits: Any) -> httpx.AsyncClient:
+    lim = httpx.Limits(**{"max_connections": 10, "max_keepalive_connections": 10, "keepalive_expiry": 30.0, **limits})
+    return httpx.AsyncClient(base_url=f"https://localhost:{port}", trust_env=False,
+                             transport=transport.Http1Transport(ssl_context=pki.client_context(), limits=lim))
+
+
+async def test_sequential_requests_reuse_one_connection(pki: Pki) -> None:
+    counts = Counting()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, pki, counting_server(counts, small_json))
+            async with pool_client(port, pki) as http:
+                for _ in range(5):
+                    assert (await http.get("/a")).json() == {"ok": True}
+                assert http._transport.idle_connections == 1  # type: ignore[attr-defined]
+            assert (counts.connections, counts.requests) == (1, 5)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_reused_connection_the_server_closed_is_retried_on_a_new_one(pki: Pki) -> None:
+    """The server closes each connection after one answer without saying so; every request
+    still succeeds, each once, on a connection of its own."""
+    counts = Counting()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, pki, counting_server(counts, small_json, requests_per_connection=1))
+            async with pool_client(port, pki) as http:
+                for _ in range(4):
+                    response = await http.post("/create", content=b"{}")
+                    assert response.status_code == 200
+            assert counts.requests == 4  # nothing sent twice to a server that answered
+            assert counts.connections == 4
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_body_abandoned_midway_frees_its_connection_and_slot(pki: Pki) -> None:
+    counts = Counting()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, pki, counting_server(counts, small_json))
+            async with pool_client(port, pki, max_connections=1) as http:
+                async with http.stream("GET", "/stream") as response:
+                    chunks = response.aiter_bytes()
+                    assert await anext(chunks)
+                    await kclient._discard(chunks)  # a watch given up after its first event
+                assert http._transport.idle_connections == 0  # type: ignore[attr-defined]
+                assert (await http.get("/a")).status_code == 200  # the one slot is free again
+            assert counts.connections == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_requests_beyond_max_connections_wait_and_time_out_as_pool_timeout(pki: Pki) -> None:
+    counts = Counting()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, pki, counting_server(counts, small_json))
+            async with pool_client(port, pki, max_connections=1) as http:
+                async with http.stream("GET", "/stream"):
+                    with pytest.raises(httpx.PoolTimeout):
+                        await http.get("/a", timeout=httpx.Timeout(5.0, pool=0.2))
+                assert (await http.get("/a")).status_code == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_garbled_answer_is_a_remote_protocol_error_and_the_connection_is_dropped(pki: Pki) -> None:
+    async def serve(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
+        await trio.sleep_forever()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, pki, serve)
+            async with pool_client(port, pki) as http:
+                with pytest.raises(httpx.RemoteProtocolError, match="Content-Length"):
+                    await http.get("/a")
+                assert http._transport.idle_connections == 0  # type: ignore[attr-defined]
             nursery.cancel_scope.cancel()
