@@ -11,9 +11,10 @@ bounds what is in flight.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -318,62 +319,61 @@ def pool_client(port: int, pki: Pki, **limits: Any) -> httpx.AsyncClient:
                              transport=transport.Http1Transport(ssl_context=pki.client_context(), limits=lim))
 
 
-async def test_sequential_requests_reuse_one_connection(pki: Pki) -> None:
-    counts = Counting()
+@contextlib.asynccontextmanager
+async def pooled(pki: Pki, counts: Counting, *, requests_per_connection: int = 1 << 30,
+                 **limits: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A counting server and a client on Http1Transport, both gone when the block ends."""
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            port = await start_server(nursery, pki, counting_server(counts, small_json))
-            async with pool_client(port, pki) as http:
-                for _ in range(5):
-                    assert (await http.get("/a")).json() == {"ok": True}
-                assert http._transport.idle_connections == 1  # type: ignore[attr-defined]
-            assert (counts.connections, counts.requests) == (1, 5)
+            port = await start_server(nursery, pki, counting_server(
+                counts, small_json, requests_per_connection=requests_per_connection))
+            async with pool_client(port, pki, **limits) as http:
+                yield http
             nursery.cancel_scope.cancel()
+
+
+async def test_sequential_requests_reuse_one_connection(pki: Pki) -> None:
+    counts = Counting()
+    async with pooled(pki, counts) as http:
+        for _ in range(5):
+            assert (await http.get("/a")).json() == {"ok": True}
+        assert http._transport.idle_connections == 1  # type: ignore[attr-defined]
+    assert (counts.connections, counts.requests) == (1, 5)
+
 
 
 async def test_a_reused_connection_the_server_closed_is_retried_on_a_new_one(pki: Pki) -> None:
     """The server closes each connection after one answer without saying so; every request
     still succeeds, each once, on a connection of its own."""
     counts = Counting()
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await start_server(nursery, pki, counting_server(counts, small_json, requests_per_connection=1))
-            async with pool_client(port, pki) as http:
-                for _ in range(4):
-                    response = await http.post("/create", content=b"{}")
-                    assert response.status_code == 200
-            assert counts.requests == 4  # nothing sent twice to a server that answered
-            assert counts.connections == 4
-            nursery.cancel_scope.cancel()
+    async with pooled(pki, counts, requests_per_connection=1) as http:
+        for _ in range(4):
+            assert (await http.post("/create", content=b"{}")).status_code == 200
+    assert counts.requests == 4  # nothing sent twice to a server that answered
+    assert counts.connections == 4
+
 
 
 async def test_a_body_abandoned_midway_frees_its_connection_and_slot(pki: Pki) -> None:
     counts = Counting()
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await start_server(nursery, pki, counting_server(counts, small_json))
-            async with pool_client(port, pki, max_connections=1) as http:
-                async with http.stream("GET", "/stream") as response:
-                    chunks = response.aiter_bytes()
-                    assert await anext(chunks)
-                    await kclient._discard(chunks)  # a watch given up after its first event
-                assert http._transport.idle_connections == 0  # type: ignore[attr-defined]
-                assert (await http.get("/a")).status_code == 200  # the one slot is free again
-            assert counts.connections == 2
-            nursery.cancel_scope.cancel()
+    async with pooled(pki, counts, max_connections=1) as http:
+        async with http.stream("GET", "/stream") as response:
+            chunks = response.aiter_bytes()
+            assert await anext(chunks)
+            await kclient._discard(chunks)  # a watch given up after its first event
+        assert http._transport.idle_connections == 0  # type: ignore[attr-defined]
+        assert (await http.get("/a")).status_code == 200  # the one slot is free again
+    assert counts.connections == 2
+
 
 
 async def test_requests_beyond_max_connections_wait_and_time_out_as_pool_timeout(pki: Pki) -> None:
-    counts = Counting()
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            port = await start_server(nursery, pki, counting_server(counts, small_json))
-            async with pool_client(port, pki, max_connections=1) as http:
-                async with http.stream("GET", "/stream"):
-                    with pytest.raises(httpx.PoolTimeout):
-                        await http.get("/a", timeout=httpx.Timeout(5.0, pool=0.2))
-                assert (await http.get("/a")).status_code == 200
-            nursery.cancel_scope.cancel()
+    async with pooled(pki, Counting(), max_connections=1) as http:
+        async with http.stream("GET", "/stream"):
+            with pytest.raises(httpx.PoolTimeout):
+                await http.get("/a", timeout=httpx.Timeout(5.0, pool=0.2))
+        assert (await http.get("/a")).status_code == 200
+
 
 
 async def test_a_garbled_answer_is_a_remote_protocol_error_and_the_connection_is_dropped(pki: Pki) -> None:
