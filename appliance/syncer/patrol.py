@@ -16,6 +16,7 @@ import trio
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, vnode
+from appliance.syncer.context import SyncContext
 from appliance.util import tenancy
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ COUNTER_PLURALS = {
 }
 
 
-def scan_kind(sx: Syncer, kind: Kind) -> tuple[int, int]:
+def scan_kind(sx: SyncContext, kind: Kind) -> tuple[int, int]:
     """Enqueue drifted and orphaned keys of one kind; returns (requeued, orphans). No I/O."""
     if kind.super_sourced:  # no tenancy back-trace on those: the kind compares itself
         return cast("SuperSourcedKind", kind).scan(sx)
@@ -72,7 +73,7 @@ def scan_kind(sx: Syncer, kind: Kind) -> tuple[int, int]:
     return requeued, orphans
 
 
-async def collect_vnodes(sx: Syncer, tenant: Tenant, empty_since: dict[tuple[tenancy.ClusterKey, str], float]) -> None:
+async def collect_vnodes(sx: SyncContext, tenant: Tenant, empty_since: dict[tuple[tenancy.ClusterKey, str], float]) -> None:
     """Delete virtual nodes that have had no tenant Pod for `vnode_gc_grace` seconds."""
     nodes = tenant.informers.get("node")
     pods = tenant.informers.get("pod")

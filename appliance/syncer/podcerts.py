@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,13 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from appliance.kube import errors, resources
 from appliance.syncer import mutation
+from appliance.syncer.context import SyncContext
 from appliance.syncer.mutation import PodCertificateSource as Source
 from appliance.syncer.resources.base import Permanent, Retry
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +102,7 @@ def _request(vpod: Mapping[str, Any], source: Source, *, sa_uid: str, node: str,
     return body
 
 
-def missing(sx: Syncer, vpod: Mapping[str, Any], ppod: Mapping[str, Any]) -> bool:
+def missing(sx: SyncContext, vpod: Mapping[str, Any], ppod: Mapping[str, Any]) -> bool:
     """Whether the super Pod still waits for its certificate Secret (no I/O)."""
     return bool(mutation.pod_certificate_sources(vpod)) and sx.super_cache("secret").get(
         mutation.pod_certificate_secret(vpod["metadata"]["uid"]), ppod["metadata"]["namespace"]) is None
@@ -117,7 +115,7 @@ def _refused(pcr: Mapping[str, Any]) -> str | None:
     return None
 
 
-async def ensure(sx: Syncer, tenant: Tenant, vpod: Mapping[str, Any], ppod: Mapping[str, Any], node_name: str) -> None:
+async def ensure(sx: SyncContext, tenant: Tenant, vpod: Mapping[str, Any], ppod: Mapping[str, Any], node_name: str) -> None:
     """Write the super Pod's certificate Secret once every projection's certificate is issued.
 
     Raises Retry while a signer has not answered, Permanent when it denied a request.

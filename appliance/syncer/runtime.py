@@ -14,7 +14,9 @@ Task tree (all inside `Syncer.run`'s nursery):
 Tenants (their clients and informers) live in the supervisor's per-tenant nurseries and
 are `register`ed here once their caches are synced; handlers only enqueue keys. Work
 items are keys, never objects: a worker always reads the latest state from the caches,
-so a burst of events for one object costs one reconcile.
+so a burst of events for one object costs one reconcile. Kinds and their helpers get the
+Syncer as a `context.SyncContext` (caches, settings, tenants, enqueues) and never import
+this module; each kind declares its worker count (`Kind.workers`).
 """
 
 from __future__ import annotations
@@ -33,16 +35,15 @@ from appliance.kube import errors, resources
 from appliance.kube import informer as kinformer
 from appliance.kube.creds import Credentials
 from appliance.metrics import Registry
-from appliance.syncer import conversion
+from appliance.syncer import conversion, patrol, vnode
 from appliance.syncer.fairqueue import TrioFairQueue
-from appliance.syncer.resources import base
+from appliance.syncer.resources import all_kinds, base, events
 from appliance.syncer.settings import SyncerSettings
 from appliance.syncer.tenant import Tenant, TenantId
 from appliance.util import naming, tenancy
 from appliance.util.drain import Drain
 
 if TYPE_CHECKING:
-    from appliance.syncer.resources.events import EventUpward
     from appliance.syncer.resources.sourced import SuperSourcedKind
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,6 @@ class Syncer:
     ) -> None:
         """`on_register`/`on_unregister` tell others (the proxy) which tenants exist; `drain`
         is the process's graceful stop (workers finish their item and take no other)."""
-        from appliance.syncer.resources import all_kinds, events
-
         self.super_client = super_client
         self.settings = settings
         self.kinds: dict[str, base.Kind] = {k.name: k for k in (kinds or all_kinds(settings.extra_resources))}
@@ -389,8 +388,6 @@ class Syncer:
 
     async def _upward_one(self, kind_name: str, ns: str, name: str, tenant: Tenant) -> None:
         if kind_name == "node":
-            from appliance.syncer import vnode
-
             await vnode.upward(self, tenant, name)
         elif kind_name in self.kinds:
             await self.kinds[kind_name].upward(self, tenant, ns, name)
@@ -408,14 +405,14 @@ class Syncer:
                 self.m_uws.inc(resource=kind_name, code=code)
                 self.m_uws_seconds.observe(trio.current_time() - started, resource=kind_name)
 
-    async def _event_worker(self, events: EventUpward, idle_exit: float | None) -> None:
+    async def _event_worker(self, event_upward: events.EventUpward, idle_exit: float | None) -> None:
         queue = self.queues["event"]
         while (item := await self._next(queue, idle_exit)) is not None:
             ns, name = cast(tuple[str, str], item[1])
             started = trio.current_time()
             with self.drain.work():
                 tenant, code = await self._process(
-                    queue, item, functools.partial(events.upward, super_ns=ns, name=name), what="back-populate event",
+                    queue, item, functools.partial(event_upward.upward, super_ns=ns, name=name), what="back-populate event",
                 )
             if tenant is not None:
                 self.m_uws.inc(resource="event", code=code)
@@ -423,8 +420,6 @@ class Syncer:
 
     # --- run ------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        from appliance.syncer import patrol, vnode
-
         async with trio.open_nursery() as nursery:
             for name, kind in self.kinds.items():
                 inf = kinformer.Informer(
@@ -442,7 +437,7 @@ class Syncer:
             s = self.settings
             for kind in self.kinds.values():
                 nursery.start_soon(self._pool, functools.partial(self._downward_worker, kind),
-                                   self.queues[kind.name], getattr(s, kind.workers_setting), s.downward_growth)
+                                   self.queues[kind.name], kind.workers(s), s.downward_growth)
             nursery.start_soon(self._pool, self._upward_worker, self.upward, s.upward_workers, s.upward_growth)
             if self.event_upward is not None:
                 nursery.start_soon(self._pool, functools.partial(self._event_worker, self.event_upward),

@@ -18,15 +18,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Permanent, Retry
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming, tenancy
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ def same_copy(have: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
     return all(have.get(k) == want.get(k) for k in _CONTENT)
 
 
-async def ensure(sx: Syncer, tenant: Tenant, name: str) -> str:
+async def ensure(sx: SyncContext, tenant: Tenant, name: str) -> str:
     """The name of the super copy of tenant RuntimeClass `name`, made if missing.
 
     Raises Permanent (the tenant gets a Warning) for a missing class, a handler the settings do

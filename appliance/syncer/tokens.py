@@ -17,15 +17,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import mutation
+from appliance.syncer.context import SyncContext
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 #: Annotations of our own (not the tenancy domain: tenants' keys there are stripped).
 ANNOTATION_TOKEN_POD = "vc-appliance.x-k8s.io/token-for-pod"
@@ -71,7 +69,7 @@ def needs_tokens(vpod: dict[str, Any]) -> bool:
 
 
 async def request_token(
-    sx: Syncer, tenant: Tenant, vpod: dict[str, Any], *, audience: str | None = None,
+    sx: SyncContext, tenant: Tenant, vpod: dict[str, Any], *, audience: str | None = None,
     expiration_seconds: int | None = None,
 ) -> tuple[str, dt.datetime]:
     """A token of the Pod's service account from the tenant apiserver, bound to the tenant Pod."""
@@ -121,7 +119,7 @@ def build_secret(
     }
 
 
-async def ensure_secret(sx: Syncer, tenant: Tenant, vpod: dict[str, Any], *, force: bool = False) -> str:
+async def ensure_secret(sx: SyncContext, tenant: Tenant, vpod: dict[str, Any], *, force: bool = False) -> str:
     """Create or refresh the token Secret of `vpod` in its super namespace; returns its name.
 
     Raises errors.ApiError from the tenant (TokenRequest) or the super cluster.
@@ -165,7 +163,7 @@ async def ensure_secret(sx: Syncer, tenant: Tenant, vpod: dict[str, Any], *, for
     return name
 
 
-async def own_by_pod(sx: Syncer, secret: str, pod: dict[str, Any]) -> None:
+async def own_by_pod(sx: SyncContext, secret: str, pod: dict[str, Any]) -> None:
     """Make the super Pod own its token Secret, so the super GC deletes them together."""
     meta = pod["metadata"]
     ref = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}

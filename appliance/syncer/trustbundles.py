@@ -24,15 +24,13 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import mutation
+from appliance.syncer.context import SyncContext
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ async def _matching(tenant: Tenant, selection: Mapping[str, Any]) -> list[dict[s
     return [b for b in listed.items if (b.get("spec") or {}).get("signerName") == selection["signerName"]]
 
 
-async def ensure(sx: Syncer, tenant: Tenant, vobj: Mapping[str, Any]) -> None:
+async def ensure(sx: SyncContext, tenant: Tenant, vobj: Mapping[str, Any]) -> None:
     """Create or refresh the ConfigMaps the super copy of `vobj` will mount."""
     selections = {mutation.trust_bundle_configmap(sel): sel for sel in
                   map(mutation.trust_bundle_selection, mutation.trust_bundle_sources(vobj))}

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.kube import informer as kinformer
+from appliance.syncer.context import SyncContext
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +125,7 @@ def spec_patch(vnode: dict[str, Any], super_node: dict[str, Any]) -> dict[str, A
     return {"spec": diff} if diff else None
 
 
-async def ensure(sx: Syncer, tenant: Tenant, node_name: str) -> None:
+async def ensure(sx: SyncContext, tenant: Tenant, node_name: str) -> None:
     """Create the vnode in the tenant if it is missing; raises Retry if the super node is unknown."""
     from appliance.syncer.resources.base import Retry
 
@@ -152,7 +150,7 @@ async def ensure(sx: Syncer, tenant: Tenant, node_name: str) -> None:
     log.info("tenant %s: virtual node %s created", tenant.key, node_name)
 
 
-async def upward(sx: Syncer, tenant: Tenant, node_name: str) -> None:
+async def upward(sx: SyncContext, tenant: Tenant, node_name: str) -> None:
     vnode = tenant.get("node", node_name)
     super_node = sx.super_nodes.get(node_name)
     if vnode is None or super_node is None:
@@ -175,7 +173,7 @@ def _interesting(new: dict[str, Any] | None, old: dict[str, Any] | None) -> bool
             or _cordoned(new) != _cordoned(old) or _condition_taints(new) != _condition_taints(old))
 
 
-def super_node_handler(sx: Syncer) -> kinformer.Handler:
+def super_node_handler(sx: SyncContext) -> kinformer.Handler:
     """Super node changes that matter (conditions, not heartbeats) go to every tenant holding it."""
 
     def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:

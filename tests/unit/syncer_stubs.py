@@ -1,4 +1,4 @@
-"""A stand-in for the few `Syncer` reads the per-kind hooks make (caches, tenants, enqueues).
+"""A stand-in for the `SyncContext` the per-kind hooks read (caches, tenants, enqueues).
 
 Only for unit tests of pure decisions; nothing here talks to a cluster.
 """

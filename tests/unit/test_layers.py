@@ -51,6 +51,17 @@ PURE = (
     "appliance.util.naming",
     "appliance.util.tenancy",
 )
+#: the kinds and the helpers they call, which see the syncer only as a `context.SyncContext`
+#: (issue 15): none imports the runtime, not even for types, so the runtime can import them
+KIND_SIDE = (
+    "appliance.syncer.context",
+    "appliance.syncer.podcerts",
+    "appliance.syncer.resources",
+    "appliance.syncer.runtimeclasses",
+    "appliance.syncer.tokens",
+    "appliance.syncer.trustbundles",
+    "appliance.syncer.vnode",
+)
 #: third-party and stdlib modules that do I/O (network, files, processes, threads, the clock loop)
 IO_MODULES = (
     "asyncio", "http.client", "httpcore", "httpx", "kubernetes", "multiprocessing",
@@ -116,6 +127,10 @@ RULES = (
          lambda src, dst: within_any(dst, WIRING) and not within_any(src, WIRING)),
     Rule("only kube/creds.py imports kubernetes",
          lambda src, dst: within(dst, "kubernetes") and src != "appliance.kube.creds"),
+    Rule("kinds see the syncer as a SyncContext, not the runtime",
+         lambda src, dst: within_any(src, KIND_SIDE) and within(dst, "appliance.syncer.runtime")),
+    Rule("the SyncContext imports no kind",
+         lambda src, dst: src == "appliance.syncer.context" and within(dst, "appliance.syncer.resources")),
     Rule("pure modules import no I/O",
          lambda src, dst: src in PURE and (within_any(dst, IO_MODULES)
                                            or (within(dst, "appliance") and dst not in PURE))),
@@ -213,7 +228,7 @@ def test_every_exception_is_still_needed(graph: dict[str, set[str]]) -> None:
 def test_listed_modules_exist() -> None:
     """A renamed module cannot drop out of the rules silently."""
     modules = module_names(PACKAGE_DIR)
-    listed = {*COMPONENTS, *WIRING, *PURE, *(m for pair in ALLOWED for m in pair if within(m, "appliance"))}
+    listed = {*COMPONENTS, *WIRING, *PURE, *KIND_SIDE, *(m for pair in ALLOWED for m in pair if within(m, "appliance"))}
     assert set() == listed - set(modules)
 
 
@@ -259,6 +274,13 @@ def test_imports_of_resolves_names(module: str, source: str, expected: set[str])
                      id="syncer-imports-app"),
         pytest.param("appliance.manager.worker", "import kubernetes.client", "only kube/creds.py imports kubernetes",
                      id="kubernetes-outside-creds"),
+        pytest.param("appliance.syncer.resources.pods",
+                     "if TYPE_CHECKING:\n    from appliance.syncer.runtime import Syncer",
+                     "kinds see the syncer as a SyncContext, not the runtime", id="kind-imports-runtime-for-types"),
+        pytest.param("appliance.syncer.vnode", "def f():\n    from appliance.syncer import runtime",
+                     "kinds see the syncer as a SyncContext, not the runtime", id="kind-helper-imports-runtime"),
+        pytest.param("appliance.syncer.context", "from appliance.syncer.resources import base",
+                     "the SyncContext imports no kind", id="context-imports-a-kind"),
         pytest.param("appliance.syncer.conversion", "import trio", "pure modules import no I/O", id="pure-imports-trio"),
         pytest.param("appliance.proxy.routes", "from appliance.kube import client", "pure modules import no I/O",
                      id="pure-imports-impure"),

@@ -15,15 +15,14 @@ the super object's UID as precondition, so a concurrent recreate is never delete
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion
+from appliance.syncer.context import SyncContext
+from appliance.syncer.settings import SyncerSettings
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming, tenancy
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def uid_of(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid", ""))
 
 
-def namespace_owner(sx: Syncer, super_ns: str) -> tuple[tenancy.ClusterKey, str] | None:
+def namespace_owner(sx: SyncContext, super_ns: str) -> tuple[tenancy.ClusterKey, str] | None:
     """(cluster key, tenant namespace) of super namespace `super_ns` if a registered tenant owns it."""
     if not super_ns or "namespace" not in sx.kinds:
         return None
@@ -58,7 +57,7 @@ def namespace_owner(sx: Syncer, super_ns: str) -> tuple[tenancy.ClusterKey, str]
     return tenancy.ClusterKey(cluster), tenant_ns
 
 
-def own_super_namespace(sx: Syncer, tenant: Tenant, tenant_ns: str) -> str:
+def own_super_namespace(sx: SyncContext, tenant: Tenant, tenant_ns: str) -> str:
     """The super namespace of `tenant_ns`, once it exists and is this tenant's copy of it.
 
     Mapped names can collide (a cluster key may extend another one: keys `k` and `k-x` map
@@ -84,8 +83,6 @@ class Kind:
 
     name: ClassVar[str]
     resource: ClassVar[resources.Resource]
-    #: the settings attribute holding this kind's downward worker count
-    workers_setting: ClassVar[str] = "workers"
     #: label selector of the kind's super informer (None: every object)
     super_selector: ClassVar[str | None] = naming.LABEL_VC_NAME
     #: the super cluster is the source of truth (`SuperSourcedKind`): super events and
@@ -97,6 +94,10 @@ class Kind:
     repair_on_super_event: ClassVar[bool] = True
 
     # --- hooks -------------------------------------------------------------------------
+    def workers(self, settings: SyncerSettings) -> int:
+        """How many downward workers the runtime starts for this kind (its pool's base size)."""
+        return settings.workers
+
     def tenant_change_matters(self, new: dict[str, Any], old: dict[str, Any]) -> bool:
         """Whether a tenant MODIFIED event (`old` → `new`) can change what the downward sync
         does; False skips the reconcile (the patrol still compares everything)."""
@@ -120,7 +121,7 @@ class Kind:
         meta = vobj["metadata"]
         return meta.get("namespace", ""), meta["name"]
 
-    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+    def build(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
         tid = tenant.id
         meta = vobj["metadata"]
         obj = conversion.build_super_object(
@@ -133,7 +134,7 @@ class Kind:
         return obj
 
     def patch(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]
     ) -> dict[str, Any] | None:
         """The merge patch that brings `pobj` in line with `vobj`, or None when equal."""
         from appliance.syncer import equality
@@ -145,22 +146,22 @@ class Kind:
         )
 
     async def on_tenant_terminating(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
     ) -> None:
         """A tenant object with a deletionTimestamp: by default nothing (wait until gone)."""
 
-    async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+    async def create(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> None:
         body = self.build(sx, tenant, vobj)
         await self.create_super(sx, tenant, body, own_super_namespace(sx, tenant, vobj["metadata"]["namespace"]))
 
-    async def create_super(self, sx: Syncer, tenant: Tenant, body: dict[str, Any], ns: str) -> None:
+    async def create_super(self, sx: SyncContext, tenant: Tenant, body: dict[str, Any], ns: str) -> None:
         try:
             await sx.super_client.create(self.resource, body, namespace=ns)
         except errors.AlreadyExists:
             await self.name_taken(sx, tenant, body)
         log.debug("created super %s %s/%s", self.name, ns, body["metadata"]["name"])
 
-    async def name_taken(self, sx: Syncer, tenant: Tenant, body: dict[str, Any]) -> NoReturn:
+    async def name_taken(self, sx: SyncContext, tenant: Tenant, body: dict[str, Any]) -> NoReturn:
         """Creating `body` met AlreadyExists: our cache lags, our copy lost the tenancy labels
         our label-filtered cache selects on (they are put back), or someone else owns the name.
 
@@ -181,11 +182,11 @@ class Kind:
             await sx.super_client.patch(self.resource, name, {"metadata": {"labels": lost}}, namespace=ns)
         raise Retry(f"super {self.name} {ns}/{name} exists but is not in our cache yet")
 
-    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def upward(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         """Back-populate super state into the tenant object (kinds with `has_upward`)."""
 
     # --- the reconcile ------------------------------------------------------------------
-    async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def reconcile(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name, ns)
         super_ns = tenant.id.super_namespace(ns)
         pobj = sx.super_cache(self.name).get(self.super_name(name), super_ns)
@@ -215,7 +216,7 @@ class Kind:
         await self.update(sx, tenant, vobj, pobj)
 
     async def update(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]
     ) -> None:
         patch = self.patch(sx, tenant, vobj, pobj)
         if patch:
@@ -225,7 +226,7 @@ class Kind:
             )
 
     async def delete_super(
-        self, sx: Syncer, pobj: dict[str, Any], *, grace_period_seconds: int | None = None
+        self, sx: SyncContext, pobj: dict[str, Any], *, grace_period_seconds: int | None = None
     ) -> None:
         meta = pobj["metadata"]
         try:
@@ -238,7 +239,7 @@ class Kind:
 
     # --- patrol --------------------------------------------------------------------------
     def drifted(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
     ) -> bool:
         """Whether the patrol should requeue this pair (pure, cheap: runs for every object)."""
         if not self.wanted(tenant, vobj) or vobj["metadata"].get("deletionTimestamp"):

@@ -24,7 +24,7 @@ import contextlib
 import copy
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 import trio
@@ -32,13 +32,11 @@ import trio
 from appliance.kube import errors, resources, wire
 from appliance.kube.backoff import Backoff
 from appliance.syncer import conversion
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import namespace_owner
 from appliance.syncer.resources.sourced import RESET_METADATA
 from appliance.syncer.tenant import Tenant
 from appliance.util import tenancy
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +100,7 @@ def tenant_event(
 class EventUpward:
     """The super Event watch and the upward worker step for Events."""
 
-    def __init__(self, sx: Syncer) -> None:
+    def __init__(self, sx: SyncContext) -> None:
         self.sx = sx
         self.pending: dict[tuple[str, str], bytes] = {}
 

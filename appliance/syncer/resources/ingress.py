@@ -7,15 +7,13 @@ addresses the super cluster's ingress controller publishes) are copied to the te
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import resources
 from appliance.syncer import conversion, equality
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Kind
 from appliance.syncer.tenant import Tenant
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 
 def spec_patch(vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
@@ -37,10 +35,10 @@ class IngressKind(Kind):
     resource = resources.INGRESSES
     has_upward = True
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.merge_patches(super().patch(sx, tenant, vobj, pobj), spec_patch(vobj, pobj))
 
-    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def upward(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name, ns)
         pobj = sx.super_cache(self.name).get(name, tenant.id.super_namespace(ns))
         if vobj is None or pobj is None or conversion.tenant_uid(pobj) != vobj["metadata"]["uid"]:
@@ -51,7 +49,7 @@ class IngressKind(Kind):
         if status:
             await tenant.client.patch(self.resource, name, status, namespace=ns, subresource="status")
 
-    def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+    def drifted(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
         if super().drifted(sx, tenant, vobj, pobj):
             return True
         if pobj is not None and conversion.tenant_uid(pobj) == vobj["metadata"]["uid"] and any(

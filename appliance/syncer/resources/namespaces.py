@@ -7,15 +7,13 @@ namespace controller remove everything the tenant had in it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Kind, Permanent, owner_of, uid_of
 from appliance.syncer.tenant import Tenant
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 
 class NamespaceKind(Kind):
@@ -28,7 +26,7 @@ class NamespaceKind(Kind):
     def work_key(self, vobj: dict[str, Any]) -> tuple[str, str]:
         return "", vobj["metadata"]["name"]
 
-    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+    def build(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
         tid = tenant.id
         obj = conversion.build_super_namespace(
             vobj, cluster_key=tid.key, vc_name=tid.vc_name, vc_namespace=tid.vc_namespace,
@@ -38,14 +36,14 @@ class NamespaceKind(Kind):
         obj.pop("spec", None)  # finalizers belong to the super cluster's namespace controller
         return obj
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.meta_dw_patch(
             vobj, pobj,
             exception_prefixes=(*tenant.id.opaque_prefixes, *tenant.id.transparent_prefixes),
             opaque_domains=sx.settings.opaque_meta_domains,
         )
 
-    async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def reconcile(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name)
         super_name = tenant.id.super_namespace(name)
         pobj = sx.super_cache(self.name).get(super_name)

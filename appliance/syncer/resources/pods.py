@@ -18,7 +18,7 @@ terminates (eviction) or vanishes takes the tenant Pod with it.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import (
@@ -31,19 +31,18 @@ from appliance.syncer import (
     trustbundles,
     vnode,
 )
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Kind, Retry, own_super_namespace, owner_of, uid_of
+from appliance.syncer.settings import SyncerSettings
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 30
 
 
-def _service_info(sx: Syncer, name: str, super_ns: str) -> mutation.ServiceInfo | None:
+def _service_info(sx: SyncContext, name: str, super_ns: str) -> mutation.ServiceInfo | None:
     svc = sx.super_cache("service").get(name, super_ns)
     return mutation.ServiceInfo.from_service(svc) if svc is not None else None
 
@@ -69,16 +68,19 @@ def status_free(pod: dict[str, Any]) -> tuple[Any, ...]:
 class PodKind(Kind):
     name = "pod"
     resource = resources.PODS
-    workers_setting = "pod_workers"
     has_upward = True
     repair_on_super_event = False  # super pod changes are upward news, not drift
+
+    def workers(self, settings: SyncerSettings) -> int:
+        """Pods get a pool size of their own, `[syncer] pod-workers`, instead of `workers`."""
+        return settings.pod_workers
 
     def tenant_change_matters(self, new: dict[str, Any], old: dict[str, Any]) -> bool:
         """A status-only change of a tenant Pod (most are the syncer's own upward writes) changes
         nothing downward, unless the Pod has readiness gates (their conditions go down)."""
         return status_free(new) != status_free(old) or bool(equality.readiness_gates(new))
 
-    def context(self, sx: Syncer, tenant: Tenant, vpod: dict[str, Any], token_secret: str | None) -> mutation.PodContext:
+    def context(self, sx: SyncContext, tenant: Tenant, vpod: dict[str, Any], token_secret: str | None) -> mutation.PodContext:
         tid, meta = tenant.id, vpod["metadata"]
         super_ns = tid.super_namespace(meta["namespace"])
         services = tuple(
@@ -102,7 +104,7 @@ class PodKind(Kind):
             tenant_annotations=meta.get("annotations") or {},
         )
 
-    async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+    async def create(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> None:
         if ran_in_super(vobj):
             await self._finish_orphaned_tenant_pod(sx, tenant, vobj)
             return
@@ -132,13 +134,13 @@ class PodKind(Kind):
         if secret is not None:
             await tokens.own_by_pod(sx, secret, created)
 
-    def _mutated(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], secret: str | None) -> dict[str, Any]:
+    def _mutated(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], secret: str | None) -> dict[str, Any]:
         try:
             return mutation.mutate_pod(self.build(sx, tenant, vobj), self.context(sx, tenant, vobj, secret))
         except mutation.MutationError as exc:
             raise Retry(str(exc)) from None
 
-    async def _add_ephemeral_containers(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any],
+    async def _add_ephemeral_containers(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any],
                                         pobj: dict[str, Any], missing: list[str]) -> None:
         """Copy the tenant's new ephemeral containers (`kubectl debug`) to the super Pod, mutated
         as its other containers are (service env, downward API, renamed volumes)."""
@@ -151,7 +153,7 @@ class PodKind(Kind):
                                     namespace=meta["namespace"], subresource="ephemeralcontainers")
 
     async def _finish_orphaned_tenant_pod(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], *, grace: int = 0,
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], *, grace: int = 0,
     ) -> None:
         """The super Pod of a bound tenant Pod is not in the cache: deleted (an eviction during a
         syncer restart, a delete in the super cluster), or only out of the label-filtered cache
@@ -178,7 +180,7 @@ class PodKind(Kind):
         raise Retry(f"super pod {super_ns}/{current['metadata']['name']} exists but is not in the cache yet")
 
     async def on_tenant_terminating(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
     ) -> None:
         meta = vobj["metadata"]
         if pobj is None:
@@ -188,7 +190,7 @@ class PodKind(Kind):
         if pobj["metadata"].get("deletionTimestamp") is None:
             await self.delete_super(sx, pobj, grace_period_seconds=meta.get("deletionGracePeriodSeconds"))
 
-    async def update(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
+    async def update(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
         if pobj["metadata"].get("deletionTimestamp") is not None:
             return  # the super Pod is going away; upward deals with the tenant Pod
         await super().update(sx, tenant, vobj, pobj)
@@ -210,7 +212,7 @@ class PodKind(Kind):
         if mutation.trust_bundle_sources(vobj):
             await trustbundles.ensure(sx, tenant, vobj)  # follow edits of the bundles
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.pod_dw_patch(
             vobj, pobj,
             exception_prefixes=(*tenant.id.opaque_prefixes, *tenant.id.transparent_prefixes),
@@ -226,7 +228,7 @@ class PodKind(Kind):
             pass
 
     # --- upward ---------------------------------------------------------------------------
-    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def upward(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name, ns)
         if vobj is None:
             return
@@ -270,7 +272,7 @@ class PodKind(Kind):
             elif pmeta.get("deletionGracePeriodSeconds") != vmeta.get("deletionGracePeriodSeconds"):
                 await self._delete_tenant(tenant, vobj, grace=pmeta.get("deletionGracePeriodSeconds") or 0)
 
-    def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+    def drifted(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
         meta = vobj["metadata"]
         if pobj is not None and conversion.tenant_uid(pobj) == meta["uid"]:
             if equality.pod_uw_status_patch(vobj, pobj) or (

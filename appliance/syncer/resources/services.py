@@ -19,16 +19,14 @@ addresses of other tenants' Services or of the super apiserver included (CVE-202
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Kind, Permanent, own_super_namespace
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 
 def upward_patch(tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
@@ -80,12 +78,12 @@ class ServiceKind(Kind):
     resource = resources.SERVICES
     has_upward = True
 
-    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+    def build(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
         if has_external_ips(vobj):
             raise Permanent(MESSAGE_EXTERNAL_IPS)
         return conversion.adapt_service(super().build(sx, tenant, vobj), own_range=tenant.service_cidr)
 
-    async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+    async def create(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> None:
         body = self.build(sx, tenant, vobj)
         ns = own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])
         while True:  # each refusal gives up at least one kept field, or is raised
@@ -113,7 +111,7 @@ class ServiceKind(Kind):
             body = conversion.without_cluster_ips(body)
         return body
 
-    async def update(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
+    async def update(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> None:
         if has_external_ips(vobj):
             raise Permanent(MESSAGE_EXTERNAL_IPS)
         try:
@@ -146,10 +144,10 @@ class ServiceKind(Kind):
             f"reachable at the address in annotation {naming.ANNOTATION_TRANSPARENT_CLUSTER_IP}, "
             "which cluster DNS answers"))
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return self._patch(sx, tenant, vobj, pobj, keep_ip=True)
 
-    def _patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any], *,
+    def _patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any], *,
                keep_ip: bool, keep_node_ports: bool = True) -> dict[str, Any] | None:
         return equality.merge_patches(
             super().patch(sx, tenant, vobj, pobj),
@@ -157,7 +155,7 @@ class ServiceKind(Kind):
             kept_ip_patch(vobj, pobj, tenant.service_cidr) if keep_ip else None,
         )
 
-    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def upward(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name, ns)
         pobj = sx.super_cache(self.name).get(name, tenant.id.super_namespace(ns))
         if vobj is None or pobj is None or conversion.tenant_uid(pobj) != vobj["metadata"]["uid"]:
@@ -170,7 +168,7 @@ class ServiceKind(Kind):
             if status:
                 await tenant.client.patch(self.resource, name, status, namespace=ns, subresource="status")
 
-    def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+    def drifted(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
         if has_external_ips(vobj):
             return False  # refused with an Event when it changed; the patrol does not repeat it
         if super().drifted(sx, tenant, vobj, pobj):

@@ -13,16 +13,14 @@ would remove, and Pod references pointing into the super namespace.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import conversion, equality
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Kind, Permanent, Retry, own_super_namespace
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 ROOT_CA = "kube-root-ca.crt"
 TENANT_ROOT_CA = "tenant-kube-root-ca.crt"
@@ -38,7 +36,7 @@ class ConfigMapKind(Kind):
     def tenant_name(self, super_name: str) -> str:
         return ROOT_CA if super_name == TENANT_ROOT_CA else super_name
 
-    async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def reconcile(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         # A tenant ConfigMap named like the root CA's super copy would map onto that copy: the two
         # tenant objects would replace each other's super object for ever. The name is reserved.
         if name == TENANT_ROOT_CA:
@@ -47,10 +45,10 @@ class ConfigMapKind(Kind):
             return
         await super().reconcile(sx, tenant, ns, name)
 
-    def drifted(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
+    def drifted(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None) -> bool:
         return vobj["metadata"]["name"] != TENANT_ROOT_CA and super().drifted(sx, tenant, vobj, pobj)
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.merge_patches(
             super().patch(sx, tenant, vobj, pobj), equality.configmap_data_patch(vobj, pobj)
         )
@@ -63,7 +61,7 @@ class SecretKind(Kind):
     def wanted(self, tenant: Tenant, vobj: dict[str, Any]) -> bool:
         return vobj.get("type") != naming.SECRET_TYPE_SA_TOKEN
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         return equality.merge_patches(
             super().patch(sx, tenant, vobj, pobj), equality.secret_data_patch(vobj, pobj)
         )
@@ -73,10 +71,10 @@ class ServiceAccountKind(Kind):
     name = "serviceaccount"
     resource = resources.SERVICEACCOUNTS
 
-    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+    def build(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
         return conversion.adapt_service_account(super().build(sx, tenant, vobj))
 
-    async def create(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> None:
+    async def create(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> None:
         body = self.build(sx, tenant, vobj)
         meta = body["metadata"]
         own_super_namespace(sx, tenant, vobj["metadata"]["namespace"])  # never adopt in another's
@@ -107,7 +105,7 @@ class EndpointsKind(Kind):
         svc = tenant.get("service", meta["name"], meta["namespace"]) if "service" in tenant.informers else None
         return svc is None or not (svc.get("spec") or {}).get("selector")
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         subsets = equality.json_merge_patch(
             {"subsets": pobj.get("subsets") or None}, {"subsets": vobj.get("subsets") or None}
         )
@@ -127,7 +125,7 @@ class EndpointSliceKind(Kind):
         labels = vobj["metadata"].get("labels") or {}
         return labels.get(_SLICE_LABELS[1]) not in CONTROLLER_SLICE_MANAGERS
 
-    def build(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
+    def build(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> dict[str, Any]:
         obj = super().build(sx, tenant, vobj)
         labels = vobj["metadata"].get("labels") or {}
         obj["metadata"].setdefault("labels", {}).update({k: labels[k] for k in _SLICE_LABELS if k in labels})
@@ -140,7 +138,7 @@ class EndpointSliceKind(Kind):
                     endpoint["targetRef"]["namespace"] = super_ns
         return obj
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         want = self.build(sx, tenant, vobj)
         content = equality.json_merge_patch(
             {"endpoints": pobj.get("endpoints"), "ports": pobj.get("ports")},
@@ -154,13 +152,13 @@ class PersistentVolumeClaimKind(Kind):
     resource = resources.PVCS
     has_upward = True
 
-    def patch(self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
+    def patch(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any]) -> dict[str, Any] | None:
         want = ((vobj.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
         have = ((pobj.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
         size = {"spec": {"resources": {"requests": {"storage": want}}}} if want and want != have else None
         return equality.merge_patches(super().patch(sx, tenant, vobj, pobj), size)
 
-    async def upward(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def upward(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name, ns)
         pobj = sx.super_cache(self.name).get(name, tenant.id.super_namespace(ns))
         if vobj is None or pobj is None or conversion.tenant_uid(pobj) != vobj["metadata"]["uid"]:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Kind, Retry
 from appliance.syncer.tenant import Tenant
 from appliance.util import tenancy
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +46,12 @@ class SuperSourcedKind(Kind):
     repair_on_super_event = False
 
     # --- hooks -------------------------------------------------------------------------
-    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
+    def owners(self, sx: SyncContext, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
         """Keys of the registered tenants that should hold a copy of super object `pobj`."""
         raise NotImplementedError
 
     def out_of_sync(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any] | None, pobj: dict[str, Any] | None
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any] | None, pobj: dict[str, Any] | None
     ) -> bool:
         """Whether `reconcile` would write anything for this pair (pure; used by the patrol)."""
         raise NotImplementedError
@@ -66,7 +64,7 @@ class SuperSourcedKind(Kind):
         return "", vobj["metadata"]["name"]
 
     def on_super_event(
-        self, sx: Syncer, event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
+        self, sx: SyncContext, event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:
         """Enqueue the object for every tenant that cared before or cares now."""
         obj = new if new is not None else old
@@ -78,12 +76,12 @@ class SuperSourcedKind(Kind):
         for key in keys:
             sx.enqueue(self.name, key, ("", obj["metadata"]["name"]))
 
-    def initial_keys(self, sx: Syncer, tenant: Tenant) -> list[tuple[str, str]]:
+    def initial_keys(self, sx: SyncContext, tenant: Tenant) -> list[tuple[str, str]]:
         """Work keys of super objects a newly registered tenant should get."""
         return [("", p["metadata"]["name"]) for p in sx.super_cache(self.name).list()
                 if tenant.key in self.owners(sx, p)]
 
-    def scan(self, sx: Syncer) -> tuple[int, int]:
+    def scan(self, sx: SyncContext) -> tuple[int, int]:
         """Enqueue every (tenant, name) pair that is out of sync; returns (requeued, 0). No I/O."""
         requeued = 0
         cache = sx.super_cache(self.name)
@@ -99,7 +97,7 @@ class SuperSourcedKind(Kind):
         return requeued, 0
 
     def drifted(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any], pobj: dict[str, Any] | None
     ) -> bool:
         return self.out_of_sync(sx, tenant, vobj, pobj)
 

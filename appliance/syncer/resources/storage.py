@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.kube import errors, resources
 from appliance.syncer import equality
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Retry
 from appliance.syncer.resources.sourced import SuperSourcedKind, tenant_copy
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming, tenancy
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +56,11 @@ class PublicKind(SuperSourcedKind):
         """Whether a tenant object without a public super twin is to be deleted."""
         return is_public(vobj)
 
-    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
+    def owners(self, sx: SyncContext, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
         return list(sx.tenants) if is_public(pobj) else ()
 
     def out_of_sync(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any] | None, pobj: dict[str, Any] | None
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any] | None, pobj: dict[str, Any] | None
     ) -> bool:
         if pobj is not None and not is_public(pobj):
             pobj = None
@@ -70,7 +68,7 @@ class PublicKind(SuperSourcedKind):
             return vobj is not None and self.removable(vobj) and not vobj["metadata"].get("deletionTimestamp")
         return vobj is None or content_patch(vobj, pobj) is not None
 
-    async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def reconcile(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vobj = tenant.get(self.name, name)
         pobj = sx.super_cache(self.name).get(name)
         if pobj is not None and not is_public(pobj):

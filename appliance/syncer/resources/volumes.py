@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from appliance.kube import resources
 from appliance.syncer import conversion, equality
+from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Permanent, namespace_owner, owner_of
 from appliance.syncer.resources.sourced import SuperSourcedKind, tenant_copy
 from appliance.syncer.tenant import Tenant
 from appliance.util import naming, tenancy
-
-if TYPE_CHECKING:
-    from appliance.syncer.runtime import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ class Claim(NamedTuple):
     name: str
 
 
-def bound_claim(sx: Syncer, ppv: Mapping[str, Any]) -> Claim | None:
+def bound_claim(sx: SyncContext, ppv: Mapping[str, Any]) -> Claim | None:
     """The tenant claim of super PV `ppv`: its claimRef names a super PVC that a registered
     tenant owns (by the PVC's tenancy annotations) and that has the claimRef's UID."""
     ref = (ppv.get("spec") or {}).get("claimRef") or {}
@@ -85,12 +83,12 @@ class PersistentVolumeKind(SuperSourcedKind):
     resource = resources.PVS
     super_selector = None
 
-    def owners(self, sx: Syncer, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
+    def owners(self, sx: SyncContext, pobj: dict[str, Any]) -> Iterable[tenancy.ClusterKey]:
         claim = bound_claim(sx, pobj)
         return (claim.cluster_key,) if claim is not None else ()
 
     def on_super_event(
-        self, sx: Syncer, event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
+        self, sx: SyncContext, event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> None:
         """Also tell tenants holding a copy of a vanished super PV (its claim may be gone too)."""
         super().on_super_event(sx, event_type, new, old)
@@ -102,7 +100,7 @@ class PersistentVolumeKind(SuperSourcedKind):
                     if vpv is not None and ours(vpv) == uid:
                         sx.enqueue(self.name, tenant.key, ("", name))
 
-    def _tenant_claim(self, sx: Syncer, tenant: Tenant, ppv: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _tenant_claim(self, sx: SyncContext, tenant: Tenant, ppv: dict[str, Any] | None) -> dict[str, Any] | None:
         """The tenant PVC that super PV `ppv` is bound to, if it is this tenant's."""
         claim = bound_claim(sx, ppv) if ppv is not None else None
         if claim is None or claim.cluster_key != tenant.key or "persistentvolumeclaim" not in tenant.informers:
@@ -113,7 +111,7 @@ class PersistentVolumeKind(SuperSourcedKind):
             return None
         return vpvc
 
-    def _stale(self, sx: Syncer, tenant: Tenant, vpv: dict[str, Any], ppv: dict[str, Any] | None) -> bool:
+    def _stale(self, sx: SyncContext, tenant: Tenant, vpv: dict[str, Any], ppv: dict[str, Any] | None) -> bool:
         """A copy of ours whose super twin is gone, replaced, or now bound to another tenant's claim."""
         uid = ours(vpv)
         if uid is None or vpv["metadata"].get("deletionTimestamp"):
@@ -124,7 +122,7 @@ class PersistentVolumeKind(SuperSourcedKind):
         return claim is not None and claim.cluster_key != tenant.key
 
     def out_of_sync(
-        self, sx: Syncer, tenant: Tenant, vobj: dict[str, Any] | None, pobj: dict[str, Any] | None
+        self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any] | None, pobj: dict[str, Any] | None
     ) -> bool:
         if vobj is not None and self._stale(sx, tenant, vobj, pobj):
             return True
@@ -134,7 +132,7 @@ class PersistentVolumeKind(SuperSourcedKind):
             return True
         return ours(vobj) == pobj["metadata"]["uid"] and spec_patch(vobj, pobj) is not None
 
-    async def reconcile(self, sx: Syncer, tenant: Tenant, ns: str, name: str) -> None:
+    async def reconcile(self, sx: SyncContext, tenant: Tenant, ns: str, name: str) -> None:
         vpv = tenant.get(self.name, name)
         ppv = sx.super_cache(self.name).get(name)
         if vpv is not None and self._stale(sx, tenant, vpv, ppv):
