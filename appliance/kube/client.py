@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import ssl
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -122,6 +123,29 @@ def _name_of(body: JsonObject) -> str:
     return str(name)
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing: the Kubernetes API sets no cookies, and looking for them in
+    every response cost httpx ~20 µs of CPU per request."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _ApiHttp(httpx.AsyncClient):
+    """httpx's client without cookies (see `_NoCookies`)."""
+
+    _no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        if cookies:
+            raise ValueError("this client keeps no cookies")
+
+
 class ApiClient:
     """Kubernetes verbs over one HTTP connection pool; build it with `open_client`.
 
@@ -151,6 +175,13 @@ class ApiClient:
         self._ssl: ssl.SSLContext | None = None
         if creds.tls_server_name:
             self._extensions["sni_hostname"] = creds.tls_server_name
+        # Ordinary requests are built here and handed to `http.send`: `http.request` would
+        # merge base URL, headers, cookies and params anew on each call (~0.1 ms of CPU per
+        # request, a fifth of the syncer's cost per Pod). The client's headers and timeout
+        # are read once; the auth flow and everything below it stay the client's.
+        self._base = str(http.base_url).rstrip("/")
+        self._headers = dict(http.headers)
+        self._request_extensions = {**self._extensions, "timeout": http.timeout.as_dict()}
 
     async def renew_client_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
         """Present a renewed client certificate (same CA) on every connection opened from now on.
@@ -176,15 +207,13 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         await self._limiter.acquire()
+        url = self._base + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
         with errors.map_exceptions():
-            response = await self._http.request(
-                method,
-                path,
-                params=params or None,  # an empty mapping still costs httpx a URL rebuild
-                content=content,
-                headers=headers,
-                extensions=self._extensions,
-            )
+            request = httpx.Request(method, url, content=content, extensions=self._request_extensions,
+                                    headers={**self._headers, **headers} if headers else self._headers)
+            response = await self._http.send(request)
         logger.debug("%s %s -> %d", method, path, response.status_code)
         if self._on_response is not None:
             self._on_response(method, response.status_code)
@@ -599,7 +628,7 @@ async def open_client(
         max_keepalive_connections=max_connections,
         keepalive_expiry=30.0,
     )
-    async with httpx.AsyncClient(
+    async with _ApiHttp(
         base_url=creds.server,
         transport=transport.transport(ssl_context=ssl_ctx, limits=limits),
         trust_env=False,

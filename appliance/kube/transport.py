@@ -92,6 +92,18 @@ _CONNECT_ERRORS: dict[type[BaseException], type[Exception]] = {
 }
 
 
+_READ_ERROR_TYPES = tuple(_READ_ERRORS)
+_WRITE_ERROR_TYPES = tuple(_WRITE_ERRORS)
+
+
+def _converted(exc: BaseException, mapping: dict[type[BaseException], type[Exception]]) -> Exception:
+    """httpcore's exception for `exc` (the first matching entry of `mapping`)."""
+    for source, target in mapping.items():
+        if isinstance(exc, source):
+            return target(str(exc) or type(exc).__name__)
+    raise AssertionError(f"unmapped {type(exc).__name__}")  # pragma: no cover
+
+
 def _deadline(timeout: float | None) -> float:
     return math.inf if timeout is None else timeout
 
@@ -176,30 +188,44 @@ class BufferedTLSStream(httpcore.AsyncNetworkStream):
 
     # -- httpcore.AsyncNetworkStream ------------------------------------------------------
 
+    # Without a timeout no cancel scope is opened (Http1Transport keeps one per exchange
+    # instead), and errors are mapped without a context manager: both ran on every read.
+
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _mapped(_READ_ERRORS), trio.fail_after(_deadline(timeout)):
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._plain:
-                await self._send_pending()  # the request this read waits for an answer to
-            while True:
-                data = self._drain(max_bytes)
-                if self._outgoing.pending:  # e.g. a TLS 1.3 KeyUpdate answer
-                    await self._send_pending()
-                if data is not None:
-                    self._active = trio.current_time()
-                    return data
-                await self._receive()
+        try:
+            if timeout is None:
+                return await self._read(max_bytes)
+            with trio.fail_after(timeout):
+                return await self._read(max_bytes)
+        except _READ_ERROR_TYPES as exc:
+            raise _converted(exc, _READ_ERRORS) from exc
+
+    async def _read(self, max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._plain:
+            await self._send_pending()  # the request this read waits for an answer to
+        while True:
+            data = self._drain(max_bytes)
+            if self._outgoing.pending:  # e.g. a TLS 1.3 KeyUpdate answer
+                await self._send_pending()
+            if data is not None:
+                self._active = trio.current_time()
+                return data
+            await self._receive()
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
-        with _mapped(_WRITE_ERRORS), trio.fail_after(_deadline(timeout)):
+        try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._plain.append(bytes(buffer))
             self._plain_size += len(buffer)
             self._active = trio.current_time()
             if self._plain_size >= FLUSH_BYTES:
-                await self._send_pending()
+                with trio.fail_after(_deadline(timeout)):
+                    await self._send_pending()
+        except _WRITE_ERROR_TYPES as exc:
+            raise _converted(exc, _WRITE_ERRORS) from exc
 
     async def aclose(self) -> None:
         await self._raw.aclose()
@@ -411,9 +437,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
     @staticmethod
     async def _exchange(conn: _Conn, reader: http1.ResponseReader, data: bytes,
                         write_timeout: float | None, read_timeout: float | None) -> http1.Head:
-        await conn.stream.write(data, timeout=write_timeout)
-        while (head := reader.next_head()) is None:
-            reader.feed(await conn.stream.read(RECEIVE_BYTES, timeout=read_timeout))
+        """Send the request and wait for the head; one deadline for sending and the head."""
+        try:
+            with trio.fail_after(_deadline(read_timeout) + _deadline(write_timeout)):
+                await conn.stream.write(data)
+                while (head := reader.next_head()) is None:
+                    reader.feed(await conn.stream.read(RECEIVE_BYTES))
+        except trio.TooSlowError:
+            raise httpcore.ReadTimeout("no response head within the read timeout") from None
         return head
 
     def _take_idle(self, origin: tuple[bytes, bytes, int]) -> _Conn | None:

@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from appliance.kube import client as kclient
 from appliance.kube import errors, ratelimit, resources
 from appliance.kube.client import ApiClient, _BearerToken
 from appliance.kube.creds import Credentials
@@ -502,3 +503,46 @@ async def test_watch_closed_early_releases_stream() -> None:
         async for event in events:
             assert "a" == event.name
             break
+
+
+async def test_query_values_are_percent_encoded_and_headers_and_extensions_kept() -> None:
+    """Requests built by the client itself: selectors with spaces, commas, '!' and '=' reach
+    the server intact; the client's default headers and per-client extensions ride along."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return json_response(200, {"kind": "PodList", "items": [], "metadata": {"resourceVersion": "1"}})
+
+    http = kclient._ApiHttp(transport=httpx.MockTransport(handler), base_url="https://apiserver:6443/",
+                            headers={"User-Agent": "ua-test"})
+    api = ApiClient(http, creds=Credentials(server="https://apiserver:6443", tls_server_name="kubernetes"),
+                    limiter=ratelimit.RateLimiter(qps=math.inf, burst=1))
+    selector = "app in (a, b),tier!=db,x=y&z"
+    await api.list(resources.PODS, namespace="ns", label_selector=selector)
+    (request,) = seen
+    assert request.url.path == "/api/v1/namespaces/ns/pods"
+    assert request.url.params["labelSelector"] == selector
+    assert b"+" not in request.url.query  # spaces as %20: '+' would be a literal plus elsewhere
+    assert request.headers["User-Agent"] == "ua-test"
+    assert request.extensions["sni_hostname"] == "kubernetes"
+    assert request.extensions["timeout"] == http.timeout.as_dict()
+
+
+async def test_the_client_keeps_no_cookies() -> None:
+    """A Set-Cookie from the server is not stored nor sent back (the API uses none)."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"}, content=b'{"kind":"Pod"}')
+
+    http = kclient._ApiHttp(transport=httpx.MockTransport(handler), base_url="https://apiserver:6443")
+    api = ApiClient(http, creds=Credentials(server="https://apiserver:6443"),
+                    limiter=ratelimit.RateLimiter(qps=math.inf, burst=1))
+    for _ in range(2):
+        await api.get(resources.PODS, "p", namespace="ns")
+    assert "cookie" not in seen[1].headers
+    assert not http.cookies
+    with pytest.raises(ValueError, match="no cookies"):
+        http.cookies = {"a": "b"}
