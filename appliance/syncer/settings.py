@@ -72,8 +72,9 @@ class SyncerSettings(SyncerConfig, frozen=True):
     #: worker leaves after `pool_idle_exit` s without work. Upward (and Event) writes wait on
     #: tenant apiservers, so more of them in flight cut the upward queue wait. Downward, the
     #: ceiling is workers ÷ super create latency: once a request cost the syncer 0.35 ms of
-    #: CPU instead of 1.4 ms, growing the Pod pool to 30 under a burst raised pods Running/s
-    #: from 41 to 52 (direct: 55) on the 2-core bed (bench/RESULTS.md, issue 15).
+    #: CPU instead of 1.4 ms, growing the Pod pool to 20 under a burst raised pods Running/s
+    #: from 41 to 50 (direct: 55) on the 2-core bed; growing it to 30 gained little more and
+    #: tripled the upward wait, the CPU going to creates (bench/RESULTS.md, issue 15).
     upward_growth: int = 4
-    downward_growth: int = 3
+    downward_growth: int = 2
     pool_idle_exit: float = 10.0
