@@ -5,6 +5,7 @@ Only for unit tests of pure decisions; nothing here talks to a cluster.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ class StubCache:
     def get(self, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         return self.objects.get((namespace or "", name))
 
+    def get_raw(self, name: str, namespace: str | None = None) -> bytes | None:
+        obj = self.objects.get((namespace or "", name))
+        return None if obj is None else json.dumps(obj).encode()
+
     def list(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return [o for (ns, _), o in self.objects.items() if namespace is None or ns == namespace]
 
@@ -33,10 +38,22 @@ class StubCache:
         return list(self.objects)
 
 
+class RecordingClient:
+    """Records creates (kind, namespace, body) instead of sending them."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    async def create(self, res: Any, body: dict[str, Any], *, namespace: str | None = None, **_: Any) -> dict[str, Any]:
+        self.created.append((res.kind, namespace, body))
+        return body
+
+
 @dataclass
 class StubTenant:
     key: str
     informers: dict[str, StubCache] = field(default_factory=dict)
+    client: RecordingClient = field(default_factory=RecordingClient)
 
     @property
     def id(self) -> Any:

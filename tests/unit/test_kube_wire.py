@@ -90,6 +90,15 @@ def test_meta_of_ignores_everything_else() -> None:
     assert wire.Meta(name="p", namespace="ns", resource_version="42", uid="u-1") == meta
 
 
+def test_identity_of_reads_uid_and_annotations_only() -> None:
+    """The identity view: uid and annotations (empty when absent); bad JSON is a TransportError."""
+    annotated = {**POD, "metadata": {**POD["metadata"], "annotations": {"a": "1"}}}
+    assert ("u-1", {"a": "1"}) == wire.identity_of(msgspec.json.encode(annotated))
+    assert ("", {}) == wire.identity_of(b'{"kind":"Pod"}')
+    with pytest.raises(errors.TransportError):
+        wire.identity_of(b'{"metadata":{"annotations":{"a":1}}}')
+
+
 @pytest.mark.parametrize(
     ("item", "expected"),
     [

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from appliance.syncer.resources import events
-from tests.unit.syncer_stubs import StubSyncer, super_namespace
+from appliance.util import naming
+from tests.unit.syncer_stubs import StubCache, StubSyncer, StubTenant, super_namespace
 
 KEY = "vc-1-abc123-t"
 
@@ -77,3 +78,33 @@ def test_pending_event_bodies_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
         assert up.offer(_raw(metadata__name=f"e{i}"))
     assert [name for _, name in up.pending] == ["e2", "e3", "e4"]
     assert len(sx.queued) == 5
+
+
+def _pod(name: str, namespace: str, uid: str, tenant_uid: str | None = None) -> dict[str, Any]:
+    annotations = {naming.ANNOTATION_UID: tenant_uid} if tenant_uid else {}
+    return {"metadata": {"name": name, "namespace": namespace, "uid": uid, "annotations": annotations}}
+
+
+@pytest.mark.parametrize(("tenant_pods", "super_tenant_uid", "copied"), [
+    pytest.param([_pod("web", "shop", "tenant-pod-uid")], "tenant-pod-uid", True, id="current-tenant-pod"),
+    pytest.param([_pod("web", "shop", "tenant-pod-uid")], "older-tenant-uid", False, id="super-twin-of-an-earlier-pod"),
+    pytest.param([], "tenant-pod-uid", False, id="tenant-pod-gone"),
+])
+async def test_upward_copies_events_only_about_the_current_tenant_object(
+    tenant_pods: list[dict[str, Any]], super_tenant_uid: str, copied: bool
+) -> None:
+    """The worker step creates the tenant copy, naming the tenant Pod's UID, unless the Event is
+    about a super Pod that mirrors an earlier tenant Pod of that name, or the tenant Pod is gone."""
+    tenant = StubTenant(KEY, informers={"pod": StubCache(tenant_pods)})
+    super_pod = _pod("web", f"{KEY}-shop", "super-pod-uid", super_tenant_uid)
+    sx = StubSyncer(tenants=[tenant], namespaces=[super_namespace(KEY, "shop")], caches={"pod": [super_pod]})
+    up = events.EventUpward(sx)  # type: ignore[arg-type]
+    assert up.offer(_raw())
+    await up.upward(tenant, f"{KEY}-shop", "web.17a")  # type: ignore[arg-type]
+    if not copied:
+        assert tenant.client.created == []
+        return
+    ((kind, namespace, body),) = tenant.client.created
+    assert (kind, namespace) == ("Event", "shop")
+    assert body["involvedObject"]["uid"] == "tenant-pod-uid"
+    assert body["metadata"] == {"name": "web.17a", "namespace": "shop", "labels": {"a": "b"}}

@@ -21,7 +21,6 @@ again; that is idempotent for the same reason.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -31,12 +30,11 @@ import trio
 
 from appliance.kube import errors, resources, wire
 from appliance.kube.backoff import Backoff
-from appliance.syncer import conversion
 from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import namespace_owner
 from appliance.syncer.resources.sourced import RESET_METADATA
 from appliance.syncer.tenant import Tenant
-from appliance.util import tenancy
+from appliance.util import naming, tenancy
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +82,9 @@ def tenant_event(
     involvedObject.namespace = the tenant's, involvedObject.uid = the tenant object's,
     involvedObject.resourceVersion cleared, the cluster key removed from the message.
     """
-    new = copy.deepcopy(dict(super_event))
+    # Only the levels changed here are copied (a deep copy of every Event cost more than the
+    # rest of this function); nested values left as they are are shared with `super_event`.
+    new = dict(super_event)
     meta = new["metadata"] = dict(new.get("metadata") or {})
     for name in RESET_METADATA:
         meta.pop(name, None)
@@ -139,15 +139,17 @@ class EventUpward:
         if owner is None or owner[0] != tenant.key or kind is None or kind not in tenant.informers:
             return
         tenant_ns = owner[1]
-        vobj = tenant.get(kind, involved.get("name", ""), tenant_ns)
-        if vobj is None:
+        # Only UIDs and the tenant-UID annotation are compared: no full decode of either object.
+        vraw = tenant.informers[kind].get_raw(involved.get("name", ""), tenant_ns)
+        if vraw is None:
             return
-        pobj = self.sx.super_cache(kind).get(involved.get("name", ""), super_ns) if kind in self.sx.kinds else None
-        if (pobj is not None and pobj["metadata"].get("uid") == involved.get("uid")
-                and conversion.tenant_uid(pobj) != vobj["metadata"]["uid"]):
-            return  # about the super twin of an earlier tenant object of that name
-        body = tenant_event(pevent, cluster_key=tenant.key, tenant_namespace=tenant_ns,
-                            involved_uid=vobj["metadata"]["uid"])
+        vuid = wire.meta_of(vraw).uid
+        praw = self.sx.super_cache(kind).get_raw(involved.get("name", ""), super_ns) if kind in self.sx.kinds else None
+        if praw is not None:
+            puid, annotations = wire.identity_of(praw)
+            if puid == involved.get("uid") and (annotations.get(naming.ANNOTATION_UID) or None) != vuid:
+                return  # about the super twin of an earlier tenant object of that name
+        body = tenant_event(pevent, cluster_key=tenant.key, tenant_namespace=tenant_ns, involved_uid=vuid)
         with contextlib.suppress(errors.AlreadyExists):
             await tenant.client.create(resources.EVENTS, body, namespace=tenant_ns)
 
