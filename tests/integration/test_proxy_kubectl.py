@@ -130,7 +130,14 @@ async def test_kubectl_exec_stdin_output_survives_an_early_exit(super_cluster: S
     """`exec -i` with a command that exits before stdin ends (kwok never closes a command's
     stdin, so `head -c` is the way to read it there): the upstream resets the connection while
     kubectl still sends, and the output must reach kubectl anyway, in every run. (This lost
-    the output in about one run in ten before the proxy kept reading after a failed write.)"""
+    the output in about one run in ten before the proxy kept reading after a failed write.)
+
+    At most one run in the 50 may still come back empty (rc 0, no output, no error): kwok's
+    exec never reads the stdin it is sent, so when its command ends it closes a socket with
+    unread data, which TCP turns into a reset that can take the output with it before any
+    relay reads it (seen once in CI at 39a4c69). The old bug lost about 5 of 50 (this fails
+    then with 97 % probability); the real-node test (`realnode/test_streams.py`) checks
+    `exec -i` byte for byte in every one of 100 runs through containerd, with no allowance."""
     a = slice_env["a"]
     name = f"stdin-{uuid.uuid4().hex[:6]}"
     await _running_tenant_pod(super_cluster, a, name)
@@ -141,7 +148,8 @@ async def test_kubectl_exec_stdin_output_survives_an_early_exit(super_cluster: S
                                     "sh", "-c", "head -c 65536 | wc -c", stdin=b"x" * 65536, env=env, check=False)
             if out.stdout.strip() != "65536":
                 failures.append((env, run, out.returncode, out.stdout, out.stderr[-200:]))
-    assert failures == []
+    assert len(failures) <= 1, failures
+    assert all(rc == 0 and not stdout.strip() and not stderr.strip() for _, _, rc, stdout, stderr in failures), failures
 
 
 async def test_kubectl_port_forward_round_trip_through_the_proxy(super_cluster: SuperCluster, slice_env: dict) -> None:
