@@ -212,7 +212,8 @@ class ApiClient:
             url += "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
         with errors.map_exceptions():
             request = httpx.Request(method, url, content=content, extensions=self._request_extensions,
-                                    headers={**self._headers, **headers} if headers else self._headers)
+                                    headers={**self._headers, **{k.lower(): v for k, v in headers.items()}}
+                                    if headers else self._headers)  # names case-insensitive, as httpx merges
             response = await self._http.send(request)
         logger.debug("%s %s -> %d", method, path, response.status_code)
         if self._on_response is not None:

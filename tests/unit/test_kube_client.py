@@ -546,3 +546,15 @@ async def test_the_client_keeps_no_cookies() -> None:
     assert not http.cookies
     with pytest.raises(ValueError, match="no cookies"):
         http.cookies = {"a": "b"}
+
+
+async def test_a_header_given_per_request_replaces_the_clients_default() -> None:
+    """Per-request headers override the client's defaults whatever their case (one Accept)."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"plain")
+
+    await make_client(handler).request("GET", "/logs", headers={"Accept": "text/plain"})
+    assert seen[0].headers.get_list("accept") == ["text/plain"]
