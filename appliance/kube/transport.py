@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpcore
@@ -58,15 +58,12 @@ IDLE_PROBE_AFTER = 1.0
 
 
 @contextlib.contextmanager
-def _mapped(mapping: dict[type[BaseException], type[Exception]]) -> Iterator[None]:
-    """Raise httpcore's exception for what the block raised, chained (httpx maps those)."""
+def _mapped(mapping: Mapping[type[BaseException], type[Exception]]) -> Iterator[None]:
+    """Raise the exception `mapping` names for what the block raised, chained."""
     try:
         yield
     except tuple(mapping) as exc:
-        for source, target in mapping.items():
-            if isinstance(exc, source):
-                raise target(str(exc) or type(exc).__name__) from exc
-        raise  # pragma: no cover (the tuple above and the loop cover the same types)
+        raise _converted(exc, mapping) from exc
 
 
 _READ_ERRORS: dict[type[BaseException], type[Exception]] = {
@@ -96,8 +93,8 @@ _READ_ERROR_TYPES = tuple(_READ_ERRORS)
 _WRITE_ERROR_TYPES = tuple(_WRITE_ERRORS)
 
 
-def _converted(exc: BaseException, mapping: dict[type[BaseException], type[Exception]]) -> Exception:
-    """httpcore's exception for `exc` (the first matching entry of `mapping`)."""
+def _converted(exc: BaseException, mapping: Mapping[type[BaseException], type[Exception]]) -> Exception:
+    """The exception `mapping` names for `exc` (its first matching entry)."""
     for source, target in mapping.items():
         if isinstance(exc, source):
             return target(str(exc) or type(exc).__name__)
@@ -338,14 +335,7 @@ _TO_HTTPX: dict[type[BaseException], type[httpx.TransportError]] = {
     httpcore.WriteError: httpx.WriteError,
     http1.ProtocolError: httpx.RemoteProtocolError,
 }
-
-
-@contextlib.contextmanager
-def _httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except tuple(_TO_HTTPX) as exc:
-        raise _TO_HTTPX[type(exc)](str(exc) or type(exc).__name__) from exc
+_TO_HTTPX_TYPES = tuple(_TO_HTTPX)
 
 
 class Http1Transport(httpx.AsyncBaseTransport):
@@ -388,7 +378,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
         data = http1.encode_request(request.method.encode("ascii"), url.raw_path, request.headers.raw, body)
         read_timeout = timeouts.get("read")
-        with _httpx_errors():
+        with _mapped(_TO_HTTPX):
             try:
                 with trio.fail_after(_deadline(timeouts.get("pool"))):
                     await self._slots.acquire()
@@ -499,12 +489,13 @@ class _ResponseBody(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             raise StopAsyncIteration
-        try:
-            with _httpx_errors():
-                while (data := self._reader.next_body()) is None:
-                    self._reader.feed(await conn.stream.read(RECEIVE_BYTES, timeout=self._read_timeout))
-        except BaseException:
+        try:  # per chunk of a watch: errors mapped inline, not through a context manager
+            while (data := self._reader.next_body()) is None:
+                self._reader.feed(await conn.stream.read(RECEIVE_BYTES, timeout=self._read_timeout))
+        except BaseException as exc:
             self._release(False)
+            if isinstance(exc, _TO_HTTPX_TYPES):
+                raise _converted(exc, _TO_HTTPX) from exc
             raise
         if data:
             if self._reader.done:  # the last bytes: hand the connection back now
