@@ -210,11 +210,13 @@ class ApiClient:
         url = self._base + path
         if params:
             url += "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
-        with errors.map_exceptions():
+        try:  # as errors.map_exceptions, without a context manager per request
             request = httpx.Request(method, url, content=content, extensions=self._request_extensions,
                                     headers={**self._headers, **{k.lower(): v for k, v in headers.items()}}
                                     if headers else self._headers)  # names case-insensitive, as httpx merges
             response = await self._http.send(request)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise errors.transport_error(exc) from exc
         logger.debug("%s %s -> %d", method, path, response.status_code)
         if self._on_response is not None:
             self._on_response(method, response.status_code)

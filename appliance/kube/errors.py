@@ -188,10 +188,15 @@ def map_exceptions() -> Iterator[None]:
     """Turn httpx failures inside the block into `TransportError`, chaining the original."""
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise TransportError(f"timed out ({type(exc).__name__})") from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+        raise transport_error(exc) from exc
+
+
+def transport_error(exc: httpx.HTTPError | httpx.InvalidURL) -> TransportError:
+    """The `TransportError` for an httpx failure (raise it `from` the original)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportError(f"timed out ({type(exc).__name__})")
+    return TransportError(f"{type(exc).__name__}: {exc}")
 
 
 def _phrase(code: int) -> str:

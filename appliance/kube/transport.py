@@ -192,8 +192,9 @@ class BufferedTLSStream(httpcore.AsyncNetworkStream):
         try:
             if timeout is None:
                 return await self._read(max_bytes)
-            with trio.fail_after(timeout):
+            with trio.CancelScope(deadline=trio.current_time() + timeout):
                 return await self._read(max_bytes)
+            raise httpcore.ReadTimeout(f"nothing received within {timeout} s")  # the scope's deadline passed
         except _READ_ERROR_TYPES as exc:
             raise _converted(exc, _READ_ERRORS) from exc
 
@@ -376,14 +377,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
         body = await request.aread()
         url = request.url
         origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
-        data = http1.encode_request(request.method.encode("ascii"), url.raw_path, request.headers.raw, body)
+        try:
+            data = http1.encode_request(request.method.encode("ascii"), url.raw_path, request.headers.raw, body)
+        except http1.ProtocolError as exc:  # a header value that cannot be sent: ours, not the server's
+            raise httpx.LocalProtocolError(str(exc)) from exc
         read_timeout = timeouts.get("read")
-        with _mapped(_TO_HTTPX):
+        try:  # errors mapped inline and no cancel scope while a slot is free: this runs per request
             try:
-                with trio.fail_after(_deadline(timeouts.get("pool"))):
-                    await self._slots.acquire()
-            except trio.TooSlowError:
-                raise httpcore.PoolTimeout("no connection free within the pool timeout") from None
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                await self._wait_for_slot(timeouts.get("pool"))
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 while True:
                     conn = self._take_idle(origin)
@@ -404,12 +409,20 @@ class Http1Transport(httpx.AsyncBaseTransport):
             except BaseException:
                 self._slots.release()
                 raise
+        except _TO_HTTPX_TYPES as exc:
+            raise _converted(exc, _TO_HTTPX) from exc
         return httpx.Response(
             head.status,
             headers=head.headers,
             stream=_ResponseBody(self, conn, reader, read_timeout),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": head.reason},
         )
+
+    async def _wait_for_slot(self, timeout: float | None) -> None:
+        with trio.move_on_after(_deadline(timeout)):
+            await self._slots.acquire()
+            return
+        raise httpcore.PoolTimeout("no connection free within the pool timeout")
 
     async def _connect(self, origin: tuple[bytes, bytes, int], timeout: float | None,
                        sni: str | None) -> _Conn:
@@ -428,14 +441,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
     async def _exchange(conn: _Conn, reader: http1.ResponseReader, data: bytes,
                         write_timeout: float | None, read_timeout: float | None) -> http1.Head:
         """Send the request and wait for the head; one deadline for sending and the head."""
-        try:
-            with trio.fail_after(_deadline(read_timeout) + _deadline(write_timeout)):
-                await conn.stream.write(data)
-                while (head := reader.next_head()) is None:
-                    reader.feed(await conn.stream.read(RECEIVE_BYTES))
-        except trio.TooSlowError:
-            raise httpcore.ReadTimeout("no response head within the read timeout") from None
-        return head
+        with trio.CancelScope(deadline=trio.current_time() + _deadline(read_timeout) + _deadline(write_timeout)):
+            await conn.stream.write(data)
+            while (head := reader.next_head()) is None:
+                reader.feed(await conn.stream.read(RECEIVE_BYTES))
+            return head
+        raise httpcore.ReadTimeout("no response head within the read timeout")
 
     def _take_idle(self, origin: tuple[bytes, bytes, int]) -> _Conn | None:
         stack = self._idle.get(origin)

@@ -266,8 +266,14 @@ SUPER_POD_CONDITIONS = frozenset({
 })
 
 
-def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any]) -> dict[str, Any] | None:
+def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, Any], *,
+                        bound: bool = False) -> dict[str, Any] | None:
     """Status merge patch mirroring super Pod status to the tenant (SPEC §3.7 Pod UWS step 4).
+
+    `bound`: `tenant_pod` is the cached Pod from before the Binding the caller just made. The
+    tenant apiserver set `PodScheduled=True` itself when it bound the Pod, so the super Pod's
+    `PodScheduled` (a different transition time) is taken as already there: a Pod that is only
+    scheduled needs no status write; its next status change carries the super condition.
 
     Readiness-gate conditions are the tenant's own: those for gates the tenant declares keep the
     tenant value (and are kept even if super lacks them); those for gates only super declares
@@ -293,6 +299,8 @@ def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, A
     )
     desired = dict(super_pod.get("status") or {})
     have = tenant_pod.get("status") or {}
+    if bound:
+        have = _as_bound(have, conditions)
     if "observedGeneration" in desired:
         desired["observedGeneration"] = generation(desired["observedGeneration"], have.get("observedGeneration"))
         if desired["observedGeneration"] is None:
@@ -301,6 +309,21 @@ def pod_uw_status_patch(tenant_pod: Mapping[str, Any], super_pod: Mapping[str, A
         desired["conditions"] = conditions
     patch = json_merge_patch(have, desired)
     return {"status": patch} if patch is not None else None
+
+
+def _as_bound(status: Mapping[str, Any], desired_conditions: list[dict[str, Any]]) -> Mapping[str, Any]:
+    """`status` as the tenant apiserver left it after a Binding, with the wanted `PodScheduled=True`."""
+    scheduled = next((c for c in desired_conditions
+                      if c.get("type") == "PodScheduled" and c.get("status") == "True"), None)
+    if scheduled is None:
+        return status
+    have = list(status.get("conditions") or ())
+    at = next((i for i, c in enumerate(have) if c.get("type") == "PodScheduled"), None)
+    if at is None:
+        have.append(scheduled)
+    else:
+        have[at] = scheduled
+    return {**status, "conditions": have}
 
 
 def _condition_generation(cond: dict[str, Any], have: Mapping[str, Any] | None,

@@ -390,3 +390,27 @@ async def test_a_garbled_answer_is_a_remote_protocol_error_and_the_connection_is
                     await http.get("/a")
                 assert http._transport.idle_connections == 0  # type: ignore[attr-defined]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_header_that_cannot_be_sent_is_a_local_protocol_error_before_any_connection(pki: Pki) -> None:
+    counts = Counting()
+    async with pooled(pki, counts) as http:
+        with pytest.raises(httpx.LocalProtocolError):
+            await http.get("/a", headers={"x-note": "one\r\nInjected: two"})
+        assert (await http.get("/a")).status_code == 200  # the slot was not taken
+    assert (counts.connections, counts.requests) == (1, 1)
+
+
+async def test_a_server_that_never_answers_is_a_read_timeout_and_frees_the_slot(pki: Pki) -> None:
+    async def serve(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.receive_some(65536)
+        await trio.sleep_forever()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, pki, serve)
+            async with pool_client(port, pki, max_connections=1) as http:
+                for _ in range(2):  # the second would wait for the slot forever if the first kept it
+                    with pytest.raises(httpx.ReadTimeout):
+                        await http.get("/a", timeout=httpx.Timeout(5.0, read=0.2, write=0.2))
+            nursery.cancel_scope.cancel()

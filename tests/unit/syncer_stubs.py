@@ -39,14 +39,21 @@ class StubCache:
 
 
 class RecordingClient:
-    """Records creates (kind, namespace, body) instead of sending them."""
+    """Records creates (kind, namespace, body) and patches (kind, name, subresource, body)
+    instead of sending them."""
 
     def __init__(self) -> None:
         self.created: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.patched: list[tuple[str, str, str | None, Any]] = []
 
     async def create(self, res: Any, body: dict[str, Any], *, namespace: str | None = None, **_: Any) -> dict[str, Any]:
         self.created.append((res.kind, namespace, body))
         return body
+
+    async def patch(self, res: Any, name: str, body: Any, *, subresource: str | None = None,
+                    **_: Any) -> dict[str, Any]:
+        self.patched.append((res.kind, name, subresource, body))
+        return {}
 
 
 @dataclass

@@ -289,6 +289,27 @@ def test_pod_uw_status_patch_mirrors_fields() -> None:
     assert equality.pod_uw_status_patch(super_, super_) is None
 
 
+def test_pod_uw_status_patch_after_our_binding_skips_a_scheduled_only_write() -> None:
+    """Right after our Binding, the tenant apiserver has set PodScheduled itself: a super Pod that
+    is only scheduled needs no status write, one that runs still gets its whole status."""
+    scheduled = {**cond("PodScheduled"), "lastTransitionTime": "2026-12-06T09:00:01Z"}
+    tenant = pod(status={"phase": "Pending", "qosClass": "BestEffort"}, conditions=[])
+    super_ = pod(status={"phase": "Pending", "qosClass": "BestEffort"}, conditions=[scheduled])
+    assert equality.pod_uw_status_patch(tenant, super_) is not None  # not bound by us: write it
+    assert equality.pod_uw_status_patch(tenant, super_, bound=True) is None
+    running = pod(status={"phase": "Running", "qosClass": "BestEffort", "podIP": "10.1.0.5"},
+                  conditions=[scheduled, cond("Ready")])
+    assert {"status": {"phase": "Running", "podIP": "10.1.0.5", "conditions": [scheduled, cond("Ready")]}} == \
+        equality.pod_uw_status_patch(tenant, running, bound=True)
+    # a PodScheduled the tenant had (False: unschedulable before) is the one the Binding replaced
+    was_unschedulable = pod(status={"phase": "Pending", "qosClass": "BestEffort"},
+                            conditions=[cond("PodScheduled", "False")])
+    assert equality.pod_uw_status_patch(was_unschedulable, super_, bound=True) is None
+    # super not scheduled as True: nothing is assumed
+    unscheduled = pod(status={"phase": "Pending", "qosClass": "BestEffort"}, conditions=[cond("PodScheduled", "False")])
+    assert equality.pod_uw_status_patch(tenant, unscheduled, bound=True) is not None
+
+
 def _generations(p: dict[str, Any], generation: int, observed: int | None = None) -> dict[str, Any]:
     p = copy.deepcopy(p)
     p["metadata"]["generation"] = generation

@@ -245,6 +245,7 @@ class PodKind(Kind):
         if conversion.tenant_uid(pobj) != uid_of(vobj):
             return  # the downward reconcile replaces the stale super Pod
         pmeta, node = pobj["metadata"], (pobj.get("spec") or {}).get("nodeName")
+        bound = False
         if node and not vspec.get("nodeName"):
             await vnode.ensure(sx, tenant, node)
             binding = {
@@ -254,6 +255,7 @@ class PodKind(Kind):
             }
             try:
                 await tenant.client.create(self.resource, binding, namespace=ns, subresource="binding", name=name)
+                bound = True
             except errors.Conflict:
                 pass  # bound meanwhile
         elif node and vspec.get("nodeName") and tenant.informers["node"].get_raw(node) is None:
@@ -261,7 +263,7 @@ class PodKind(Kind):
         meta_patch = equality.meta_uw_patch(vobj, pobj, transparent_prefixes=tenant.id.transparent_prefixes)
         if meta_patch:
             await tenant.client.patch(self.resource, name, meta_patch, namespace=ns)
-        status = equality.pod_uw_status_patch(vobj, pobj)
+        status = equality.pod_uw_status_patch(vobj, pobj, bound=bound)
         if status:
             await tenant.client.patch(self.resource, name, status, namespace=ns, subresource="status")
         if node and pmeta.get("deletionTimestamp") is None and podcerts.missing(sx, vobj, pobj):
