@@ -281,6 +281,8 @@ def _trace_pods(sx: Any) -> dict[str, dict[tuple[str, str, str], float]]:
     `event` the syncer's tenant informer handed it the ADDED event, `start` the first reconcile
     began, `end` the first reconcile that finished without an error returned. Wraps the syncer's
     own handler factory and the pod kind's reconcile; nothing else changes."""
+    from appliance.kube import wire
+
     stages: dict[str, dict[tuple[str, str, str], float]] = {"event": {}, "start": {}, "end": {}}
     factory = sx.tenant_handler
 
@@ -319,12 +321,13 @@ def _trace_pods(sx: Any) -> dict[str, dict[tuple[str, str, str], float]]:
         if kind != "pod":
             return handler
 
-        def traced(event_type: str, new: Any, old: Any) -> None:
-            if new is not None and ((new.get("status") or {}).get("phase")) == "Running":
-                ann = (new.get("metadata") or {}).get("annotations") or {}
+        def traced(event_type: str, new: bytes | None, old: bytes | None) -> None:  # a raw handler
+            if new is not None and b'"phase":"Running"' in new:
+                meta = wire.origin_of(new)["metadata"]
+                ann = meta["annotations"]
                 ck, ns = ann.get("tenancy.x-k8s.io/cluster"), ann.get("tenancy.x-k8s.io/namespace")
                 if ck and ns:
-                    stages["up_event"].setdefault((ck, ns, new["metadata"]["name"]), time.time())
+                    stages["up_event"].setdefault((ck, ns, meta["name"]), time.time())
             handler(event_type, new, old)
 
         return traced

@@ -24,13 +24,14 @@ from appliance.kube.backoff import Backoff
 from appliance.kube.client import ApiClient
 from appliance.kube.resources import Resource
 
-__all__ = ["Change", "Handler", "Informer", "Key", "Store", "relist_diff"]
+__all__ = ["Change", "Handler", "Informer", "Key", "RawHandler", "Store", "relist_diff"]
 
 logger = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
 Handler = Callable[[str, JsonObject | None, JsonObject | None], None]
+RawHandler = Callable[[str, bytes | None, bytes | None], None]
 
 # Theory of operation
 # -------------------
@@ -186,11 +187,17 @@ class Informer:
         self._name = name or str(res)
         self._store = Store()
         self._handlers: builtins.list[Handler] = []
+        self._raw_handlers: builtins.list[RawHandler] = []
         self._rng = random.Random()
 
     def add_handler(self, fn: Handler) -> None:
         """Call `fn(event_type, new, old)` for every change, starting with the first list."""
         self._handlers.append(fn)
+
+    def add_raw_handler(self, fn: RawHandler) -> None:
+        """As `add_handler`, with each object as its cached JSON bytes: a handler that reads a
+        few fields decodes only those (`wire.identity_of`), and no dict is built for it."""
+        self._raw_handlers.append(fn)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -288,6 +295,8 @@ class Informer:
         return count > 0 or trio.current_time() - started >= MIN_HEALTHY_WATCH_SECONDS
 
     def _emit(self, change: Change) -> None:
+        for raw_handler in self._raw_handlers:
+            raw_handler(change.type, change.new, change.old)
         if not self._handlers:
             return
         new = wire.decode_object(change.new) if change.new is not None else None

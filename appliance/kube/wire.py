@@ -97,6 +97,8 @@ class _Error(_Envelope, tag="ERROR"):
 
 class _Identity(msgspec.Struct):
     uid: str = ""
+    name: str = ""
+    namespace: str = ""
     annotations: dict[str, str] = {}
 
 
@@ -214,6 +216,16 @@ def identity_of(data: bytes | msgspec.Raw) -> tuple[str, dict[str, str]]:
     except msgspec.MsgspecError as exc:
         raise errors.TransportError(f"undecodable object: {exc}") from exc
     return meta.uid, meta.annotations
+
+
+def origin_of(data: bytes | msgspec.Raw) -> JsonObject:
+    """An object reduced to `metadata.name`, `namespace` and `annotations`, decoding nothing
+    else: enough to trace a super object back to its tenant object."""
+    try:
+        meta = _IDENTITY.decode(data).metadata
+    except msgspec.MsgspecError as exc:
+        raise errors.TransportError(f"undecodable object: {exc}") from exc
+    return {"metadata": {"name": meta.name, "namespace": meta.namespace, "annotations": meta.annotations}}
 
 
 def decode_event(line: bytes) -> RawWatchEvent | None:

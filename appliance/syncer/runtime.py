@@ -31,7 +31,7 @@ import trio
 
 from appliance import logsetup
 from appliance.kube import client as kclient
-from appliance.kube import errors, resources
+from appliance.kube import errors, resources, wire
 from appliance.kube import informer as kinformer
 from appliance.kube.creds import Credentials
 from appliance.metrics import Registry
@@ -157,19 +157,30 @@ class Syncer:
 
         return handle
 
-    def _super_handler(self, kind: str) -> kinformer.Handler:
+    def _add_super_handler(self, kind: str, inf: kinformer.Informer) -> None:
         k = self.kinds[kind]
-        if k.super_sourced:  # no tenancy back-trace: the kind knows which tenants care
-            sourced = cast("SuperSourcedKind", k)
+        if k.super_sourced:
+            inf.add_handler(self._sourced_handler(kind))
+        else:
+            inf.add_raw_handler(self._super_handler(kind))
 
-            def handle_sourced(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
-                sourced.on_super_event(self, event_type, new, old)
+    def _sourced_handler(self, kind: str) -> kinformer.Handler:
+        """Super events of a super-sourced kind: no tenancy back-trace, the kind knows which tenants care."""
+        sourced = cast("SuperSourcedKind", self.kinds[kind])
 
-            return handle_sourced
+        def handle_sourced(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+            sourced.on_super_event(self, event_type, new, old)
 
-        def handle(event_type: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
-            obj = new if new is not None else old
-            ref = conversion.tenant_object_ref(obj or {})
+        return handle_sourced
+
+    def _super_handler(self, kind: str) -> kinformer.RawHandler:
+        """Super events of a synced kind mark the tenant object's key; only the metadata that
+        traces a super object back to it is decoded (several events per Pod)."""
+        k = self.kinds[kind]
+
+        def handle(event_type: str, new: bytes | None, old: bytes | None) -> None:
+            raw = new if new is not None else old
+            ref = None if raw is None else conversion.tenant_object_ref(wire.origin_of(raw))
             if ref is None or ref.cluster_key not in self.tenants:
                 return
             name = k.tenant_name(ref.name)
@@ -426,7 +437,7 @@ class Syncer:
                     self.super_client, kind.resource, label_selector=kind.super_selector,
                     name=f"super/{name}",
                 )
-                inf.add_handler(self._super_handler(name))
+                self._add_super_handler(name, inf)
                 self._super[name] = inf
                 await nursery.start(inf.run)
             self._node_informer = kinformer.Informer(self.super_client, resources.NODES, name="super/nodes")

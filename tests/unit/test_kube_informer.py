@@ -129,3 +129,30 @@ def test_cache_drops_managed_fields_and_keeps_everything_else() -> None:
     assert {"metadata": {"name": "a", "labels": {"k": "v"}}, "spec": {"x": 1}, "unknownField": {"kept": True}} == out
     plain = msgspec.json.encode({"metadata": {"name": "b"}})
     assert informer.compact(plain) is plain
+
+
+def test_raw_handlers_get_the_cached_bytes_and_dict_handlers_fresh_dicts() -> None:
+    """A raw handler sees each change as the cache holds it (managedFields dropped), undecoded;
+    dict handlers of the same informer still get decoded objects."""
+    from appliance.kube.informer import Informer
+    from appliance.kube.resources import PODS
+
+    inf = Informer(None, PODS)  # type: ignore[arg-type]  # no I/O: only _emit is called
+    raw_seen: list[tuple[str, bytes | None, bytes | None]] = []
+    dict_seen: list[tuple[str, object, object]] = []
+    inf.add_raw_handler(lambda t, new, old: raw_seen.append((t, new, old)))
+    inf.add_handler(lambda t, new, old: dict_seen.append((t, new, old)))
+    store = Store()
+    first = obj("p", "1")
+    change = store.apply(event("ADDED", first))
+    assert change is not None
+    inf._emit(change)
+    assert raw_seen == [("ADDED", change.new, None)] and isinstance(raw_seen[0][1], bytes)
+    assert dict_seen == [("ADDED", msgspec.json.decode(first), None)]
+
+
+def test_origin_of_reads_only_what_traces_a_copy_back() -> None:
+    raw = msgspec.json.encode({"metadata": {"name": "p", "namespace": "ns", "uid": "u", "annotations": {"a": "b"},
+                                            "labels": {"x": "y"}}, "spec": {"containers": []}})
+    assert wire.origin_of(raw) == {"metadata": {"name": "p", "namespace": "ns", "annotations": {"a": "b"}}}
+    assert wire.origin_of(b"{}") == {"metadata": {"name": "", "namespace": "", "annotations": {}}}

@@ -7,6 +7,7 @@ no cluster (the Syncer is built with an ApiClient that is never called).
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -184,8 +185,8 @@ async def test_super_pod_events_in_a_burst_cost_one_upward_reconcile(
     sx = idle_syncer()
     sx.tenants["tenant-key"] = SimpleNamespace(key="tenant-key")  # type: ignore[assignment]
     handle = sx._super_handler("pod")
-    spod = {"metadata": {"name": "p", "namespace": "tenant-key-ns", "annotations": {
-        naming.ANNOTATION_CLUSTER: "tenant-key", naming.ANNOTATION_NAMESPACE: "ns"}}}
+    spod = json.dumps({"metadata": {"name": "p", "namespace": "tenant-key-ns", "annotations": {
+        naming.ANNOTATION_CLUSTER: "tenant-key", naming.ANNOTATION_NAMESPACE: "ns"}}, "spec": {}}).encode()
     handle("MODIFIED", spod, spod)
     await trio.sleep(sx.settings.upward_coalesce / 2)
     handle("MODIFIED", spod, spod)
