@@ -243,3 +243,17 @@ def test_event_upward_has_its_own_queue() -> None:
     sx = idle_syncer()
     assert "event" in sx.queues
     assert sx.queues["event"] is not sx.upward
+
+
+async def test_a_work_item_past_the_reconcile_timeout_is_cancelled_and_retried(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A reconcile stuck longer than `reconcile_timeout` is cancelled and counts as an error to retry."""
+    sx = idle_syncer()
+    started = trio.current_time()
+
+    async def stuck(tenant: object) -> None:
+        await trio.sleep_forever()
+
+    outcome = await sx._attempt(stuck, SimpleNamespace(key="t"), ("ns", "p"), "pod")  # type: ignore[arg-type]
+    assert outcome == ("Error", None)
+    assert trio.current_time() - started == pytest.approx(sx.settings.reconcile_timeout)
