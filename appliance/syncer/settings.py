@@ -23,6 +23,17 @@ class SyncerConfig(ConfigBase, frozen=True):
     workers: PositiveInt = 3
     pod_workers: PositiveInt = 10
     upward_workers: PositiveInt = 10
+    #: worker pools grow past their configured size while work waits and every worker is busy
+    #: (each one mostly waits for an apiserver), up to this many times that size; a grown
+    #: worker leaves after `pool_idle_exit` s without work. Upward (and Event) writes wait on
+    #: tenant apiservers, so more of them in flight cut the upward queue wait. Downward, the
+    #: ceiling is workers ÷ super create latency: once a request cost the syncer 0.35 ms of
+    #: CPU instead of 1.4 ms, growing the Pod pool to 20 under a burst raised pods Running/s
+    #: from 41 to 50 (direct: 55) on the 2-core bed; growing it to 30 gained little more and
+    #: tripled the upward wait, the CPU going to creates (bench/RESULTS.md, issue 15).
+    #: 1 keeps a pool at its configured size.
+    upward_growth: PositiveInt = 4
+    downward_growth: PositiveInt = 2
     #: seconds between patrol scans that repair drift.
     patrol_period: Positive = 60.0
     #: seconds a virtual node without pods lives on before it is deleted.
@@ -67,14 +78,4 @@ class SyncerSettings(SyncerConfig, frozen=True):
     upward_coalesce: float = 0.05
     #: workers copying super Events to tenants (their own queue, apart from upward_workers)
     event_workers: int = 10
-    #: worker pools grow past their configured size while work waits and every worker is busy
-    #: (each one mostly waits for an apiserver), up to this many times that size; a grown
-    #: worker leaves after `pool_idle_exit` s without work. Upward (and Event) writes wait on
-    #: tenant apiservers, so more of them in flight cut the upward queue wait. Downward, the
-    #: ceiling is workers ÷ super create latency: once a request cost the syncer 0.35 ms of
-    #: CPU instead of 1.4 ms, growing the Pod pool to 20 under a burst raised pods Running/s
-    #: from 41 to 50 (direct: 55) on the 2-core bed; growing it to 30 gained little more and
-    #: tripled the upward wait, the CPU going to creates (bench/RESULTS.md, issue 15).
-    upward_growth: int = 4
-    downward_growth: int = 2
     pool_idle_exit: float = 10.0

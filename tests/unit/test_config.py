@@ -60,6 +60,7 @@ def test_environment_overrides(env: dict[str, str], path: tuple[str, ...], expec
         pytest.param("[syncer]\nbogus = 1\n", "unknown field `bogus` - at `$.syncer`", id="unknown-key"),
         pytest.param("[syncer]\nworkers = 'x'\n", "Expected `int`, got `str` - at `$.syncer.workers`", id="bad-type"),
         pytest.param("[syncer]\nworkers = 0\n", "`$.syncer.workers`", id="constraint"),
+        pytest.param("[syncer]\ndownward-growth = 0\n", "`$.syncer.downward-growth`", id="growth-below-one"),
         pytest.param("[proxy]\nupstream = 'ftp'\n", "`$.proxy.upstream`", id="bad-enum"),
         pytest.param("data-dir = \n", "not valid TOML", id="syntax"),
         pytest.param("[manager]\ntenant-service-pool = '10.64.0.0/33'\n", "tenant-service-pool", id="bad-pool"),
