@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -198,6 +198,19 @@ def decode_object(data: bytes | msgspec.Raw) -> JsonObject:
         return _OBJECT.decode(data)
     except msgspec.MsgspecError as exc:
         raise errors.TransportError(f"undecodable response body: {exc}") from exc
+
+
+_J = TypeVar("_J")
+_COPY_ENCODER = msgspec.json.Encoder()
+_COPY_DECODER = msgspec.json.Decoder()
+
+
+def copy_json(value: _J) -> _J:
+    """A deep copy of decoded JSON (dicts, lists, strings, numbers, booleans, None) by an
+    encode/decode round trip: several times faster than `copy.deepcopy` on a Pod. Tuples come
+    back as lists; anything that is not JSON raises."""
+    copied: _J = _COPY_DECODER.decode(_COPY_ENCODER.encode(value))
+    return copied
 
 
 def meta_of(data: bytes | msgspec.Raw) -> Meta:

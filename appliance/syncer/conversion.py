@@ -12,12 +12,12 @@ object before the syncer stamps its own. Pod mutation lives in `mutation.py`; di
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from appliance.kube import wire
 from appliance.util import naming, tenancy
 
 # metadata fields owned by the apiserver (or meaningless across clusters), cleared on copy
@@ -87,7 +87,7 @@ def _base_copy(
     obj: Mapping[str, Any], *, opaque_prefixes: Iterable[str], opaque_domains: Iterable[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Deep-copy `obj`, strip forbidden keys, reset metadata; return (copy, its metadata)."""
-    new = copy.deepcopy(dict(obj))
+    new = wire.copy_json(dict(obj))
     meta = new["metadata"] = dict(new.get("metadata") or {})
     for name in _RESET_METADATA:
         meta.pop(name, None)
@@ -216,7 +216,7 @@ def adapt_service(super_svc: Mapping[str, Any], *, own_range: str | None = None)
     the one its clients dial on a node (the original cleared them, so NodePorts seen in a
     tenant did not work); when the super cluster refuses one, `without_node_ports` lets it pick.
     """
-    new = copy.deepcopy(dict(super_svc))
+    new = wire.copy_json(dict(super_svc))
     spec = new.get("spec") or {}
     cluster_ip = spec.get("clusterIP")
     if cluster_ip and cluster_ip != "None":
@@ -230,7 +230,7 @@ def adapt_service(super_svc: Mapping[str, Any], *, own_range: str | None = None)
 
 def without_node_ports(super_svc: Mapping[str, Any]) -> dict[str, Any]:
     """`super_svc` with every nodePort and healthCheckNodePort cleared, for the super cluster to allocate."""
-    new = copy.deepcopy(dict(super_svc))
+    new = wire.copy_json(dict(super_svc))
     spec = new.get("spec") or {}
     spec.pop("healthCheckNodePort", None)
     for port in spec.get("ports") or ():
@@ -256,7 +256,7 @@ def in_range(addresses: Iterable[str], cidr: str | None) -> bool:
 
 def without_cluster_ips(super_svc: Mapping[str, Any]) -> dict[str, Any]:
     """`super_svc` with clusterIP(s) cleared, for the super cluster to allocate."""
-    new = copy.deepcopy(dict(super_svc))
+    new = wire.copy_json(dict(super_svc))
     spec = new.get("spec") or {}
     if spec.get("clusterIP") != "None":
         spec.pop("clusterIP", None)
@@ -273,7 +273,7 @@ def adapt_sa_token_secret(super_secret: Mapping[str, Any], tenant_secret: Mappin
     """
     tenant_meta = tenant_secret.get("metadata") or {}
     sa_name = (tenant_meta.get("annotations") or {}).get(naming.ANNOTATION_SERVICE_ACCOUNT_NAME, "")
-    new = copy.deepcopy(dict(super_secret))
+    new = wire.copy_json(dict(super_secret))
     meta = new.setdefault("metadata", {})
     meta.pop("name", None)
     meta["generateName"] = f"{sa_name}-token-" if sa_name else "token-"
@@ -285,6 +285,6 @@ def adapt_sa_token_secret(super_secret: Mapping[str, Any], tenant_secret: Mappin
 
 def adapt_service_account(super_sa: Mapping[str, Any]) -> dict[str, Any]:
     """Clear a ServiceAccount copy's `secrets` list (the super token controller owns it)."""
-    new = copy.deepcopy(dict(super_sa))
+    new = wire.copy_json(dict(super_sa))
     new.pop("secrets", None)
     return new

@@ -11,7 +11,6 @@ subclasses, which the caller treats as "retry later".
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -19,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from appliance.kube import wire
 from appliance.util import naming, tenancy
 
 REASON_NOT_SUPPORTED: Final = "NotSupported"
@@ -258,7 +258,7 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         SecretNotReady: a service-account token secret volume has no super copy yet.
         TokenNotReady: a serviceAccountToken projection would be left to the super kubelet.
     """
-    pod = copy.deepcopy(dict(super_pod))
+    pod = wire.copy_json(dict(super_pod))
     spec: dict[str, Any] = pod.setdefault("spec", {})
     if ctx.token_volume is not None:
         _replace_token_volume(spec, ctx.token_volume)

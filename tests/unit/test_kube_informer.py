@@ -150,9 +150,3 @@ def test_raw_handlers_get_the_cached_bytes_and_dict_handlers_fresh_dicts() -> No
     assert raw_seen == [("ADDED", change.new, None)] and isinstance(raw_seen[0][1], bytes)
     assert dict_seen == [("ADDED", msgspec.json.decode(first), None)]
 
-
-def test_origin_of_reads_only_what_traces_a_copy_back() -> None:
-    raw = msgspec.json.encode({"metadata": {"name": "p", "namespace": "ns", "uid": "u", "annotations": {"a": "b"},
-                                            "labels": {"x": "y"}}, "spec": {"containers": []}})
-    assert wire.origin_of(raw) == {"metadata": {"name": "p", "namespace": "ns", "annotations": {"a": "b"}}}
-    assert wire.origin_of(b"{}") == {"metadata": {"name": "", "namespace": "", "annotations": {}}}

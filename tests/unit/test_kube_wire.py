@@ -154,3 +154,22 @@ def test_line_splitter_bounds_memory() -> None:
     splitter = wire.LineSplitter(max_line=8)
     with pytest.raises(errors.TransportError):
         splitter.feed(b"x" * 9)
+
+
+def test_origin_of_reads_only_what_traces_a_copy_back() -> None:
+    raw = msgspec.json.encode({"metadata": {"name": "p", "namespace": "ns", "uid": "u", "annotations": {"a": "b"},
+                                            "labels": {"x": "y"}}, "spec": {"containers": []}})
+    assert wire.origin_of(raw) == {"metadata": {"name": "p", "namespace": "ns", "annotations": {"a": "b"}}}
+    assert wire.origin_of(b"{}") == {"metadata": {"name": "", "namespace": "", "annotations": {}}}
+
+
+def test_copy_json_is_deep_and_equal() -> None:
+    """The copy equals the original and shares no dict or list with it."""
+    original = {"metadata": {"name": "p", "labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "ports": [
+        {"containerPort": 80}]}], "x": 1.5, "y": None, "z": True}}
+    copied = wire.copy_json(original)
+    assert copied == original
+    copied["metadata"]["labels"]["a"] = "changed"
+    copied["spec"]["containers"][0]["ports"].append({})
+    assert original["metadata"]["labels"] == {"a": "b"}  # type: ignore[index]
+    assert original["spec"]["containers"][0]["ports"] == [{"containerPort": 80}]  # type: ignore[index]

@@ -11,12 +11,11 @@ tenancy back-trace, which such objects do not carry.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from appliance.kube import errors
+from appliance.kube import errors, wire
 from appliance.syncer.context import SyncContext
 from appliance.syncer.resources.base import Kind, Retry
 from appliance.syncer.tenant import Tenant
@@ -33,7 +32,7 @@ RESET_METADATA = (
 
 def tenant_copy(super_obj: Mapping[str, Any]) -> dict[str, Any]:
     """A super object as a fresh tenant object: metadata reset, status dropped (pure)."""
-    new = copy.deepcopy(dict(super_obj))
+    new = wire.copy_json(dict(super_obj))
     meta = new["metadata"] = dict(new.get("metadata") or {})
     for name in RESET_METADATA:
         meta.pop(name, None)
