@@ -14,6 +14,7 @@ import builtins
 import contextlib
 import dataclasses
 import logging
+import re
 import ssl
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -52,6 +53,10 @@ _PATCH_CONTENT_TYPES: dict[str, str] = {
     "apply": "application/apply-patch+yaml",  # JSON is YAML
 }
 _JSON = "application/json"
+#: Paths and queries that `ApiClient._url` may join without httpx's validation: unreserved
+#: characters, path separators and the `:`/`@` RBAC names use; percent escapes in queries.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._~:@/-]*")
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9._~%=&-]*")
 _ENCODER = msgspec.json.Encoder()
 
 # etcd refuses values above 1.5 MiB by default; JSON can be a few times larger than that.
@@ -180,6 +185,7 @@ class ApiClient:
         # request, a fifth of the syncer's cost per Pod). The client's headers and timeout
         # are read once; the auth flow and everything below it stay the client's.
         self._base = str(http.base_url).rstrip("/")
+        self._base_ref = getattr(httpx.URL(self._base), "_uri_reference", None)
         self._headers = dict(http.headers)
         self._request_extensions = {**self._extensions, "timeout": http.timeout.as_dict()}
 
@@ -207,11 +213,9 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         await self._limiter.acquire()
-        url = self._base + path
-        if params:
-            url += "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+        query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote) if params else ""
         try:  # as errors.map_exceptions, without a context manager per request
-            request = httpx.Request(method, url, content=content, extensions=self._request_extensions,
+            request = httpx.Request(method, self._url(path, query), content=content, extensions=self._request_extensions,
                                     headers={**self._headers, **{k.lower(): v for k, v in headers.items()}}
                                     if headers else self._headers)  # names case-insensitive, as httpx merges
             response = await self._http.send(request)
@@ -223,6 +227,21 @@ class ApiClient:
         if response.status_code >= 400:
             raise errors.from_response(response.status_code, response.content, response.headers)
         return response
+
+    def _url(self, path: str, query: str) -> httpx.URL:
+        """The URL of `path` and `query` (already percent-encoded) on the client's server.
+
+        httpx validates a URL string character by character (~18 µs, a tenth of a request's
+        CPU); a path and query of only unreserved characters need none of it, so their URL is
+        the base URL's parsed form with path and query replaced. Anything else, and an httpx
+        without that parsed form, takes the ordinary parse.
+        """
+        ref = self._base_ref
+        if ref is not None and _PLAIN_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query):
+            url = httpx.URL.__new__(httpx.URL)
+            url._uri_reference = ref._replace(path=ref.path.rstrip("/") + path, query=query or None)
+            return url
+        return httpx.URL(self._base + path + ("?" + query if query else ""))
 
     async def _call(
         self,

@@ -558,3 +558,28 @@ async def test_a_header_given_per_request_replaces_the_clients_default() -> None
 
     await make_client(handler).request("GET", "/logs", headers={"Accept": "text/plain"})
     assert seen[0].headers.get_list("accept") == ["text/plain"]
+
+
+@pytest.mark.parametrize("base", ["https://super:6443", "https://super:443", "https://super:6443/prefix/"])
+@pytest.mark.parametrize(("path", "query"), [
+    pytest.param("/api/v1/namespaces/ns/pods/web-0/status", "fieldManager=syncer", id="plain"),
+    pytest.param("/apis/rbac.authorization.k8s.io/v1/clusterroles/system:controller:x", "", id="rbac-colons"),
+    pytest.param("/api/v1/pods", "labelSelector=a%3Db%2Cc%20in%20%28x%29&limit=500", id="escaped-query"),
+    pytest.param("/api/v1/namespaces/ns/configmaps/odd name#1", "", id="needs-escaping"),
+])
+def test_urls_built_without_a_parse_equal_parsed_ones(base: str, path: str, query: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortcut that skips httpx's URL validation gives the URL httpx would parse, and the
+    transport sends the same request line; names that need escaping take httpx's own parse."""
+    client = ApiClient(httpx.AsyncClient(base_url=base), creds=Credentials(server=base),
+                       limiter=ratelimit.RateLimiter(qps=math.inf, burst=1))
+    parses: list[str] = []
+    real_parse = httpx._urls.urlparse  # type: ignore[attr-defined]
+    monkeypatch.setattr(httpx._urls, "urlparse", lambda *a, **kw: parses.append(a[0]) or real_parse(*a, **kw))
+    url = client._url(path, query)
+    assert bool(parses) == (" " in path)  # only the name that needs escaping was parsed
+    monkeypatch.undo()
+    parsed = httpx.URL(base.rstrip("/") + path + ("?" + query if query else ""))
+    assert (str(url), url.raw_path, url.host, url.port, url.scheme) == \
+        (str(parsed), parsed.raw_path, parsed.host, parsed.port, parsed.scheme)
+    assert url == parsed
