@@ -172,6 +172,9 @@ class PodContext:
     # not copied down (e.g. the Job controller's `batch.kubernetes.io/job-completion-index`).
     tenant_labels: Mapping[str, str] = field(default_factory=dict)
     tenant_annotations: Mapping[str, str] = field(default_factory=dict)
+    # The nodes the Pod's nodeSelector picks among the tenant's virtual nodes, when it names
+    # labels the tenant set on them (`tenant_selected_nodes`); None: the selector goes down as is.
+    selected_nodes: tuple[str, ...] | None = None
 
 
 def reject_reason(tenant_pod: Mapping[str, Any]) -> str | None:
@@ -275,6 +278,9 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         spec["enableServiceLinks"] = False
 
     pod["status"] = {}
+    if ctx.selected_nodes:
+        spec.pop("nodeSelector", None)
+        _pin_to_nodes(spec, ctx.selected_nodes)
     if spec.get("nodeName"):
         _pin_to_node(spec, str(spec["nodeName"]))
     spec.pop("nodeName", None)
@@ -297,12 +303,40 @@ def _containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield from spec.get(group) or ()
 
 
+def tenant_selected_nodes(node_selector: Mapping[str, str], vnode_labels: Mapping[str, Mapping[str, str]],
+                          super_node_labels: Mapping[str, Mapping[str, str]]) -> tuple[str, ...] | None:
+    """The super nodes a tenant Pod's `nodeSelector` picks in the tenant's own view, or None when
+    the selector names no label the tenant set itself.
+
+    A tenant may label its virtual nodes (`kubectl label node`); the super nodes never see those
+    labels, so a super Pod selecting them could never be scheduled. When the selector names a
+    label that some virtual node carries with a value its super node lacks, the Pod may run on
+    exactly the virtual nodes matching the whole selector as the tenant sees them (none: the
+    selector goes down unchanged and the Pod stays Pending, as it would in the tenant).
+    `vnode_labels`/`super_node_labels`: labels by node name.
+    """
+    if not node_selector:
+        return None
+    tenant_set = any(labels.get(key) is not None and labels.get(key) != super_node_labels.get(node, {}).get(key)
+                     for node, labels in vnode_labels.items() for key in node_selector)
+    if not tenant_set:
+        return None
+    chosen = tuple(sorted(node for node, labels in vnode_labels.items()
+                          if all(labels.get(k) == v for k, v in node_selector.items())))
+    return chosen or None
+
+
 def _pin_to_node(spec: dict[str, Any], node: str) -> None:
     """A tenant Pod created with `spec.nodeName` (a node it saw, e.g. a vnode) asks for that
     node; the super Pod asks the super scheduler for it through required node affinity on
     the node's name, as DaemonSets do, so the super cluster's taints, capacity and ports still
     apply (a preset nodeName would bypass its scheduler). Every required term gets the field."""
-    requirement = {"key": "metadata.name", "operator": "In", "values": [node]}
+    _pin_to_nodes(spec, (node,))
+
+
+def _pin_to_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
+    """Required node affinity on the node names `nodes`, added to every required term."""
+    requirement = {"key": "metadata.name", "operator": "In", "values": list(nodes)}
     affinity = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
     required = affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
     terms = required.get("nodeSelectorTerms") or [{}]

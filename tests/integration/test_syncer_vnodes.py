@@ -66,3 +66,30 @@ async def test_pod_with_preset_node_name_runs_on_that_node_through_the_super_sch
                               where=lambda p: (p.get("status") or {}).get("phase") == "Running",
                               what="tenant pod Running")
     await syncing.wait_object(t.client, resources.NODES, target, what=f"virtual node {target}")
+
+
+@syncing.deadline(150)
+async def test_a_label_the_tenant_put_on_its_virtual_node_steers_its_pods_there(env: syncing.Env) -> None:
+    """`kubectl label node` on a virtual node, then a Pod selecting that label: the super nodes
+    never carry the label, so the super Pod asks for the labelled node by name and runs there."""
+    sx = await env.start()
+    t = await env.tenant(sx, "nl")
+    await syncing.tenant_namespace(t, "app")
+    await t.client.create(resources.PODS, syncing.pod_manifest("first"), namespace="app")
+    first = await syncing.wait_object(t.client, resources.PODS, "first", namespace="app",
+                                      where=lambda p: bool(p["spec"].get("nodeName")), what="tenant pod bound")
+    node = first["spec"]["nodeName"]
+    await t.client.patch(resources.NODES, node, {"metadata": {"labels": {"e2e-label": "42"}}})
+    await t.client.create(resources.PODS, syncing.pod_manifest("chosen", nodeSelector={"e2e-label": "42"}),
+                          namespace="app")
+    super_ns = naming.super_namespace(t.key, "app")
+    sup = await syncing.wait_object(env.superc, resources.PODS, "chosen", namespace=super_ns,
+                                    where=lambda p: p["spec"].get("nodeName"), what="super pod scheduled")
+    assert sup["spec"]["nodeName"] == node
+    assert "nodeSelector" not in sup["spec"]
+    terms = sup["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [{"matchFields": [{"key": "metadata.name", "operator": "In",
+                                                            "values": [node]}]}]
+    await syncing.wait_object(t.client, resources.PODS, "chosen", namespace="app",
+                              where=lambda p: (p.get("status") or {}).get("phase") == "Running",
+                              what="tenant pod Running on the labelled node")

@@ -493,6 +493,40 @@ def test_a_preset_node_name_becomes_required_node_affinity() -> None:
     assert "affinity" not in mutation.mutate_pod(super_pod(), context())["spec"]
 
 
+SUPER_LABELS = {"n1": {"kubernetes.io/hostname": "n1", "zone": "a"}, "n2": {"kubernetes.io/hostname": "n2"}}
+
+
+@pytest.mark.parametrize(("selector", "vnodes", "expected"), [
+    pytest.param({}, {"n1": {"e2e": "42"}}, None, id="no-selector"),
+    pytest.param({"zone": "a"}, {"n1": {"zone": "a"}, "n2": {}}, None, id="super-label-passes-through"),
+    pytest.param({"e2e": "42"}, {"n1": {"e2e": "42"}, "n2": {"e2e": "7"}}, ("n1",), id="tenant-label"),
+    pytest.param({"e2e": "42", "zone": "a"}, {"n1": {"e2e": "42", "zone": "a"}, "n2": {"e2e": "42"}}, ("n1",),
+                 id="tenant-and-super-labels"),
+    pytest.param({"e2e": "42"}, {"n1": {"e2e": "7"}}, None, id="tenant-label-matches-nothing"),
+    pytest.param({"zone": "b"}, {"n1": {"zone": "b"}, "n2": {"zone": "b"}}, ("n1", "n2"), id="tenant-overrode-value"),
+])
+def test_tenant_node_labels_pick_nodes(selector: dict[str, str], vnodes: dict[str, dict[str, str]],
+                                       expected: tuple[str, ...] | None) -> None:
+    """A selector naming a label the tenant set on its virtual nodes picks those nodes as the
+    tenant sees them; selectors on labels the super nodes carry go down unchanged."""
+    assert expected == mutation.tenant_selected_nodes(selector, vnodes, SUPER_LABELS)
+
+
+def test_selected_nodes_replace_the_node_selector_with_node_names() -> None:
+    """The super Pod asks for the selected nodes by name (every required term), not for labels
+    the super nodes never had; a preset nodeName still narrows it to that one node."""
+    pod = mutation.mutate_pod(super_pod(nodeSelector={"e2e": "42"}), context(selected_nodes=("n1", "n2")))
+    assert "nodeSelector" not in pod["spec"]
+    required = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required == {"nodeSelectorTerms": [{"matchFields": [
+        {"key": "metadata.name", "operator": "In", "values": ["n1", "n2"]}]}]}
+    pinned = mutation.mutate_pod(super_pod(nodeSelector={"e2e": "42"}, nodeName="n2"), context(selected_nodes=("n1", "n2")))
+    terms = pinned["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}]}
+    kept = mutation.mutate_pod(super_pod(nodeSelector={"zone": "a"}), context())
+    assert kept["spec"]["nodeSelector"] == {"zone": "a"} and "affinity" not in kept["spec"]
+
+
 def test_automount_kept_when_not_disabled() -> None:
     """With disable_service_account_token off, the tenant's automount setting passes through."""
     pod = mutation.mutate_pod(

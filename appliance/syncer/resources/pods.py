@@ -65,6 +65,20 @@ def status_free(pod: dict[str, Any]) -> tuple[Any, ...]:
     return meta, spec, {k: v for k, v in pod.items() if k not in ("metadata", "spec", "status")}
 
 
+def _selected_nodes(sx: SyncContext, tenant: Tenant, vpod: dict[str, Any]) -> tuple[str, ...] | None:
+    """`mutation.tenant_selected_nodes` over the tenant's virtual nodes and their super nodes."""
+    selector = (vpod.get("spec") or {}).get("nodeSelector")
+    if not selector:
+        return None
+    vnodes = {(n.get("metadata") or {}).get("name", ""): (n.get("metadata") or {}).get("labels") or {}
+              for n in tenant.informers["node"].list()}
+    supers = {}
+    for name in vnodes:
+        super_node = sx.super_nodes.get(name)
+        supers[name] = ((super_node or {}).get("metadata") or {}).get("labels") or {}
+    return mutation.tenant_selected_nodes(selector, vnodes, supers)
+
+
 class PodKind(Kind):
     name = "pod"
     resource = resources.PODS
@@ -102,6 +116,7 @@ class PodKind(Kind):
             root_ca_configmap="tenant-kube-root-ca.crt",
             tenant_labels=meta.get("labels") or {},
             tenant_annotations=meta.get("annotations") or {},
+            selected_nodes=_selected_nodes(sx, tenant, vpod),
         )
 
     async def create(self, sx: SyncContext, tenant: Tenant, vobj: dict[str, Any]) -> None:
