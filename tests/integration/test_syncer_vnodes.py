@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -55,16 +56,7 @@ async def test_pod_with_preset_node_name_runs_on_that_node_through_the_super_sch
     t = await env.tenant(sx, "nn")
     await syncing.tenant_namespace(t, "app")
     await t.client.create(resources.PODS, syncing.pod_manifest("pinned", nodeName=target), namespace="app")
-    super_ns = naming.super_namespace(t.key, "app")
-    sup = await syncing.wait_object(env.superc, resources.PODS, "pinned", namespace=super_ns,
-                                    where=lambda p: p["spec"].get("nodeName"), what="super pod scheduled")
-    assert sup["spec"]["nodeName"] == target
-    terms = sup["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert terms["nodeSelectorTerms"] == [{"matchFields": [{"key": "metadata.name", "operator": "In",
-                                                            "values": [target]}]}]
-    await syncing.wait_object(t.client, resources.PODS, "pinned", namespace="app",
-                              where=lambda p: (p.get("status") or {}).get("phase") == "Running",
-                              what="tenant pod Running")
+    await runs_pinned_to(env, t, "pinned", target)
     await syncing.wait_object(t.client, resources.NODES, target, what=f"virtual node {target}")
 
 
@@ -82,14 +74,19 @@ async def test_a_label_the_tenant_put_on_its_virtual_node_steers_its_pods_there(
     await t.client.patch(resources.NODES, node, {"metadata": {"labels": {"e2e-label": "42"}}})
     await t.client.create(resources.PODS, syncing.pod_manifest("chosen", nodeSelector={"e2e-label": "42"}),
                           namespace="app")
-    super_ns = naming.super_namespace(t.key, "app")
-    sup = await syncing.wait_object(env.superc, resources.PODS, "chosen", namespace=super_ns,
+    sup = await runs_pinned_to(env, t, "chosen", node)
+    assert "nodeSelector" not in sup["spec"]
+
+
+async def runs_pinned_to(env: syncing.Env, t: syncing.BedTenant, name: str, node: str) -> dict[str, Any]:
+    """Wait until tenant Pod app/`name` runs, its super Pod on `node`, asked for by node name alone."""
+    sup = await syncing.wait_object(env.superc, resources.PODS, name, namespace=naming.super_namespace(t.key, "app"),
                                     where=lambda p: p["spec"].get("nodeName"), what="super pod scheduled")
     assert sup["spec"]["nodeName"] == node
-    assert "nodeSelector" not in sup["spec"]
     terms = sup["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"] == [{"matchFields": [{"key": "metadata.name", "operator": "In",
                                                             "values": [node]}]}]
-    await syncing.wait_object(t.client, resources.PODS, "chosen", namespace="app",
+    await syncing.wait_object(t.client, resources.PODS, name, namespace="app",
                               where=lambda p: (p.get("status") or {}).get("phase") == "Running",
-                              what="tenant pod Running on the labelled node")
+                              what=f"tenant pod {name} Running")
+    return sup
