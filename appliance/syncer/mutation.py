@@ -278,9 +278,8 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         spec["enableServiceLinks"] = False
 
     pod["status"] = {}
-    if ctx.selected_nodes:
+    if ctx.selected_nodes and _select_nodes(spec, ctx.selected_nodes):
         spec.pop("nodeSelector", None)
-        _pin_to_nodes(spec, ctx.selected_nodes)
     if spec.get("nodeName"):
         _pin_to_node(spec, str(spec["nodeName"]))
     spec.pop("nodeName", None)
@@ -331,12 +330,7 @@ def _pin_to_node(spec: dict[str, Any], node: str) -> None:
     node; the super Pod asks the super scheduler for it through required node affinity on
     the node's name, as DaemonSets do, so the super cluster's taints, capacity and ports still
     apply (a preset nodeName would bypass its scheduler). Every required term gets the field."""
-    _pin_to_nodes(spec, (node,))
-
-
-def _pin_to_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
-    """Required node affinity on the node names `nodes`, added to every required term."""
-    requirement = {"key": "metadata.name", "operator": "In", "values": list(nodes)}
+    requirement = {"key": "metadata.name", "operator": "In", "values": [node]}
     affinity = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
     required = affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
     terms = required.get("nodeSelectorTerms") or [{}]
@@ -344,6 +338,39 @@ def _pin_to_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
         term["matchFields"] = [f for f in term.get("matchFields") or () if f.get("key") != "metadata.name"]
         term["matchFields"].append(dict(requirement))
     required["nodeSelectorTerms"] = terms
+
+
+def _select_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> bool:
+    """Narrow the Pod's required node affinity to `nodes` by name; False (and `spec` untouched)
+    if none of them is allowed by the node names the Pod's own terms already require.
+
+    A node field selector names exactly one node (the API refuses more values), so each of the
+    Pod's terms becomes one term per node it allows, ORed as terms are; a DaemonSet Pod's own
+    `metadata.name` requirement is kept and intersected, never widened."""
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = []
+    for term in required.get("nodeSelectorTerms") or [{}]:
+        fields = term.get("matchFields") or []
+        named = [f for f in fields if f.get("key") == "metadata.name"]
+        for node in nodes:
+            if all(_field_allows(f, node) for f in named):
+                terms.append({**term, "matchFields": [*(f for f in fields if f.get("key") != "metadata.name"),
+                                                      {"key": "metadata.name", "operator": "In", "values": [node]}]})
+    if not terms:
+        return False
+    affinity = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})["nodeSelectorTerms"] = terms
+    return True
+
+
+def _field_allows(requirement: Mapping[str, Any], node: str) -> bool:
+    values = requirement.get("values") or ()
+    if requirement.get("operator") == "In":
+        return node in values
+    if requirement.get("operator") == "NotIn":
+        return node not in values
+    return True
 
 
 def _drop_system_priority(spec: dict[str, Any]) -> None:

@@ -512,19 +512,41 @@ def test_tenant_node_labels_pick_nodes(selector: dict[str, str], vnodes: dict[st
     assert expected == mutation.tenant_selected_nodes(selector, vnodes, SUPER_LABELS)
 
 
+def name_is(node: str) -> dict[str, Any]:
+    return {"key": "metadata.name", "operator": "In", "values": [node]}
+
+
+def required_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+
+
 def test_selected_nodes_replace_the_node_selector_with_node_names() -> None:
-    """The super Pod asks for the selected nodes by name (every required term), not for labels
-    the super nodes never had; a preset nodeName still narrows it to that one node."""
+    """The super Pod asks for the selected nodes by name, one term per node (a node field
+    selector takes one value), not for labels the super nodes never had."""
     pod = mutation.mutate_pod(super_pod(nodeSelector={"e2e": "42"}), context(selected_nodes=("n1", "n2")))
     assert "nodeSelector" not in pod["spec"]
-    required = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert required == {"nodeSelectorTerms": [{"matchFields": [
-        {"key": "metadata.name", "operator": "In", "values": ["n1", "n2"]}]}]}
+    assert required_terms(pod) == [{"matchFields": [name_is("n1")]}, {"matchFields": [name_is("n2")]}]
     pinned = mutation.mutate_pod(super_pod(nodeSelector={"e2e": "42"}, nodeName="n2"), context(selected_nodes=("n1", "n2")))
-    terms = pinned["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert terms == {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n2"]}]}]}
+    assert required_terms(pinned) == [{"matchFields": [name_is("n2")]}, {"matchFields": [name_is("n2")]}]
     kept = mutation.mutate_pod(super_pod(nodeSelector={"zone": "a"}), context())
     assert kept["spec"]["nodeSelector"] == {"zone": "a"} and "affinity" not in kept["spec"]
+
+
+def test_selected_nodes_narrow_a_daemon_pods_own_node_and_never_widen_it() -> None:
+    """A DaemonSet Pod already names its node: selection keeps that term only where it allows
+    the node; a selection that leaves no node keeps the selector (Pending, as in the tenant)."""
+    zone = {"key": "zone", "operator": "In", "values": ["a"]}
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [zone], "matchFields": [name_is("n2")]}]}}}
+    pod = mutation.mutate_pod(super_pod(nodeSelector={"color": "blue"}, affinity=own),
+                              context(selected_nodes=("n1", "n2")))
+    assert required_terms(pod) == [{"matchExpressions": [zone], "matchFields": [name_is("n2")]}]
+    assert "nodeSelector" not in pod["spec"]
+    elsewhere = mutation.mutate_pod(super_pod(nodeSelector={"color": "blue"}, affinity=own),
+                                    context(selected_nodes=("n1",)))
+    assert elsewhere["spec"]["nodeSelector"] == {"color": "blue"}
+    assert required_terms(elsewhere) == [{"matchExpressions": [zone], "matchFields": [name_is("n2")]}]
 
 
 def test_automount_kept_when_not_disabled() -> None:
