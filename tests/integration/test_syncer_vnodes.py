@@ -76,6 +76,21 @@ async def test_a_label_the_tenant_put_on_its_virtual_node_steers_its_pods_there(
                           namespace="app")
     sup = await runs_pinned_to(env, t, "chosen", node)
     assert "nodeSelector" not in sup["spec"]
+    # two labelled virtual nodes: one term per node (a node field selector names one node)
+    other = sorted(set(env.sc.nodes) - {node})[0]  # another kwok node
+    await t.client.create(resources.PODS, syncing.pod_manifest("second", nodeName=other), namespace="app")
+    await runs_pinned_to(env, t, "second", other)
+    await t.client.patch(resources.NODES, other, {"metadata": {"labels": {"e2e-label": "42"}}})
+    await t.client.create(resources.PODS, syncing.pod_manifest("either", nodeSelector={"e2e-label": "42"}),
+                          namespace="app")
+    either = await syncing.wait_object(env.superc, resources.PODS, "either",
+                                       namespace=naming.super_namespace(t.key, "app"),
+                                       where=lambda p: p["spec"].get("nodeName"), what="super pod scheduled")
+    assert either["spec"]["nodeName"] in (node, other)
+    terms = either["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}
+                                          for n in sorted((node, other))]
+
 
 
 async def runs_pinned_to(env: syncing.Env, t: syncing.BedTenant, name: str, node: str) -> dict[str, Any]:
