@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from appliance.kube import wire
+from appliance.syncer import nodeselection
 from appliance.util import naming, tenancy
 
 REASON_NOT_SUPPORTED: Final = "NotSupported"
@@ -172,8 +173,8 @@ class PodContext:
     # not copied down (e.g. the Job controller's `batch.kubernetes.io/job-completion-index`).
     tenant_labels: Mapping[str, str] = field(default_factory=dict)
     tenant_annotations: Mapping[str, str] = field(default_factory=dict)
-    # The nodes the Pod's nodeSelector picks among the tenant's virtual nodes, when it names
-    # labels the tenant set on them (`tenant_selected_nodes`); None: the selector goes down as is.
+    # The nodes the Pod's node selection picks among the tenant's virtual nodes when it names
+    # labels the tenant set on them (`nodeselection`); None: the selection goes down as is.
     selected_nodes: tuple[str, ...] | None = None
 
 
@@ -278,8 +279,8 @@ def mutate_pod(super_pod: Mapping[str, Any], ctx: PodContext) -> dict[str, Any]:
         spec["enableServiceLinks"] = False
 
     pod["status"] = {}
-    if ctx.selected_nodes and _select_nodes(spec, ctx.selected_nodes):
-        spec.pop("nodeSelector", None)
+    if ctx.selected_nodes:
+        nodeselection.pin(spec, ctx.selected_nodes)
     if spec.get("nodeName"):
         _pin_to_node(spec, str(spec["nodeName"]))
     spec.pop("nodeName", None)
@@ -302,29 +303,6 @@ def _containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield from spec.get(group) or ()
 
 
-def tenant_selected_nodes(node_selector: Mapping[str, str], vnode_labels: Mapping[str, Mapping[str, str]],
-                          super_node_labels: Mapping[str, Mapping[str, str]]) -> tuple[str, ...] | None:
-    """The super nodes a tenant Pod's `nodeSelector` picks in the tenant's own view, or None when
-    the selector names no label the tenant set itself.
-
-    A tenant may label its virtual nodes (`kubectl label node`); the super nodes never see those
-    labels, so a super Pod selecting them could never be scheduled. When the selector names a
-    label that some virtual node carries with a value its super node lacks, the Pod may run on
-    exactly the virtual nodes matching the whole selector as the tenant sees them (none: the
-    selector goes down unchanged and the Pod stays Pending, as it would in the tenant).
-    `vnode_labels`/`super_node_labels`: labels by node name.
-    """
-    if not node_selector:
-        return None
-    tenant_set = any(labels.get(key) is not None and labels.get(key) != super_node_labels.get(node, {}).get(key)
-                     for node, labels in vnode_labels.items() for key in node_selector)
-    if not tenant_set:
-        return None
-    chosen = tuple(sorted(node for node, labels in vnode_labels.items()
-                          if all(labels.get(k) == v for k, v in node_selector.items())))
-    return chosen or None
-
-
 def _pin_to_node(spec: dict[str, Any], node: str) -> None:
     """A tenant Pod created with `spec.nodeName` (a node it saw, e.g. a vnode) asks for that
     node; the super Pod asks the super scheduler for it through required node affinity on
@@ -338,39 +316,6 @@ def _pin_to_node(spec: dict[str, Any], node: str) -> None:
         term["matchFields"] = [f for f in term.get("matchFields") or () if f.get("key") != "metadata.name"]
         term["matchFields"].append(dict(requirement))
     required["nodeSelectorTerms"] = terms
-
-
-def _select_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> bool:
-    """Narrow the Pod's required node affinity to `nodes` by name; False (and `spec` untouched)
-    if none of them is allowed by the node names the Pod's own terms already require.
-
-    A node field selector names exactly one node (the API refuses more values), so each of the
-    Pod's terms becomes one term per node it allows, ORed as terms are; a DaemonSet Pod's own
-    `metadata.name` requirement is kept and intersected, never widened."""
-    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution") or {}
-    terms = []
-    for term in required.get("nodeSelectorTerms") or [{}]:
-        fields = term.get("matchFields") or []
-        named = [f for f in fields if f.get("key") == "metadata.name"]
-        for node in nodes:
-            if all(_field_allows(f, node) for f in named):
-                terms.append({**term, "matchFields": [*(f for f in fields if f.get("key") != "metadata.name"),
-                                                      {"key": "metadata.name", "operator": "In", "values": [node]}]})
-    if not terms:
-        return False
-    affinity = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
-    affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})["nodeSelectorTerms"] = terms
-    return True
-
-
-def _field_allows(requirement: Mapping[str, Any], node: str) -> bool:
-    values = requirement.get("values") or ()
-    if requirement.get("operator") == "In":
-        return node in values
-    if requirement.get("operator") == "NotIn":
-        return node not in values
-    return True
 
 
 def _drop_system_priority(spec: dict[str, Any]) -> None:

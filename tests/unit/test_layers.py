@@ -48,6 +48,7 @@ PURE = (
     "appliance.syncer.equality",
     "appliance.syncer.fairqueue",
     "appliance.syncer.mutation",
+    "appliance.syncer.nodeselection",
     "appliance.util.naming",
     "appliance.util.tenancy",
 )

@@ -493,60 +493,22 @@ def test_a_preset_node_name_becomes_required_node_affinity() -> None:
     assert "affinity" not in mutation.mutate_pod(super_pod(), context())["spec"]
 
 
-SUPER_LABELS = {"n1": {"kubernetes.io/hostname": "n1", "zone": "a"}, "n2": {"kubernetes.io/hostname": "n2"}}
-
-
-@pytest.mark.parametrize(("selector", "vnodes", "expected"), [
-    pytest.param({}, {"n1": {"e2e": "42"}}, None, id="no-selector"),
-    pytest.param({"zone": "a"}, {"n1": {"zone": "a"}, "n2": {}}, None, id="super-label-passes-through"),
-    pytest.param({"e2e": "42"}, {"n1": {"e2e": "42"}, "n2": {"e2e": "7"}}, ("n1",), id="tenant-label"),
-    pytest.param({"e2e": "42", "zone": "a"}, {"n1": {"e2e": "42", "zone": "a"}, "n2": {"e2e": "42"}}, ("n1",),
-                 id="tenant-and-super-labels"),
-    pytest.param({"e2e": "42"}, {"n1": {"e2e": "7"}}, None, id="tenant-label-matches-nothing"),
-    pytest.param({"zone": "b"}, {"n1": {"zone": "b"}, "n2": {"zone": "b"}}, ("n1", "n2"), id="tenant-overrode-value"),
-])
-def test_tenant_node_labels_pick_nodes(selector: dict[str, str], vnodes: dict[str, dict[str, str]],
-                                       expected: tuple[str, ...] | None) -> None:
-    """A selector naming a label the tenant set on its virtual nodes picks those nodes as the
-    tenant sees them; selectors on labels the super nodes carry go down unchanged."""
-    assert expected == mutation.tenant_selected_nodes(selector, vnodes, SUPER_LABELS)
-
-
-def name_is(node: str) -> dict[str, Any]:
-    return {"key": "metadata.name", "operator": "In", "values": [node]}
-
-
-def required_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"]
-
-
-def test_selected_nodes_replace_the_node_selector_with_node_names() -> None:
+def test_selected_nodes_replace_the_node_selection_with_node_names() -> None:
     """The super Pod asks for the selected nodes by name, one term per node (a node field
-    selector takes one value), not for labels the super nodes never had."""
-    pod = mutation.mutate_pod(super_pod(nodeSelector={"e2e": "42"}), context(selected_nodes=("n1", "n2")))
+    selector takes one value), not for labels the super nodes never had; a preset nodeName
+    still narrows it to that one node."""
+    name_is = [{"key": "metadata.name", "operator": "In", "values": [n]} for n in ("n1", "n2")]
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "e2e", "operator": "Exists"}]}]}}}
+    pod = mutation.mutate_pod(super_pod(nodeSelector={"e2e": "42"}, affinity=own), context(selected_nodes=("n1", "n2")))
     assert "nodeSelector" not in pod["spec"]
-    assert required_terms(pod) == [{"matchFields": [name_is("n1")]}, {"matchFields": [name_is("n2")]}]
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == {"nodeSelectorTerms": [{"matchFields": [name_is[0]]}, {"matchFields": [name_is[1]]}]}
     pinned = mutation.mutate_pod(super_pod(nodeSelector={"e2e": "42"}, nodeName="n2"), context(selected_nodes=("n1", "n2")))
-    assert required_terms(pinned) == [{"matchFields": [name_is("n2")]}, {"matchFields": [name_is("n2")]}]
+    terms = pinned["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == {"nodeSelectorTerms": [{"matchFields": [name_is[1]]}, {"matchFields": [name_is[1]]}]}
     kept = mutation.mutate_pod(super_pod(nodeSelector={"zone": "a"}), context())
     assert kept["spec"]["nodeSelector"] == {"zone": "a"} and "affinity" not in kept["spec"]
-
-
-def test_selected_nodes_narrow_a_daemon_pods_own_node_and_never_widen_it() -> None:
-    """A DaemonSet Pod already names its node: selection keeps that term only where it allows
-    the node; a selection that leaves no node keeps the selector (Pending, as in the tenant)."""
-    zone = {"key": "zone", "operator": "In", "values": ["a"]}
-    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [zone], "matchFields": [name_is("n2")]}]}}}
-    pod = mutation.mutate_pod(super_pod(nodeSelector={"color": "blue"}, affinity=own),
-                              context(selected_nodes=("n1", "n2")))
-    assert required_terms(pod) == [{"matchExpressions": [zone], "matchFields": [name_is("n2")]}]
-    assert "nodeSelector" not in pod["spec"]
-    elsewhere = mutation.mutate_pod(super_pod(nodeSelector={"color": "blue"}, affinity=own),
-                                    context(selected_nodes=("n1",)))
-    assert elsewhere["spec"]["nodeSelector"] == {"color": "blue"}
-    assert required_terms(elsewhere) == [{"matchExpressions": [zone], "matchFields": [name_is("n2")]}]
 
 
 def test_automount_kept_when_not_disabled() -> None:

@@ -25,6 +25,7 @@ from appliance.syncer import (
     conversion,
     equality,
     mutation,
+    nodeselection,
     podcerts,
     runtimeclasses,
     tokens,
@@ -66,9 +67,9 @@ def status_free(pod: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _selected_nodes(sx: SyncContext, tenant: Tenant, vpod: dict[str, Any]) -> tuple[str, ...] | None:
-    """`mutation.tenant_selected_nodes` over the tenant's virtual nodes and their super nodes."""
-    selector = (vpod.get("spec") or {}).get("nodeSelector")
-    if not selector:
+    """`nodeselection.tenant_selected_nodes` over the tenant's virtual nodes and their super nodes."""
+    spec = vpod.get("spec") or {}
+    if not spec.get("nodeSelector") and not (spec.get("affinity") or {}).get("nodeAffinity"):
         return None
     vnodes = {(n.get("metadata") or {}).get("name", ""): (n.get("metadata") or {}).get("labels") or {}
               for n in tenant.informers["node"].list()}
@@ -76,7 +77,7 @@ def _selected_nodes(sx: SyncContext, tenant: Tenant, vpod: dict[str, Any]) -> tu
     for name in vnodes:
         super_node = sx.super_nodes.get(name)
         supers[name] = ((super_node or {}).get("metadata") or {}).get("labels") or {}
-    return mutation.tenant_selected_nodes(selector, vnodes, supers)
+    return nodeselection.tenant_selected_nodes(spec, vnodes, supers)
 
 
 class PodKind(Kind):
