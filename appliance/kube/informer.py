@@ -196,7 +196,7 @@ class Informer:
 
     def add_raw_handler(self, fn: RawHandler) -> None:
         """As `add_handler`, with each object as its cached JSON bytes: a handler that reads a
-        few fields decodes only those (`wire.identity_of`), and no dict is built for it."""
+        few fields decodes only those (`wire.origin_of`), and no dict is built for it."""
         self._raw_handlers.append(fn)
 
     # -- the loop ---------------------------------------------------------------------

@@ -224,20 +224,21 @@ def meta_of(data: bytes | msgspec.Raw) -> Meta:
 def identity_of(data: bytes | msgspec.Raw) -> tuple[str, dict[str, str]]:
     """Decode only `metadata.uid` and `metadata.annotations` of an object: which object this is
     and whose copy (a fraction of a whole Pod's decode, for paths that need nothing else)."""
+    meta = _identity(data)
+    return meta.uid, meta.annotations
+
+
+def _identity(data: bytes | msgspec.Raw) -> _Identity:
     try:
-        meta = _IDENTITY.decode(data).metadata
+        return _IDENTITY.decode(data).metadata
     except msgspec.MsgspecError as exc:
         raise errors.TransportError(f"undecodable object: {exc}") from exc
-    return meta.uid, meta.annotations
 
 
 def origin_of(data: bytes | msgspec.Raw) -> JsonObject:
     """An object reduced to `metadata.name`, `namespace` and `annotations`, decoding nothing
     else: enough to trace a super object back to its tenant object."""
-    try:
-        meta = _IDENTITY.decode(data).metadata
-    except msgspec.MsgspecError as exc:
-        raise errors.TransportError(f"undecodable object: {exc}") from exc
+    meta = _identity(data)
     return {"metadata": {"name": meta.name, "namespace": meta.namespace, "annotations": meta.annotations}}
 
 

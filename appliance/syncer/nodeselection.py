@@ -61,11 +61,15 @@ def _selects(spec: Mapping[str, Any], node: str, labels: Labels) -> bool:
     if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
         return False
     terms = _required_terms(spec)
-    return not terms or any(
-        all(_requirement(e, labels.get(e.get("key", ""))) for e in term.get("matchExpressions") or ())
-        and all(_requirement(f, node) for f in term.get("matchFields") or () if f.get("key") == "metadata.name")
-        and (term.get("matchExpressions") or term.get("matchFields"))  # an empty term matches nothing
-        for term in terms)
+    return not terms or any(_term_selects(term, node, labels) for term in terms)
+
+
+def _term_selects(term: Mapping[str, Any], node: str, labels: Labels) -> bool:
+    expressions, fields = term.get("matchExpressions") or (), term.get("matchFields") or ()
+    if not expressions and not fields:
+        return False  # an empty term matches nothing
+    return (all(_requirement(e, labels.get(e.get("key", ""))) for e in expressions)
+            and all(_requirement(f, node) for f in fields if f.get("key") == "metadata.name"))
 
 
 def _requirement(req: Mapping[str, Any], value: str | None) -> bool:
